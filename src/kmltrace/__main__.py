@@ -1,0 +1,3 @@
+from kmltrace.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Load TARGETs (bundles and files of any supported format) into one Capture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from kmltrace import bundle
+from kmltrace.errors import KmltraceError
+from kmltrace.formats import Parsed
+from kmltrace.formats.sniff import parse_file
+from kmltrace.schema import conform, empty_events
+
+
+@dataclass
+class Capture:
+    """Everything the analysing verbs were given, parsed; errors kept per input."""
+
+    inputs: list[Parsed] = field(default_factory=list)
+    bundles: list[dict] = field(default_factory=list)     # manifests, each with "path"
+    processes: list[dict] = field(default_factory=list)   # bundles' processes.json rows
+    vmlinux: str | None = None
+
+    @property
+    def errors(self) -> list[KmltraceError]:
+        return [e for p in self.inputs for e in p.errors]
+
+    @property
+    def failed_inputs(self) -> list[Parsed]:
+        """Inputs that could not be used at all (an error and no events or metadata)."""
+        return [p for p in self.inputs if p.errors and p.events.height == 0 and not p.meta]
+
+    def events(self) -> pl.LazyFrame:
+        """All inputs' events in one lazy table (not yet merged or sorted: see analysis)."""
+        frames = [p.events.lazy() for p in self.inputs if p.events.height]
+        if not frames:
+            return empty_events().lazy()
+        return conform(pl.concat(frames, how="diagonal_relaxed"))
+
+    def metas(self, key: str) -> list:
+        """Every input's ``meta[key]`` where present (e.g. "snapshot", "elf", "kallsyms")."""
+        return [p.meta[key] for p in self.inputs if key in p.meta]
+
+
+def load(targets: list[str | Path], vmlinux: str | None = None) -> Capture:
+    """Parse every TARGET; a bad one is recorded as an error and the others still load."""
+    capture = Capture(vmlinux=str(vmlinux) if vmlinux else None)
+    for target in targets:
+        path = Path(target)
+        if path.is_dir():
+            try:
+                manifest, parsed = bundle.load_bundle(path)
+            except KmltraceError as e:
+                capture.inputs.append(Parsed(path=str(path), format="bundle", errors=[e]))
+                continue
+            capture.bundles.append({**manifest, "path": str(path)})
+            capture.processes.extend(bundle.read_processes(path))
+            capture.inputs.extend(parsed)
+        else:
+            capture.inputs.append(parse_file(path))
+    return capture

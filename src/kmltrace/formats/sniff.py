@@ -1,0 +1,65 @@
+"""Detect an input's format from its content, never from its name."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from kmltrace.errors import InputError, KmltraceError, UnknownFormatError
+from kmltrace.formats import Parsed
+
+#: Format modules in the order they are tried: binary and strongly marked formats first,
+#: the loosest text formats last.
+FORMAT_MODULES: list[str] = [
+    # each entry is a module of kmltrace.formats exposing NAME, sniff(head), parse(path)
+]
+
+HEAD_BYTES = 64 * 1024
+
+
+def _modules():
+    for name in FORMAT_MODULES:
+        yield importlib.import_module(f"kmltrace.formats.{name}")
+
+
+def read_head(path: Path, size: int = HEAD_BYTES) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+
+
+def detect(path: Path):
+    """The format module that understands the file at `path`, or raise UnknownFormatError."""
+    if path.is_dir():
+        raise InputError("is a directory but not a kmltrace bundle (no bundle.json)", path=str(path))
+    head = read_head(path)
+    if not head:
+        raise InputError("empty file", path=str(path))
+    for module in _modules():
+        if module.sniff(head):
+            return module
+    raise UnknownFormatError("not a supported format (trace text, trace.dat, perf script, "
+                             "QEMU log, console log, snapshot or ELF)", path=str(path), line=1)
+
+
+def parse_file(path: Path) -> Parsed:
+    """Parse one file of any supported format; never raises for a bad input."""
+    try:
+        module = detect(path)
+    except KmltraceError as e:
+        return Parsed(path=str(path), format="unknown", errors=[e])
+    try:
+        return module.parse(path)
+    except KmltraceError as e:
+        return Parsed(path=str(path), format=module.NAME, errors=[e])
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # a parser bug must not cost the other inputs: report it in one line
+        if os.environ.get("KMLTRACE_DEBUG"):
+            raise
+        return Parsed(path=str(path), format=module.NAME,
+                      errors=[InputError(f"internal error in the {module.NAME} parser: "
+                                         f"{type(e).__name__}: {e}", path=str(path))])
