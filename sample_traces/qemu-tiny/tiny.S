@@ -66,9 +66,11 @@ long_mode:
 starve:
     push %rax                     /* writes STACK_TOP-8: #PF, whose frame cannot be pushed */
     hlt
-pf_retry:                         /* SCENARIO 3: return without fixing anything: a fault loop */
+#if SCENARIO == 3
+pf_retry:                         /* return without fixing anything: a fault loop */
     add $8, %rsp
     iretq
+#endif
 pf_handler:
     lea msg_pf(%rip), %rsi ; call puts
     jmp exit_qemu
