@@ -1,0 +1,77 @@
+"""``--perf``: perf record with the same tracepoints alongside the ftrace capture.
+
+perf uses its own per-CPU buffers (no tracefs setting is touched); its ``perf script``
+text goes into the bundle as ``perf.txt`` and ``perf.data`` is kept beside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from kmltrace.errors import RefusedError
+
+
+class PerfRecorder:
+    def __init__(self, events: list[str], out_dir: Path, pid: int | None = None,
+                 mmap_pages: int = 1024):
+        self.perf = shutil.which("perf")
+        if self.perf is None:
+            raise RefusedError("--perf needs perf on PATH (Debian: apt-get install linux-perf)")
+        self.events = events
+        self.data = out_dir / "perf.data"
+        self.text = out_dir / "perf.txt"
+        self.log = out_dir / "perf.log"
+        self.pid = pid
+        self.mmap_pages = mmap_pages
+        self.proc: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [self.perf, "record", "-o", str(self.data), "-m", str(self.mmap_pages)]
+        for event in self.events:
+            cmd += ["-e", event]
+        cmd += ["-p", str(self.pid)] if self.pid is not None else ["-a"]
+        return cmd
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start perf and wait until it has written its header (it is then recording)."""
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=self.log.open("wb"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RefusedError("perf record exited at once: " +
+                                   self.log.read_text(errors="replace").strip()[-300:],
+                                   path=str(self.log))
+            if self.data.exists() and self.data.stat().st_size > 0:
+                time.sleep(0.2)  # header written; counters are enabled right after
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> dict:
+        """Stop perf, write perf script text; returns what the manifest records."""
+        info = {"command": self.command(), "data": self.data.name}
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        info["exit"] = self.proc.returncode if self.proc else None
+        log = self.log.read_text(errors="replace") if self.log.exists() else ""
+        lost = [line for line in log.splitlines() if "lost" in line.lower()]
+        if lost:
+            info["lost"] = lost
+        with self.text.open("wb") as out:
+            result = subprocess.run([self.perf, "script", "-i", str(self.data)],
+                                    stdout=out, stderr=subprocess.PIPE)
+        info["script_exit"] = result.returncode
+        if result.returncode != 0:
+            info["script_error"] = result.stderr.decode(errors="replace").strip()[-300:]
+        info["text"] = self.text.name
+        return info

@@ -1,0 +1,442 @@
+"""One ``kmltrace collect`` run: configure our instance, stream, record, write the bundle.
+
+The verb (kmltrace.verbs.collect) parses options and shows progress; everything that
+touches the machine happens here, in an order that never loses the start of the command:
+the command is started gated (blocked before exec), the instance filters on its pid, tracing
+starts, and only then the command is released.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmltrace.collectors import metadata, tracefs
+from kmltrace.collectors.bundle_writer import BundleWriter, default_output
+from kmltrace.collectors.processes import ProcessWatcher
+from kmltrace.collectors.stream import Streamer
+from kmltrace.errors import KmltraceError, RefusedError
+
+#: per-CPU ring buffer of our instance. Streaming empties it every POLL_INTERVAL; 4 MiB per
+#: CPU holds ~80k events, i.e. 160 ms at 500k events/s on one CPU (see docs/collect.md).
+DEFAULT_BUFFER_KB = 4096
+POLL_INTERVAL = 0.02
+PROGRESS_INTERVAL = 0.5
+
+DEFAULT_EVENTS = ["exceptions:*", "irq_vectors:*", "nmi:*", "raw_syscalls:*",
+                  "sched:sched_switch", "sched:sched_process_exec", "sched:sched_process_fork",
+                  "sched:sched_process_exit", "signal:*"]
+KVM_EVENTS = ["kvm:*"]
+#: written to trace_marker; always recorded, nothing to enable
+MARKER_EVENT = "ftrace:print"
+#: entry-path functions worth the function tracer, when an instance may use it
+ENTRY_FUNCTION_PATTERNS = ["exc_page_fault", "exc_double_fault", "asm_exc_*", "kml_*"]
+
+
+@dataclass
+class CollectOptions:
+    output: Path | None = None
+    duration: float | None = None
+    events: list[str] = field(default_factory=lambda: list(DEFAULT_EVENTS))
+    pid: int | None = None
+    comm: str | None = None
+    buffer_kb: int = DEFAULT_BUFFER_KB
+    perf: bool = False
+    kvm: bool = False
+    mount: bool = False
+    command: list[str] = field(default_factory=list)
+    #: where the command's stdout goes (stderr under --json); None: inherit
+    command_stdout: int | None = None
+
+
+@dataclass
+class Progress:
+    elapsed: float
+    events: int
+    lost: int
+    bytes: int
+    rate: float
+
+
+def event_spec(items: list[str] | None, kvm: bool) -> list[str]:
+    """The requested event set: ``default`` expands to DEFAULT_EVENTS; --kvm adds kvm:*."""
+    out: list[str] = []
+    for item in items or ["default"]:
+        for part in item.split(","):
+            part = part.strip()
+            if part == "default":
+                out.extend(DEFAULT_EVENTS)
+            elif part:
+                out.append(part)
+    if kvm:
+        out.extend(KVM_EVENTS)
+    return out
+
+
+def clean_leftovers(mount: bool = False) -> list[str]:
+    """``--clean``: remove instances left by collectors that died; returns their names."""
+    root = tracefs.require_tracefs(mount)
+    names = tracefs.leftover_instances(root)
+    for name in names:
+        tracefs.remove_instance(root, name)
+    return names
+
+
+def _ring_stats(instance: tracefs.Instance, cpus: list[int]) -> dict[int, dict]:
+    out = {}
+    for cpu in cpus:
+        try:
+            out[cpu] = metadata.parse_stats(instance.read(f"per_cpu/cpu{cpu}/stats"))
+        except OSError:
+            out[cpu] = {}
+    return out
+
+
+def _totals(stats: dict[int, dict]) -> tuple[int, int]:
+    events = sum(int(s.get("read_events", 0) or 0) + int(s.get("entries", 0) or 0)
+                 for s in stats.values())
+    lost = sum(metadata.lost_from_stats(s) for s in stats.values())
+    return events, lost
+
+
+class GatedCommand:
+    """A command forked now and held before exec until :meth:`release`, so that our
+    instance can filter on its pid before it does anything."""
+
+    def __init__(self, argv: list[str], stdout: int | None = None):
+        gate_r, gate_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the gate, then become the command
+            try:
+                os.close(gate_w)
+                os.read(gate_r, 1)
+                os.close(gate_r)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                if stdout is not None:
+                    os.dup2(stdout, 1)
+                    devnull = os.open(os.devnull, os.O_RDONLY)
+                    os.dup2(devnull, 0)
+                os.execvp(argv[0], argv)
+            except BaseException as e:  # noqa: BLE001 - the child must never return
+                try:
+                    os.write(2, f"kmltrace: cannot run {argv[0]!r}: {e}\n".encode())
+                finally:
+                    os._exit(127)
+        os.close(gate_r)
+        self.pid = pid
+        self._gate_w: int | None = gate_w
+        self.returncode: int | None = None
+
+    def release(self) -> None:
+        if self._gate_w is not None:
+            try:
+                os.write(self._gate_w, b"g")
+            finally:
+                os.close(self._gate_w)
+                self._gate_w = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def terminate(self, grace: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        self.release()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.poll() is not None:
+                return
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and self.poll() is None:
+                time.sleep(0.02)
+        if self.poll() is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
+class Collector:
+    """Runs one capture. ``stop`` (a threading.Event) ends it early (SIGINT, SIGTERM)."""
+
+    def __init__(self, options: CollectOptions, stop: threading.Event | None = None,
+                 on_progress=None, warn=None):
+        self.options = options
+        self.stop = stop or threading.Event()
+        self.on_progress = on_progress
+        self.warn = warn or (lambda message: None)
+        self.command_proc: GatedCommand | None = None
+
+    # -- the command, started blocked before exec ----------------------------------------------
+    def _start_gated(self) -> "GatedCommand":
+        import shutil
+        program = self.options.command[0]
+        if shutil.which(program) is None:
+            raise RefusedError("command not found or not executable", path=program)
+        return GatedCommand(self.options.command, self.options.command_stdout)
+
+    def _release_command(self) -> None:
+        if self.command_proc is not None:
+            self.command_proc.release()
+
+    def _end_command(self) -> int | None:
+        proc = self.command_proc
+        if proc is None:
+            return None
+        self._release_command()
+        if proc.poll() is None:
+            proc.terminate()
+        return proc.returncode
+
+    # -- the capture ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        opts = self.options
+        if opts.pid is not None and opts.comm is not None:
+            raise RefusedError("--pid and --comm cannot be combined")
+        if opts.command and (opts.pid is not None or opts.comm is not None):
+            raise RefusedError("a command is traced with its own process tree; "
+                               "--pid/--comm are for processes already running")
+        root = tracefs.require_tracefs(opts.mount)
+        leftovers = tracefs.leftover_instances(root)
+        for name in leftovers:
+            self.warn(f"tracefs instance {root / 'instances' / name} was left behind by a "
+                      f"collector that died; remove it with 'kmltrace collect --clean'")
+        if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
+            raise RefusedError(f"no process with pid {opts.pid}")
+        events = tracefs.resolve_events(event_spec(opts.events, opts.kvm),
+                                        tracefs.available_events(root),
+                                        where=str(root / "available_events"))
+        writer = BundleWriter(opts.output or default_output())
+        try:
+            result = self._capture(root, events, writer)
+        except BaseException:
+            self._end_command()
+            writer.abandon()
+            raise
+        result["leftover_instances"] = leftovers
+        return result
+
+    def _capture(self, root: Path, events: list[str], writer: BundleWriter) -> dict:
+        opts = self.options
+        started = time.time()
+        info: dict = {"events": events + [MARKER_EVENT], "buffer_kb": opts.buffer_kb,
+                      "command": list(opts.command), "started_unix": started}
+        watcher = ProcessWatcher(exclude={os.getpid()})
+        with tracefs.Instance(root) as inst:
+            info["instance"] = inst.name
+            inst.write("tracing_on", "0")
+            inst.write("buffer_size_kb", str(opts.buffer_kb))
+            info["overwrite"] = inst.read("options/overwrite").strip() == "1"
+            for event in events:
+                system, name = event.split(":", 1)
+                inst.write(f"events/{system}/{name}/enable", "1")
+            info["filter"] = self._filters(inst, events, watcher)
+            info["function_tracer"] = self._function_tracer(root, inst)
+            self._copy_formats(root, inst, writer, events, info["function_tracer"])
+            cpus = sorted(int(p.name[3:]) for p in (inst.path / "per_cpu").iterdir()
+                          if p.name[3:].isdigit())
+            streamer = Streamer(inst.path, writer.ftrace, page_size=self._page_size(inst),
+                                cpus=cpus)
+            perf = None
+            try:
+                if opts.perf:
+                    from kmltrace.collectors.perf import PerfRecorder
+                    perf = PerfRecorder(events, writer.path, pid=self._perf_pid())
+                    perf.start()
+                streamer.open()
+                inst.write("tracing_on", "1")
+                self._release_command()
+                info["tracing_started_unix"] = time.time()
+                stop_reason = self._loop(inst, streamer, watcher, cpus)
+                inst.write("tracing_on", "0")
+                info["stop_reason"] = stop_reason
+                info["command_exit"] = self._end_command()
+                streamer.drain()
+                watcher.poll()
+            finally:
+                streamer.close()
+                if perf is not None:
+                    info["perf"] = perf.stop()
+                    writer.add_file("perf.txt", "data")
+                    writer.add_file("perf.data", "meta")
+                    writer.add_file("perf.log", "meta")
+            stats = _ring_stats(inst, cpus)
+            for cpu, text in ((c, inst.read(f"per_cpu/cpu{c}/stats")) for c in cpus):
+                (writer.ftrace / "stats").mkdir(exist_ok=True)
+                (writer.ftrace / "stats" / f"cpu{cpu}").write_text(text)
+            info["clock"] = metadata.current_clock(inst.read("trace_clock"))
+            (writer.ftrace / "trace_clock").write_text(inst.read("trace_clock"))
+        info["restore_errors"] = inst.restore_errors
+        for error in inst.restore_errors:
+            self.warn(f"could not restore: {error}")
+        # top-level files are only read: the pid -> comm/tgid maps the decoder may use
+        writer.copy_tracefs_file(root / "saved_cmdlines", "saved_cmdlines")
+        writer.copy_tracefs_file(root / "saved_tgids", "saved_tgids")
+        info["duration_s"] = round(time.time() - info["tracing_started_unix"], 3)
+        info["per_cpu"] = {str(c): s for c, s in stats.items()}
+        ring_events, lost = _totals(stats)
+        info["lost_events"] = lost
+        info["ring_buffer_events"] = ring_events
+        info["bytes"] = streamer.bytes_written
+        return self._write_bundle(writer, info, watcher, cpus)
+
+    def _filters(self, inst, events, watcher) -> dict:
+        opts = self.options
+        if opts.command:
+            self.command_proc = self._start_gated()
+            watcher.roots = [self.command_proc.pid]
+            inst.write("options/event-fork", "1")
+            inst.write("set_event_pid", str(self.command_proc.pid))
+            return {"pid": self.command_proc.pid, "follow_forks": True}
+        if opts.pid is not None:
+            watcher.roots = [opts.pid]
+            inst.write("options/event-fork", "1")
+            inst.write("set_event_pid", str(opts.pid))
+            return {"pid": opts.pid, "follow_forks": True}
+        if opts.comm is not None:
+            watcher.comm = opts.comm
+            quoted = opts.comm.replace("\\", "\\\\").replace('"', '\\"')
+            for system in sorted({e.split(":", 1)[0] for e in events}):
+                inst.write(f"events/{system}/filter", f'comm == "{quoted}"')
+            return {"comm": opts.comm}
+        # system-wide: leave out the collector itself (its own reads would be traced)
+        if inst.exists("set_event_notrace_pid"):
+            inst.write("set_event_notrace_pid", str(os.getpid()))
+        return {"system_wide": True, "excluded_pids": [os.getpid()]}
+
+    def _perf_pid(self) -> int | None:
+        if self.command_proc is not None:
+            return self.command_proc.pid
+        return self.options.pid
+
+    def _function_tracer(self, root: Path, inst) -> dict:
+        """Best effort: the function tracer on the entry-path functions this kernel has."""
+        try:
+            text = (root / "available_filter_functions").read_text()
+        except OSError as e:
+            return {"enabled": False, "reason": f"available_filter_functions: {e.strerror}"}
+        import fnmatch
+        names = sorted({line.split()[0] for line in text.splitlines() if line.strip()})
+        wanted = [n for n in names if any(fnmatch.fnmatchcase(n, p)
+                                          for p in ENTRY_FUNCTION_PATTERNS)]
+        if not wanted:
+            return {"enabled": False, "reason": "no entry-path function is traceable"}
+        try:
+            inst.write("set_ftrace_filter", "\n".join(wanted) + "\n")
+            inst.write("current_tracer", "function")
+        except KmltraceError as e:
+            return {"enabled": False, "reason": e.message, "functions": wanted}
+        return {"enabled": True, "functions": wanted}
+
+    def _page_size(self, inst) -> int:
+        try:
+            return int(inst.read("buffer_subbuf_size_kb").strip()) * 1024
+        except (OSError, ValueError):
+            return os.sysconf("SC_PAGE_SIZE")
+
+    def _copy_formats(self, root, inst, writer, events, function_tracer) -> None:
+        events_dir = inst.path / "events"
+        writer.copy_tracefs_file(events_dir / "header_page", "header_page")
+        writer.copy_tracefs_file(events_dir / "header_event", "header_event")
+        names = list(events) + [MARKER_EVENT]
+        if function_tracer.get("enabled"):
+            names.append("ftrace:function")
+        for event in names:
+            system, name = event.split(":", 1)
+            writer.copy_tracefs_file(events_dir / system / name / "format",
+                                     f"events/{system}/{name}/format")
+        writer.add_file("ftrace", "data", "ftrace_raw")
+
+    def _loop(self, inst, streamer: Streamer, watcher: ProcessWatcher, cpus) -> str:
+        opts = self.options
+        start = time.monotonic()
+        next_progress = start + PROGRESS_INTERVAL
+        next_watch = start
+        last_events, last_time = 0, start
+        while True:
+            streamer.pump()
+            now = time.monotonic()
+            if now >= next_watch:
+                watcher.poll()
+                next_watch = now + 0.1
+            if self.on_progress and now >= next_progress:
+                events, lost = _totals(_ring_stats(inst, cpus))
+                rate = (events - last_events) / max(now - last_time, 1e-6)
+                last_events, last_time = events, now
+                self.on_progress(Progress(now - start, events, lost, streamer.bytes_written, rate))
+                next_progress = now + PROGRESS_INTERVAL
+            if self.stop.is_set():
+                return "signal"
+            if opts.duration is not None and now - start >= opts.duration:
+                return "duration"
+            if self.command_proc is not None and self.command_proc.poll() is not None:
+                return "command_exit"
+            if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
+                return "pid_exit"
+            self.stop.wait(POLL_INTERVAL)
+
+    def _write_bundle(self, writer: BundleWriter, info: dict, watcher, cpus) -> dict:
+        kallsyms = writer.path / "kallsyms"
+        info["kallsyms"] = metadata.snapshot_kallsyms(kallsyms)
+        if info["kallsyms"].get("saved"):
+            writer.add_file("kallsyms", "meta")
+        kernel = metadata.kernel_info(kallsyms if kallsyms.exists() else None)
+        processes = watcher.result()
+        writer.write_json("processes.json", processes)
+        manifest = {"kind": "collect", "kernel": kernel, "captured": info,
+                    "cpus": len(cpus)}
+        writer.write_manifest(manifest)
+        decoded = self._decode(writer.path)
+        if decoded is not None:
+            info["events_decoded"] = decoded["events"]
+            traced = decoded["traced_pids"]
+            missed = watcher.missed(traced)
+            info["processes"] = {"recorded": len(processes), "missed": len(missed),
+                                 "missed_pids": missed}
+            info["decode_errors"] = decoded["errors"]
+        else:
+            info["processes"] = {"recorded": len(processes), "missed": None}
+        writer.write_manifest(manifest)
+        final = writer.finish()
+        events = info.get("events_decoded", info["ring_buffer_events"])
+        return {"bundle": str(final), "events": events,
+                "events_counted_by": "decoder" if "events_decoded" in info else "ring_buffer",
+                "lost_events": info["lost_events"], "bytes": info["bytes"],
+                "duration_s": info["duration_s"], "stop_reason": info["stop_reason"],
+                "command_exit": info.get("command_exit"), "instance": info["instance"],
+                "processes": info["processes"], "kml": kernel["kml"],
+                "function_tracer": info["function_tracer"].get("enabled", False),
+                "perf": "perf" in info}
+
+    def _decode(self, path: Path) -> dict | None:
+        """Build the bundle's event table cache now; None when this build cannot decode."""
+        try:
+            from kmltrace.formats import ftrace_raw  # noqa: F401
+        except ImportError:
+            return None
+        import polars as pl
+
+        from kmltrace.bundle import load_bundle
+        _, parsed = load_bundle(path)
+        ftrace = [p for p in parsed if p.format == "ftrace_raw"]
+        traced: set[int] = set()
+        count = 0
+        for p in ftrace:
+            count += p.events.height
+            ev = p.events
+            if ev.height and "event" in ev.columns:
+                execs = ev.filter(pl.col("event") == "sched_process_exec")["pid"].drop_nulls()
+                traced.update(int(x) for x in execs.to_list())
+                if "child_pid" in ev.columns:
+                    forks = ev.filter(pl.col("event") == "sched_process_fork")["child_pid"]
+                    traced.update(int(x) for x in forks.drop_nulls().to_list())
+        return {"events": count, "traced_pids": traced,
+                "errors": [str(e) for p in parsed for e in p.errors]}
