@@ -61,7 +61,8 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "child_comm": pl.String,
     "child_pid": pl.Int32,
     "prio": pl.Int32,
-    # signal
+    "group_dead": pl.Boolean,
+    # signal (signal_generate's comm/pid name the target task: target_comm/target_pid here)
     "sig": pl.Int32,
     "errno": pl.Int32,
     "code": pl.Int32,
@@ -69,6 +70,8 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "result": pl.Int32,
     "sa_handler": pl.UInt64,
     "sa_flags": pl.UInt64,
+    "target_comm": pl.String,
+    "target_pid": pl.Int32,
     # irq
     "irq": pl.Int32,
     "name": pl.String,
@@ -80,6 +83,13 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     # ftrace
     "buf": pl.String,
     "parent_ip": pl.UInt64,
+    # %ps fields printed as a symbol: the UInt64 column stays null, the text is kept here
+    "ip_sym": pl.String,
+    "address_sym": pl.String,
+    "handler_sym": pl.String,
+    "parent_ip_sym": pl.String,
+    # lost_events rows: how many events the ring buffer lost there
+    "lost": pl.Int64,
     # register state of exception records (qemu, console, snapshot)
     "cpl": pl.Int32,
     "cs": pl.UInt64,

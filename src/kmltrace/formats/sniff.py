@@ -13,6 +13,11 @@ from kmltrace.formats import Parsed
 #: the loosest text formats last.
 FORMAT_MODULES: list[str] = [
     # each entry is a module of kmltrace.formats exposing NAME, sniff(head), parse(path)
+    "qemu_log",       # QEMU -d int,cpu_reset: before console and the loose ftrace text
+    "console",        # serial console / dmesg
+    "tracecmd_report",
+    "perf_script",
+    "ftrace_text",      # loosest text grammar: after the other trace texts
 ]
 
 HEAD_BYTES = 64 * 1024

@@ -1,0 +1,175 @@
+"""Tracepoint field text -> typed columns, one table shared by every text parser.
+
+Each :class:`EventFields` names the events it covers, a regex over the event's printed field
+text (``raw``) whose named groups are the kernel's own format field names, and how each group
+becomes a value. Adding an event (kvm, ...) is one more entry in :data:`EVENT_FIELDS`.
+
+Kinds of values:
+  ``int``    decimal                       -> the column's dtype of schema.FIELD_COLUMNS
+  ``hex``    ``0x7`` or ``7`` (``%lx``)     -> UInt64
+  ``ps``     a ``%ps`` pointer: ``0x...`` goes to the UInt64 column; a symbol
+             (``do_user_addr_fault+0x1f2/0x5c0``) leaves it null and is kept in ``<name>_sym``
+  ``hexlist`` ``b, 1, 556bde4959bc, ...``  -> List(UInt64) (sys_enter's six arguments)
+  ``str``    text as printed
+  ``handled`` irq_handler_exit's ``handled``/``unhandled`` -> 1/0
+  ``bool``   ``true``/``false`` (or 1/0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from kmltrace.schema import FIELD_COLUMNS, CORE_COLUMNS
+
+
+@dataclass(frozen=True)
+class EventFields:
+    system: str
+    events: tuple[str, ...]
+    pattern: str
+    kinds: dict[str, str]
+
+
+_IRQ_VECTOR_EVENTS = tuple(
+    f"{name}_{end}"
+    for name in ("local_timer", "reschedule", "call_function", "call_function_single",
+                 "irq_work", "spurious_apic", "error_apic", "x86_platform_ipi",
+                 "thermal_apic", "deferred_error_apic", "threshold_apic")
+    for end in ("entry", "exit")
+)
+
+#: The table: event name(s) -> how their field text becomes columns.
+EVENT_FIELDS: tuple[EventFields, ...] = (
+    EventFields("exceptions", ("page_fault_user", "page_fault_kernel"),
+                r"address=(?P<address>\S+) ip=(?P<ip>\S+) error_code=(?P<error_code>\S+)",
+                {"address": "ps", "ip": "ps", "error_code": "hex"}),
+    EventFields("irq_vectors", _IRQ_VECTOR_EVENTS, r"vector=(?P<vector>\d+)", {"vector": "int"}),
+    EventFields("irq", ("irq_handler_entry",), r"irq=(?P<irq>-?\d+) name=(?P<name>.*)$",
+                {"irq": "int", "name": "str"}),
+    EventFields("irq", ("irq_handler_exit",), r"irq=(?P<irq>-?\d+) ret=(?P<ret_irq>\w+)",
+                {"irq": "int", "ret_irq": "handled"}),
+    # 6.x and 4.x print the same: "NR 110 (0, 0, ...)" with %lx arguments
+    EventFields("raw_syscalls", ("sys_enter",), r"NR (?P<id>-?\d+) \((?P<args>[^)]*)\)",
+                {"id": "int", "args": "hexlist"}),
+    EventFields("raw_syscalls", ("sys_exit",), r"NR (?P<id>-?\d+) = (?P<ret>-?\d+)",
+                {"id": "int", "ret": "int"}),
+    EventFields("sched", ("sched_switch",),
+                r"prev_comm=(?P<prev_comm>.*) prev_pid=(?P<prev_pid>-?\d+) prev_prio=(?P<prev_prio>-?\d+)"
+                r" prev_state=(?P<prev_state>\S+) ==> next_comm=(?P<next_comm>.*)"
+                r" next_pid=(?P<next_pid>-?\d+) next_prio=(?P<next_prio>-?\d+)",
+                {"prev_comm": "str", "prev_pid": "int", "prev_prio": "int", "prev_state": "str",
+                 "next_comm": "str", "next_pid": "int", "next_prio": "int"}),
+    # the task's own comm/pid fields repeat common_pid: only the others become columns
+    EventFields("sched", ("sched_process_exec",),
+                r"filename=(?P<filename>.*) pid=\d+ old_pid=(?P<old_pid>-?\d+)",
+                {"filename": "str", "old_pid": "int"}),
+    EventFields("sched", ("sched_process_fork",),
+                r"comm=(?P<parent_comm>.*) pid=(?P<parent_pid>-?\d+) child_comm=(?P<child_comm>.*)"
+                r" child_pid=(?P<child_pid>-?\d+)",
+                {"parent_comm": "str", "parent_pid": "int", "child_comm": "str", "child_pid": "int"}),
+    EventFields("sched", ("sched_process_exit",),
+                r"comm=.* pid=-?\d+ prio=(?P<prio>-?\d+)(?: group_dead=(?P<group_dead>\w+))?",
+                {"prio": "int", "group_dead": "bool"}),
+    # signal_generate's comm/pid are the signal's target task, not the current one
+    EventFields("signal", ("signal_generate",),
+                r"sig=(?P<sig>-?\d+) errno=(?P<errno>-?\d+) code=(?P<code>-?\d+) comm=(?P<target_comm>.*)"
+                r" pid=(?P<target_pid>-?\d+) grp=(?P<group>-?\d+) res=(?P<result>-?\d+)",
+                {"sig": "int", "errno": "int", "code": "int", "target_comm": "str",
+                 "target_pid": "int", "group": "int", "result": "int"}),
+    EventFields("signal", ("signal_deliver",),
+                r"sig=(?P<sig>-?\d+) errno=(?P<errno>-?\d+) code=(?P<code>-?\d+)"
+                r" sa_handler=(?P<sa_handler>[0-9a-fA-Fx]+) sa_flags=(?P<sa_flags>[0-9a-fA-Fx]+)",
+                {"sig": "int", "errno": "int", "code": "int", "sa_handler": "hex", "sa_flags": "hex"}),
+    EventFields("nmi", ("nmi_handler",),
+                r"(?P<handler>\S+?)\(\) delta_ns: (?P<delta_ns>-?\d+) handled: (?P<handled>-?\d+)",
+                {"handler": "ps", "delta_ns": "int", "handled": "int"}),
+    # trace_marker writes: "tracing_mark_write: text" (the ip is the writer, printed %ps)
+    EventFields("ftrace", ("print",), r"^(?P<ip>[^:\s]+): (?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
+    # function tracer: "do_user_addr_fault <-exc_page_fault" (or hex without symbols)
+    EventFields("ftrace", ("function",), r"^(?P<ip>\S+) <-(?P<parent_ip>\S+)$",
+                {"ip": "ps", "parent_ip": "ps"}),
+)
+
+#: Event names that tracefs prints without their system, and the system they belong to.
+EXTRA_SYSTEMS: dict[str, str] = {
+    **{name: "sched" for name in (
+        "sched_wakeup", "sched_wakeup_new", "sched_waking", "sched_migrate_task",
+        "sched_process_free", "sched_process_wait", "sched_wait_task", "sched_stat_runtime",
+        "sched_kthread_stop", "sched_kthread_stop_ret", "sched_process_hang")},
+    **{name: "irq" for name in ("softirq_entry", "softirq_exit", "softirq_raise",
+                                "tasklet_entry", "tasklet_exit")},
+    **{name: "timer" for name in (
+        "hrtimer_start", "hrtimer_cancel", "hrtimer_expire_entry", "hrtimer_expire_exit",
+        "hrtimer_init", "timer_start", "timer_cancel", "timer_expire_entry",
+        "timer_expire_exit", "timer_init", "tick_stop")},
+    **{name: "ftrace" for name in ("bprint", "bputs", "funcgraph_entry", "funcgraph_exit")},
+    "vector_update": "irq_vectors", "vector_config": "irq_vectors",
+    "vector_activate": "irq_vectors", "vector_deactivate": "irq_vectors",
+}
+
+SYSTEM_OF: dict[str, str] = {
+    **EXTRA_SYSTEMS,
+    **{event: spec.system for spec in EVENT_FIELDS for event in spec.events},
+}
+
+#: Columns a field of kind `ps` adds beside the UInt64 column.
+SYM_SUFFIX = "_sym"
+
+
+def system_of(event: pl.Expr) -> pl.Expr:
+    """The tracepoint system of an event name printed without it (null when unknown)."""
+    syscalls = pl.when(event.str.contains(r"^sys_(?:enter|exit)_")).then(pl.lit("syscalls"))
+    known = event.replace_strict(SYSTEM_OF, default=None, return_dtype=pl.String)
+    return pl.coalesce(known, syscalls)
+
+
+def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw") -> pl.LazyFrame:
+    """Add the typed field columns of every event in :data:`EVENT_FIELDS` (null elsewhere)."""
+    structs = []
+    for i, spec in enumerate(EVENT_FIELDS):
+        only = pl.col(event).is_in(list(spec.events))
+        structs.append(pl.when(only).then(pl.col(raw)).str.extract_groups(spec.pattern)
+                       .alias(f"__fields{i}"))
+    per_column: dict[str, list[pl.Expr]] = {}
+    for i, spec in enumerate(EVENT_FIELDS):
+        group = pl.col(f"__fields{i}")
+        for name, kind in spec.kinds.items():
+            text = group.struct.field(name)
+            for column, expr in _convert(name, kind, text):
+                per_column.setdefault(column, []).append(expr)
+    columns = [
+        (exprs[0] if len(exprs) == 1 else pl.coalesce(exprs)).alias(column)
+        for column, exprs in per_column.items()
+    ]
+    return (events.with_columns(structs).with_columns(columns)
+            .drop([f"__fields{i}" for i in range(len(EVENT_FIELDS))]))
+
+
+def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:
+    dtype = FIELD_COLUMNS.get(name) or CORE_COLUMNS.get(name) or pl.String
+    if kind == "int":
+        return [(name, text.cast(pl.Int64, strict=False).cast(dtype, strict=False))]
+    if kind == "hex":
+        return [(name, _hex(text))]
+    if kind == "ps":
+        is_hex = text.str.contains(r"^0x[0-9a-fA-F]+$")
+        return [(name, pl.when(is_hex).then(_hex(text))),
+                (name + SYM_SUFFIX, pl.when(~is_hex).then(text))]
+    if kind == "hexlist":
+        values = text.str.split(", ").list.eval(
+            pl.element().str.strip_chars().str.strip_prefix("0x")
+            .str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        return [(name, values)]
+    if kind == "handled":
+        return [(name, pl.when(text == "handled").then(1).when(text == "unhandled").then(0)
+                 .otherwise(text.cast(pl.Int32, strict=False)).cast(pl.Int32))]
+    if kind == "bool":
+        return [(name, pl.when(text.is_in(["true", "1"])).then(True)
+                 .when(text.is_in(["false", "0"])).then(False))]
+    return [(name, text)]
+
+
+def _hex(text: pl.Expr) -> pl.Expr:
+    return text.str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)

@@ -1,0 +1,215 @@
+"""tracefs ``trace`` / ``trace_pipe`` text (any kernel from 4.x on, any usual option).
+
+A line is ``comm-pid [(tgid)] [cpu] [flags] seconds.micros: event: fields``::
+
+            bash-6058    [001] d....   323.272707: page_fault_user: address=0x556c... ip=...
+            bash-6058    (   6058) [001] .....   323.273762: sys_enter: NR 33 (b, 1, ...)
+              wl-6061    [000]    323.279419: local_timer_entry: vector=236     (no irq-info)
+          <idle>-0       [001] d..2   100.000001: sched_switch: ...               (4.x: 4 flags)
+            bash-6058    [001] ...1.   323.278494: tracing_mark_write: hello    (trace_marker)
+            bash-6058    [001] .....   323.278494: do_user_addr_fault <-exc_page_fault (function)
+    CPU:1 [LOST 481 EVENTS]
+
+A comm may hold anything but a NUL (spaces, ``-``, digits, ``[bold]``, escape codes), so the
+line is split at the ``[cpu]`` column and ``comm-pid`` is taken from its right end. Lines that
+do not follow the grammar are reported (first few one by one, then a count), never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from kmltrace.errors import InputError
+from kmltrace.formats import Parsed
+from kmltrace.formats import fields as fieldtable
+from kmltrace.formats import text_lines
+from kmltrace.formats.sniff import read_head
+from kmltrace.schema import LOST_EVENTS, conform
+
+NAME = "ftrace_text"
+
+#: The whole grammar, without captures (a fast DFA match) to validate each line.
+TASK_LINE_RE = (r"^\s*.*-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]\s+(?:[^\s:]{3,6}\s+)?"
+                r"\d+(?:\.\d+)?:\s")
+#: The same with captures; the lazy comm takes the leftmost split that lets the rest match,
+#: used only for lines that hold more than one ``[digits]`` (a hostile comm or field text).
+TASK_LINE_CAPTURE_RE = (r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|-+)\)\s+)?"
+                        r"\[(?P<cpu>\d+)\]\s+(?:(?P<flags>[^\s:]{3,6})\s+)?"
+                        r"(?P<ts>\d+(?:\.\d+)?):\s(?P<body>.*)$")
+CPU_COLUMN_RE = r"\s\[\d+\]\s"
+HEAD_RE = r"^(?P<comm>.*)-(?P<pid>\d+)\s*(?:\(\s*(?P<tgid>\d+|-+)\))?$"
+FUNCTION_RE = r"^\S+ <-\S+$"
+
+
+def sniff(head: bytes) -> bool:
+    lines = text_lines.head_lines(head)
+    if not lines:
+        return False
+    if lines[0].startswith("# tracer:"):
+        return True
+    data = [line for line in lines if not line.startswith("#")][:20]
+    if not data:
+        return False
+    task = re.compile(TASK_LINE_RE)
+    lost = re.compile(text_lines.LOST_RE)
+    good = sum(1 for line in data if task.search(line) or lost.search(line))
+    return good >= max(1, (len(data) + 1) // 2)
+
+
+def task_columns(text: pl.Expr, *, strip_event_padding: bool = False) -> list[pl.Expr]:
+    """Expressions that split task lines into comm, pid, tgid, cpu, flags, ts_text, event, raw.
+
+    Shared with trace-cmd report text (whose event names are padded with spaces).
+    """
+    pos = text.str.find(CPU_COLUMN_RE)
+    head = text.str.slice(0, pos).str.strip_chars()
+    head_groups = head.str.extract_groups(HEAD_RE)
+    tail = text.str.slice(pos).str.strip_chars_start().str.splitn("]", 2)
+    after_cpu = tail.struct[1].str.strip_chars_start()
+    first = after_cpu.str.splitn(" ", 2)
+    has_flags = ~first.struct[0].str.ends_with(":")
+    stamped = pl.when(has_flags).then(first.struct[1].str.strip_chars_start()).otherwise(after_cpu)
+    ts_body = stamped.str.splitn(": ", 2)
+    body = ts_body.struct[1]
+    # the rare line with several "[digits]" (a hostile comm): the slow, exact split
+    slow = (pl.when(text.str.count_matches(CPU_COLUMN_RE) > 1).then(text)
+            .str.extract_groups(TASK_LINE_CAPTURE_RE))
+    many = slow.struct.field("pid").is_not_null()
+
+    def pick(slow_name, fast):
+        return pl.when(many).then(slow.struct.field(slow_name)).otherwise(fast)
+
+    body = pick("body", body)
+    event_raw = body.str.splitn(": ", 2)
+    is_function = event_raw.struct[1].is_null() & body.str.contains(FUNCTION_RE)
+    bare = event_raw.struct[1].is_null() & body.str.ends_with(":")  # an event with no fields
+    event = (pl.when(is_function).then(pl.lit("function"))
+             .when(bare).then(body.str.strip_suffix(":"))
+             .otherwise(event_raw.struct[0]))
+    raw = pl.when(is_function).then(body).when(bare).then(pl.lit("")).otherwise(event_raw.struct[1])
+    if strip_event_padding:
+        raw = raw.str.strip_chars_start()
+    return [
+        pick("comm", head_groups.struct.field("comm")).alias("comm"),
+        pick("pid", head_groups.struct.field("pid")).cast(pl.Int32, strict=False).alias("pid"),
+        pick("tgid", head_groups.struct.field("tgid")).cast(pl.Int32, strict=False).alias("tgid"),
+        pick("cpu", tail.struct[0].str.slice(1)).cast(pl.Int32, strict=False).alias("cpu"),
+        pick("flags", pl.when(has_flags).then(first.struct[0])).alias("flags"),
+        pick("ts", ts_body.struct[0]).alias("ts_text"),
+        event.alias("event"),
+        raw.alias("raw"),
+    ]
+
+
+def classify(text: pl.Expr, task_re: str = TASK_LINE_RE) -> pl.Expr:
+    """What each line is: event, lost, comment, blank, stack (continuation), or bad."""
+    return (pl.when(text.is_null() | (text.str.strip_chars() == "")).then(pl.lit("blank"))
+            .when(text.str.starts_with("#")).then(pl.lit("comment"))
+            .when(text.str.contains(task_re)).then(pl.lit("event"))
+            .when(text.str.contains(text_lines.LOST_RE)).then(pl.lit("lost"))
+            .when(text.str.contains(text_lines.STACK_RE)).then(pl.lit("stack"))
+            .otherwise(pl.lit("bad")))
+
+
+def normalise_events(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """tracefs names ftrace:print after its writer: make it ``print`` with the writer in raw."""
+    marker = pl.col("event") == "tracing_mark_write"
+    return frame.with_columns(
+        pl.when(marker).then(pl.lit("print")).otherwise(pl.col("event")).alias("event"),
+        pl.when(marker).then(pl.lit("tracing_mark_write: ") + pl.col("raw"))
+        .otherwise(pl.col("raw")).alias("raw"),
+    )
+
+
+def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: str,
+           what: str, system: pl.Expr | None = None, event_frame=normalise_events):
+    """Run the line pipeline once: (events conformed or None, errors, meta).
+
+    `kind` classifies each line (see :func:`classify`); `columns(text)` splits an event
+    line's text into comm, pid, tgid, cpu, flags, ts_text, event and raw.
+    """
+    truncated = text_lines.last_line_truncated(path)
+    text = pl.col("text")
+    is_lost = pl.col("kind") == "lost"
+    lost_groups = pl.when(is_lost).then(text).str.extract_groups(text_lines.LOST_RE)
+    table = (
+        lines.with_columns(kind.alias("kind"))
+        .filter(pl.col("line") != (truncated or 0))
+        .with_columns(pl.when(pl.col("kind") == "event").then(text).alias("etext"))
+        .with_columns(columns(pl.col("etext")))
+        .with_columns(
+            pl.when(is_lost).then(lost_groups.struct[0].cast(pl.Int32, strict=False))
+            .otherwise(pl.col("cpu")).alias("cpu"),
+            pl.when(is_lost).then(pl.coalesce(lost_groups.struct[1], lost_groups.struct[2])
+                                  .cast(pl.Int64, strict=False)).alias("lost"),
+            pl.when(is_lost).then(pl.lit(LOST_EVENTS)).otherwise(pl.col("event")).alias("event"),
+            pl.when(is_lost).then(text.str.strip_chars()).otherwise(pl.col("raw")).alias("raw"),
+        )
+    )
+    # an event line whose parts did not all parse is bad too
+    parsed_ok = (pl.col("pid").is_not_null() & pl.col("cpu").is_not_null()
+                 & pl.col("event").is_not_null() & pl.col("ts_text").is_not_null())
+    table = table.with_columns(
+        pl.when((pl.col("kind") == "event") & ~parsed_ok).then(pl.lit("bad"))
+        .otherwise(pl.col("kind")).alias("kind"))
+    table = table.with_columns(pl.when(pl.col("kind") == "bad").then(text).alias("text"))
+    collected = table.drop("etext").collect()
+    kinds = collected.get_column("kind")
+    bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
+    events = collected.filter(pl.col("kind").is_in(["event", "lost"])).drop("text", "kind")
+    del collected
+    meta = {
+        "precision": text_lines.precision_of(events),
+        "lost_events": int(events.get_column("lost").sum() or 0),
+    }
+    stack_lines = int((kinds == "stack").sum())
+    if stack_lines:
+        meta["stack_lines"] = stack_lines
+    errors = text_lines.line_errors(path, bad, what)
+    if truncated is not None:
+        errors.append(text_lines.truncated_error(path, truncated))
+    if events.height == 0:
+        if not errors:
+            errors.append(InputError(f"no {what} events", path=str(path)))
+        return None, errors, meta
+    lazy = events.lazy().with_columns(
+        text_lines.timestamp_ns(pl.col("ts_text")).alias("ts_ns"),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
+        pl.lit(source).alias("source"),
+        pl.lit(str(path)).alias("file"),
+    )
+    lazy = event_frame(lazy)
+    lazy = lazy.with_columns((system if system is not None
+                              else fieldtable.system_of(pl.col("event"))).alias("system"))
+    lazy = fieldtable.field_columns(lazy).drop("ts_text")
+    return conform(lazy).collect(), errors, meta
+
+
+def read_header(head: bytes) -> dict:
+    """What the ``#`` header says: cpus (``#P:2``), entries overwritten in the ring buffer."""
+    meta: dict = {}
+    text = head.decode("utf-8", errors="replace")
+    match = re.search(r"^# entries-in-buffer/entries-written: (\d+)/(\d+)\s+#P:(\d+)", text, re.M)
+    if match:
+        in_buffer, written, cpus = map(int, match.groups())
+        meta["cpus"] = cpus
+        meta["entries_overwritten"] = max(0, written - in_buffer)
+    match = re.search(r"^# tracer: (\S+)", text, re.M)
+    if match:
+        meta["tracer"] = match.group(1)
+    return meta
+
+
+def parse(path: Path) -> Parsed:
+    path = Path(path)
+    head = read_head(path)
+    events, errors, meta = finish(path, text_lines.scan_lines(path), classify(pl.col("text")),
+                                  task_columns, source="ftrace", what="tracefs trace")
+    meta.update(read_header(head))
+    if events is None:
+        return Parsed(path=str(path), format=NAME, errors=errors, meta={})
+    return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)

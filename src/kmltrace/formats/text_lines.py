@@ -1,0 +1,138 @@
+"""Shared pieces of the text trace parsers (tracefs text, trace-cmd report, perf script).
+
+Lines are read by polars' CSV reader with a separator that cannot occur in a text trace
+(NUL), so each line becomes one string row, multi-threaded and without a Python loop. All
+parsing after that is whole-column expressions.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import polars as pl
+
+from kmltrace.errors import InputError, KmltraceError
+
+#: How many unparsable lines are reported one by one before a single summary error.
+ERRORS_SHOWN = 5
+
+#: "CPU:1 [LOST 481 EVENTS]" (tracefs) and "CPU:1 [481 EVENTS DROPPED]" (trace-cmd).
+LOST_RE = r"^\s*CPU:\s*(\d+)\s+\[(?:LOST (\d+) EVENTS|(\d+) EVENTS DROPPED)\]\s*$"
+
+#: Lines of a kernel stack trace (the `stacktrace` option) that follow an event.
+STACK_RE = r"^\s*(?:=> |<stack trace>|<user stack trace>)"
+
+
+def scan_lines(path: Path) -> pl.LazyFrame:
+    """The file as rows (``line``: 1-based Int64, ``text``: String; a blank line is null)."""
+    return (
+        pl.scan_csv(path, has_header=False, separator="\x00", quote_char=None,
+                    new_columns=["text"], schema={"text": pl.String}, row_index_name="line",
+                    row_index_offset=1, encoding="utf8-lossy", truncate_ragged_lines=True,
+                    raise_if_empty=False, comment_prefix=None)
+        .with_columns(pl.col("line").cast(pl.Int64))
+    )
+
+
+def head_lines(head: bytes, limit: int = 40) -> list[str] | None:
+    """The first complete lines of a file head, or None when it is not text at all."""
+    if not head or b"\x00" in head:
+        return None
+    text = head.decode("utf-8", errors="replace")
+    if text.count("\ufffd") > len(text) // 100 + 2:
+        return None
+    lines = text.split("\n")
+    if len(head) >= 4096 and not text.endswith("\n"):
+        lines = lines[:-1]   # the head cut the last line short
+    return [line for line in lines[: limit * 4] if line.strip()][:limit]
+
+
+def last_line_truncated(path: Path) -> int | None:
+    """The number of the last line when the file does not end with a newline, else None.
+
+    Every text trace ends its last line; a missing newline means the copy was cut short.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return None
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return None
+        f.seek(0)
+        count = 0
+        while chunk := f.read(1 << 22):
+            count += chunk.count(b"\n")
+    return count + 1
+
+
+def timestamp_ns(ts: pl.Expr) -> pl.Expr:
+    """ "343.291437" -> 343291437000 exactly: seconds and fraction are parsed apart (no float).
+
+    A timestamp without a fraction (counter clocks) is kept as the integer it is.
+    """
+    parts = ts.str.splitn(".", 2)
+    sec = parts.struct[0].cast(pl.Int64, strict=False)
+    frac = parts.struct[1]
+    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").cast(pl.Int64, strict=False)
+    return pl.when(frac.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
+
+
+def precision_of(frame: pl.DataFrame, ts_text: str = "ts_text") -> str:
+    """ "us" or "ns" from the number of fraction digits the source printed ("counter": none)."""
+    if frame.height == 0 or ts_text not in frame.columns:
+        return "us"
+    digits = frame.select(pl.col(ts_text).str.splitn(".", 2).struct[1].str.len_chars().max()).item()
+    if digits is None:
+        return "counter"
+    return "ns" if digits > 6 else "us"
+
+
+def lost_events(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Rows (event "lost_events") for the lines that report lost events, with their count."""
+    groups = pl.col("text").str.extract_groups(LOST_RE)
+    return (
+        lines.filter(pl.col("text").str.contains(LOST_RE))
+        .select(
+            pl.col("line"),
+            groups.struct[0].cast(pl.Int32).alias("cpu"),
+            pl.coalesce(groups.struct[1], groups.struct[2]).cast(pl.Int64).alias("lost"),
+            pl.col("text").str.strip_chars().alias("raw"),
+        )
+    )
+
+
+def line_errors(path: Path, bad: pl.DataFrame, what: str) -> list[KmltraceError]:
+    """Errors for lines that do not follow the grammar: the first few one by one, then a count.
+
+    `bad` has columns ``line`` and ``text``.
+    """
+    errors: list[KmltraceError] = []
+    for line, text in bad.head(ERRORS_SHOWN).iter_rows():
+        errors.append(InputError(f"not a {what} line: {_excerpt(text)}", path=str(path), line=line))
+    if bad.height > ERRORS_SHOWN:
+        first_unshown = bad["line"][ERRORS_SHOWN]
+        errors.append(InputError(f"{bad.height - ERRORS_SHOWN} more lines are not {what} lines "
+                                 f"(the next one here)", path=str(path), line=first_unshown))
+    return errors
+
+
+def truncated_error(path: Path, line: int) -> KmltraceError:
+    return InputError("truncated last line (no newline at the end): not used", path=str(path),
+                      line=line)
+
+
+def _excerpt(text: str | None, size: int = 60) -> str:
+    text = "" if text is None else text
+    return repr(text if len(text) <= size else text[:size] + "...")
+
+
+def first_match(lines: list[str], pattern: str) -> re.Match | None:
+    regex = re.compile(pattern)
+    for line in lines:
+        match = regex.search(line)
+        if match:
+            return match
+    return None

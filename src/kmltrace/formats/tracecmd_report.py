@@ -1,0 +1,92 @@
+"""``trace-cmd report`` text: ``cpus=N`` (after ``version = 6`` on some versions), then
+tracefs-like lines with the event name padded, prefixed by the buffer name for instances::
+
+    version = 6
+    cpus=2
+    kmltrace-x:             bash-6224  [000]   343.291439: sys_enter:            NR 33 (b, ...)
+                  wl-6248  [000] d....  343.291791: page_fault_user:      address=0x... ...
+                bash-6224  [000]   343.291467: print:                tracing_mark_write: hi
+    CPU:1 [481 EVENTS DROPPED]
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from kmltrace.formats import Parsed
+from kmltrace.formats import ftrace_text, text_lines
+from kmltrace.formats.sniff import read_head
+
+NAME = "tracecmd_report"
+
+HEADER_RE = r"^(?:version = \d+|cpus=\d+)$"
+#: The buffer name trace-cmd puts before each line of an instance's events.
+PREFIX_RE = r"^(?P<buffer>[^\s:]+): +(?P<rest>\S.*)$"
+
+
+def sniff(head: bytes) -> bool:
+    lines = text_lines.head_lines(head, limit=4)
+    if not lines:
+        return False
+    header = [line for line in lines[:3] if re.match(HEADER_RE, line.strip())]
+    return any(line.strip().startswith("cpus=") for line in header)
+
+
+def buffer_names(head: bytes) -> list[str]:
+    """Instance buffer names that prefix the lines (none for the top-level buffer)."""
+    lines = text_lines.head_lines(head, limit=200) or []
+    task = re.compile(ftrace_text.TASK_LINE_RE)
+    prefix = re.compile(PREFIX_RE)
+    names: set[str] = set()
+    for line in lines:
+        # a buffer name: "name: " at the very start, and the rest is a whole task line
+        # (a task line itself starts with the right-aligned comm, never with "word: ")
+        match = prefix.match(line)
+        if match and task.search(match.group("rest")):
+            names.add(match.group("buffer"))
+    return sorted(names)
+
+
+def read_header(head: bytes) -> dict:
+    meta: dict = {}
+    text = head[:4096].decode("utf-8", errors="replace")
+    match = re.search(r"^cpus=(\d+)$", text, re.M)
+    if match:
+        meta["cpus"] = int(match.group(1))
+    match = re.search(r"^version = (\d+)$", text, re.M)
+    if match:
+        meta["trace_dat_version"] = int(match.group(1))
+    return meta
+
+
+def parse(path: Path) -> Parsed:
+    path = Path(path)
+    head = read_head(path)
+    lines = text_lines.scan_lines(path)
+    names = buffer_names(head)
+    if names:
+        alternatives = "|".join(re.escape(n) for n in names)
+        lines = lines.with_columns(pl.col("text").str.replace(rf"^(?:{alternatives}): ", ""))
+    text = pl.col("text")
+    header = text.str.strip_chars().str.contains(HEADER_RE)
+    kind = pl.when(header).then(pl.lit("comment")).otherwise(ftrace_text.classify(text))
+
+    def columns(text_expr):
+        return ftrace_text.task_columns(text_expr, strip_event_padding=True)
+
+    events, errors, meta = ftrace_text.finish(path, lines, kind, columns, source="ftrace",
+                                              what="trace-cmd report", event_frame=_events)
+    meta.update(read_header(head))
+    if names:
+        meta["buffers"] = names
+    if events is None:
+        return Parsed(path=str(path), format=NAME, errors=errors, meta={})
+    return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
+
+
+def _events(frame: pl.LazyFrame) -> pl.LazyFrame:
+    # trace-cmd names ftrace:print "print" already ("print: tracing_mark_write: text")
+    return ftrace_text.normalise_events(frame)
