@@ -1,0 +1,189 @@
+"""The kmltrace Textual app: modes for incidents, processes, timeline, events and snapshot.
+
+Loading runs in a thread worker in stages (inputs, merged events, analysis); each stage
+bumps ``data_version`` and the screens redraw from ``loaded``, so the first screen is up at
+once and the event view works before the analysis of a large capture has finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from kmltrace.output import safe_text
+from kmltrace.tui.events import EventsScreen
+from kmltrace.tui.incident_detail import IncidentDetailScreen
+from kmltrace.tui.incidents import IncidentsScreen
+from kmltrace.tui.model import Loaded, load_all
+from kmltrace.tui.processes import ProcessesScreen
+from kmltrace.tui.snapshot import SnapshotScreen
+from kmltrace.tui.themes import DARK, LIGHT, THEMES
+from kmltrace.tui.timeline import TimelineScreen
+
+#: the modes, in the order of their number keys
+SCREEN_CLASSES = {
+    "incidents": IncidentsScreen,
+    "incident_detail": IncidentDetailScreen,
+    "processes": ProcessesScreen,
+    "timeline": TimelineScreen,
+    "events": EventsScreen,
+    "snapshot": SnapshotScreen,
+}
+
+
+class KmltraceApp(App):
+    TITLE = "kmltrace"
+    CSS_PATH = "app.tcss"
+    MODES = {
+        "incidents": IncidentsScreen,
+        "processes": ProcessesScreen,
+        "timeline": TimelineScreen,
+        "events": EventsScreen,
+        "snapshot": SnapshotScreen,
+    }
+    BINDINGS = [
+        Binding("1", "switch_mode('incidents')", "Incidents", id="incidents"),
+        Binding("2", "switch_mode('processes')", "Processes", id="processes"),
+        Binding("3", "switch_mode('timeline')", "Timeline", id="timeline"),
+        Binding("4", "switch_mode('events')", "Events", id="events"),
+        Binding("5", "switch_mode('snapshot')", "Snapshot", id="snapshot"),
+        Binding("question_mark,f1", "help", "Help", key_display="?", id="help"),
+        Binding("t", "toggle_theme", "Theme", id="theme", show=False),
+        Binding("o", "open", "Open", id="open", show=False,
+                tooltip="Pick another bundle or trace of the current directory"),
+        Binding("q", "quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, targets: list[str] | None = None, vmlinux: str | None = None,
+                 loaded: Loaded | None = None, directory: Path | None = None) -> None:
+        super().__init__()
+        self.targets = list(targets or [])
+        self.vmlinux = vmlinux
+        self.directory = directory
+        self.loaded = loaded or Loaded(targets=self.targets)
+        self.preloaded = loaded is not None
+        self.stage = "done" if loaded is not None else "waiting"
+        self.fraction = 1.0 if loaded is not None else 0.0
+        self.data_version = 0
+        self.pending_jump: dict | None = None
+        for theme in THEMES:
+            self.register_theme(theme)
+        self.theme = DARK.name
+
+    # -- start and load ---------------------------------------------------------------------
+
+    async def on_mount(self) -> None:
+        await self.switch_mode("incidents")
+        if self.preloaded:
+            self.data_changed()
+        elif self.targets:
+            self.load(self.targets)
+        else:
+            self.action_open()
+
+    def open_targets(self, targets: list[str]) -> None:
+        """Open `targets` instead of what is shown (from the file picker)."""
+        from kmltrace.tui.picker import PickerScreen
+
+        if isinstance(self.screen, PickerScreen):
+            self.pop_screen()
+        self.targets = list(targets)
+        self.loaded = Loaded(targets=self.targets)
+        self.data_changed()
+        self.load(self.targets)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def load(self, targets: list[str]) -> Loaded:
+        def progress(stage: str, fraction: float, loaded: Loaded) -> None:
+            self.call_from_thread(self.loading_progress, stage, fraction, loaded)
+
+        return load_all(targets, self.vmlinux, progress)
+
+    def loading_progress(self, stage: str, fraction: float, loaded: Loaded) -> None:
+        self.stage, self.fraction, self.loaded = stage, fraction, loaded
+        if stage == "done":
+            for error in loaded.errors:
+                self.notify(safe_text(error), severity="error", markup=False, timeout=8)
+        self.data_changed()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self.stage, self.fraction = "failed", 1.0
+            self.report_error(f"loading failed: {type(error).__name__}: {error}")
+
+    def data_changed(self) -> None:
+        self.data_version += 1
+        self.sync_screen()
+
+    def sync_screen(self) -> None:
+        sync = getattr(self.screen, "sync", None)
+        if sync is not None:
+            sync()
+
+    def report_error(self, message: str) -> None:
+        """Show an error on the screen (never raise it): it joins the status line too."""
+        self.loaded.errors.append(message)
+        self.notify(safe_text(message), severity="error", markup=False, timeout=8)
+        self.sync_screen()
+
+    def status_text(self) -> Text:
+        names = ", ".join(Path(t).name for t in self.targets) or "no capture"
+        text = Text(safe_text(names), style="bold")
+        if self.fraction < 1.0:
+            text.append(f"  {self.stage}...")
+        events = self.loaded.events
+        if events is not None:
+            text.append(f"  {events.height:,} events")
+        if self.loaded.errors:
+            text.append(f"  {len(self.loaded.errors)} error(s): ", style="red")
+            text.append(safe_text(self.loaded.errors[-1]), style="red")
+        return text
+
+    # -- navigation ---------------------------------------------------------------------------
+
+    def jump_to_evidence(self, evidence: dict) -> None:
+        """Show the event an incident's evidence row points at in the event view."""
+        self.pending_jump = evidence
+        if isinstance(self.screen, EventsScreen):
+            self.take_jump(self.screen)
+        else:
+            self.switch_mode("events")
+
+    def take_jump(self, screen: EventsScreen) -> None:
+        evidence, self.pending_jump = self.pending_jump, None
+        if evidence is not None:
+            screen.jump(evidence)
+
+    def action_help(self) -> None:
+        from kmltrace.tui.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_theme(self) -> None:
+        self.theme = LIGHT.name if self.theme == DARK.name else DARK.name
+
+    def action_open(self) -> None:
+        from kmltrace.tui.picker import PickerScreen
+
+        if not isinstance(self.screen, PickerScreen):
+            self.push_screen(PickerScreen(self.directory))
+
+    def get_system_commands(self, screen):
+        yield from super().get_system_commands(screen)
+        for binding in self.BINDINGS:
+            if binding.id in ("incidents", "processes", "timeline", "events", "snapshot"):
+                yield SystemCommand(f"Show {binding.description.lower()}",
+                                    f"Switch to the {binding.description.lower()} screen",
+                                    lambda mode=binding.id: self.switch_mode(mode))
+        yield SystemCommand("Toggle light/dark theme", "kmltrace-dark or kmltrace-light",
+                            self.action_toggle_theme)
+        yield SystemCommand("Open another capture", "Pick a bundle or trace of this directory",
+                            self.action_open)
+        yield SystemCommand("Bindings help", "Every key of every screen", self.action_help)

@@ -1,0 +1,458 @@
+"""What the TUI shows, computed without Textual: loading, filtering, searching, lanes.
+
+Everything here is plain polars and dicts so it can be tested (and timed) on its own; the
+screens only draw what these functions return.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import polars as pl
+
+from kmltrace.schema import PAGE_FAULT_EVENTS, VECTOR_NAMES
+
+PARQUET_MAGIC = b"PAR1"
+
+#: event names drawn as marks on the timeline, strongest first
+EXCEPTION_EVENTS = ("exception", "triple_fault", "cpu_reset", "oops")
+INTERRUPT_EVENTS = ("hw_interrupt", "local_timer_entry", "irq_handler_entry",
+                    "reschedule_entry", "call_function_entry", "call_function_single_entry")
+
+
+@dataclass
+class Loaded:
+    """One TUI session's data; filled in stages by the loading worker."""
+
+    targets: list[str]
+    capture: object | None = None           # kmltrace.capture.Capture
+    events: pl.DataFrame | None = None      # merged event table
+    report: dict | None = None              # CONTRACT.md report object
+    snapshots: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def is_parquet(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
+def load_capture(targets: list[str], vmlinux: str | None = None):
+    """The Capture of `targets`; a parquet event table (``kmltrace ingest`` output) is
+    taken as it is, so a large capture opens without being parsed again."""
+    from kmltrace.capture import Capture, load
+    from kmltrace.formats import Parsed
+    from kmltrace.schema import conform
+
+    tables = [t for t in targets if Path(t).is_file() and is_parquet(Path(t))]
+    others = [t for t in targets if t not in tables]
+    capture = load(others, vmlinux=vmlinux) if others else Capture(vmlinux=vmlinux)
+    for table in tables:
+        try:
+            frame = conform(pl.read_parquet(table))
+            capture.inputs.append(Parsed(path=str(table), format="parquet", events=frame))
+        except Exception as e:  # a corrupt table is one input's error, not the session's
+            from kmltrace.errors import InputError
+            capture.inputs.append(Parsed(path=str(table), format="parquet",
+                                         errors=[InputError(f"unreadable parquet: {e}",
+                                                            path=str(table))]))
+    return capture
+
+
+def load_events(capture) -> pl.DataFrame:
+    from kmltrace.analysis.events import merged_events
+
+    frames = [p for p in capture.inputs if p.events.height]
+    if len(frames) == 1 and frames[0].format == "parquet":
+        return frames[0].events          # an ingested table is already merged and sorted
+    return merged_events(capture).collect()
+
+
+def load_report(capture) -> dict:
+    from kmltrace.report import build_report
+
+    return build_report(capture, postmortem=True)
+
+
+def load_all(targets: list[str], vmlinux: str | None = None,
+             progress: Callable[[str, float, Loaded], None] | None = None) -> Loaded:
+    """Load in stages, calling ``progress(stage, fraction, loaded)`` after each one.
+
+    A failing stage records its error and the later stages still run where they can.
+    """
+    loaded = Loaded(targets=list(targets))
+    report = progress or (lambda *a: None)
+    report("reading inputs", 0.05, loaded)
+    loaded.capture = load_capture(loaded.targets, vmlinux)
+    loaded.errors.extend(str(e) for e in loaded.capture.errors)
+    loaded.snapshots = [s for s in loaded.capture.metas("snapshot") if isinstance(s, dict)]
+    report("merging events", 0.3, loaded)
+    try:
+        loaded.events = load_events(loaded.capture)
+    except Exception as e:
+        loaded.errors.append(f"event table: {e}")
+        from kmltrace.schema import empty_events
+        loaded.events = empty_events()
+    report("analysing", 0.6, loaded)
+    try:
+        loaded.report = load_report(loaded.capture)
+    except ImportError as e:
+        loaded.errors.append(f"analysis unavailable in this build: {e}")
+        loaded.report = {"incidents": [], "processes": [], "inputs": []}
+    except Exception as e:
+        loaded.errors.append(f"analysis failed: {type(e).__name__}: {e}")
+        loaded.report = {"incidents": [], "processes": [], "inputs": []}
+    report("done", 1.0, loaded)
+    return loaded
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+def format_ts(ns) -> str:
+    """Nanoseconds as ftrace prints seconds (``12345.678901234``); empty when unknown."""
+    if ns is None:
+        return ""
+    ns = int(ns)
+    sign = "-" if ns < 0 else ""
+    ns = abs(ns)
+    return f"{sign}{ns // 1_000_000_000}.{ns % 1_000_000_000:09d}"
+
+
+def vector_name(vector) -> str:
+    if vector is None:
+        return "?"
+    return VECTOR_NAMES.get(int(vector), f"vec{int(vector)}")
+
+
+def parse_time(text: str) -> int:
+    """A time typed by the user: seconds (``12.5``), or nanoseconds with a ``ns`` suffix."""
+    text = text.strip().lower()
+    try:
+        if text.endswith("ns"):
+            return int(text[:-2])
+        if text.endswith("ms"):
+            return int(float(text[:-2]) * 1_000_000)
+        if text.endswith("us"):
+            return int(float(text[:-2]) * 1_000)
+        if text.endswith("s"):
+            text = text[:-1]
+        whole, _, frac = text.partition(".")
+        frac = (frac + "000000000")[:9]
+        sign = -1 if whole.startswith("-") else 1
+        return sign * (abs(int(whole or "0")) * 1_000_000_000 + int(frac or "0"))
+    except ValueError:
+        raise ValueError(f"not a time: {text!r} (seconds like 12.5, or 1234ns)") from None
+
+
+# -- the event view's filter ---------------------------------------------------------------------
+
+_TOKEN = re.compile(r"^(event|pid|cpu|comm|source|time)=(\S+)$")
+
+
+def parse_filter(text: str) -> pl.Expr | None:
+    """The filter typed in the event view as one polars expression (None: no filter).
+
+    Words ``event=NAME``, ``pid=N``, ``cpu=N``, ``comm=NAME``, ``source=NAME`` and
+    ``time=A..B`` (seconds; either end may be empty) are ANDed; whatever is left is a SQL
+    expression over the columns (``vector = 14 and address > 4096``).
+    Raises ValueError naming what does not parse.
+    """
+    exprs: list[pl.Expr] = []
+    rest: list[str] = []
+    for word in text.split():
+        match = _TOKEN.match(word)
+        if not match:
+            rest.append(word)
+            continue
+        key, value = match.groups()
+        if key in ("pid", "cpu"):
+            values = value.split(",")
+            try:
+                numbers = [int(v, 0) for v in values]
+            except ValueError:
+                raise ValueError(f"{key} must be a number: {value!r}") from None
+            exprs.append(pl.col(key).is_in(numbers))
+        elif key == "time":
+            lo, sep, hi = value.partition("..")
+            if not sep:
+                raise ValueError(f"time wants A..B in seconds: {value!r}")
+            if lo:
+                exprs.append(pl.col("ts_ns") >= parse_time(lo))
+            if hi:
+                exprs.append(pl.col("ts_ns") <= parse_time(hi))
+        else:
+            exprs.append(pl.col(key).is_in(value.split(",")))
+    if rest:
+        query = " ".join(rest)
+        try:
+            exprs.append(pl.sql_expr(query))
+        except Exception as e:
+            raise ValueError(f"query does not parse: {query!r}: {e}") from None
+    if not exprs:
+        return None
+    return pl.all_horizontal(exprs)
+
+
+def apply_filter(frame: pl.DataFrame, text: str) -> pl.DataFrame:
+    expr = parse_filter(text)
+    if expr is None:
+        return frame
+    try:
+        return frame.filter(expr)
+    except Exception as e:
+        raise ValueError(f"filter cannot run: {e}") from None
+
+
+# -- finding rows --------------------------------------------------------------------------------
+
+def _haystack(frame: pl.DataFrame) -> pl.Expr:
+    parts = [pl.col(c).cast(pl.String).fill_null("") for c in ("comm", "event", "raw")
+             if c in frame.columns]
+    return pl.concat_str(parts, separator=" ").str.to_lowercase()
+
+
+def search_row(frame: pl.DataFrame, text: str, start: int = 0,
+               backwards: bool = False) -> int | None:
+    """The first row at or after `start` (before, when `backwards`) whose comm, event or raw
+    text contains `text` (case-insensitive, literal); None when there is none."""
+    if not text or frame.height == 0:
+        return None
+    hits = frame.select(_haystack(frame).str.contains(text.lower(), literal=True)
+                        .arg_true().alias("row"))["row"]
+    if hits.len() == 0:
+        return None
+    if backwards:
+        before = hits.filter(hits <= start)
+        return int(before[-1]) if before.len() else None
+    after = hits.filter(hits >= start)
+    return int(after[0]) if after.len() else None
+
+
+def row_at_time(frame: pl.DataFrame, ts_ns: int) -> int | None:
+    """The first row at or after `ts_ns` (rows without time are never chosen)."""
+    if frame.height == 0 or "ts_ns" not in frame.columns:
+        return None
+    hits = frame.select((pl.col("ts_ns") >= ts_ns).arg_true().first())
+    value = hits.item()
+    if value is None:
+        last = frame.select(pl.col("ts_ns").is_not_null().arg_true().last()).item()
+        return None if last is None else int(last)
+    return int(value)
+
+
+def find_event_row(frame: pl.DataFrame, evidence: dict) -> int | None:
+    """The row of the event table an incident's evidence entry points at, or None.
+
+    Evidence is ``{source, line, text}`` (CONTRACT.md), sometimes with ``file``, ``offset``
+    or ``ts_ns``: match on what it has, most precise first.
+    """
+    if frame.height == 0:
+        return None
+    conds: list[pl.Expr] = []
+    source = evidence.get("source")
+    if evidence.get("file") and "file" in frame.columns:
+        conds.append(pl.col("file") == str(evidence["file"]))
+    elif source:
+        # the source is a kind (ftrace, qemu ...) or, for some analyses, a file path
+        by_kind = pl.col("source") == str(source)
+        if "file" in frame.columns:
+            by_kind = by_kind | (pl.col("file") == str(source)) | \
+                pl.col("file").str.ends_with("/" + str(source))
+        conds.append(by_kind)
+    located = False
+    if evidence.get("line") is not None and "line" in frame.columns:
+        conds.append(pl.col("line") == int(evidence["line"]))
+        located = True
+    elif evidence.get("offset") is not None and "offset" in frame.columns:
+        conds.append(pl.col("offset") == int(evidence["offset"]))
+        located = True
+    if evidence.get("ts_ns") is not None:
+        conds.append(pl.col("ts_ns") == int(evidence["ts_ns"]))
+        located = True
+    if not located:
+        return None
+    hit = frame.select(pl.all_horizontal(conds).fill_null(False).arg_true().first()).item()
+    return None if hit is None else int(hit)
+
+
+# -- processes and timeline --------------------------------------------------------------------
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def time_span(frame: pl.DataFrame) -> tuple[int, int] | None:
+    if frame.height == 0 or "ts_ns" not in frame.columns:
+        return None
+    lo, hi = frame.select(pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).row(0)
+    if lo is None:
+        return None
+    return int(lo), int(hi)
+
+
+def fault_counts(frame: pl.DataFrame, buckets: int) -> dict[int, list[int]]:
+    """Page faults per pid in `buckets` equal slices of the capture's time span."""
+    span = time_span(frame)
+    if span is None or buckets <= 0:
+        return {}
+    lo, hi = span
+    width = max(1, (hi - lo + buckets) // buckets)
+    counts = (frame.lazy()
+              .filter(pl.col("event").is_in(PAGE_FAULT_EVENTS) | (pl.col("vector") == 14))
+              .filter(pl.col("ts_ns").is_not_null() & pl.col("pid").is_not_null())
+              .group_by("pid", ((pl.col("ts_ns") - lo) // width).clip(0, buckets - 1)
+                        .alias("bucket"))
+              .len()
+              .collect())
+    out: dict[int, list[int]] = {}
+    for pid, bucket, n in counts.iter_rows():
+        out.setdefault(int(pid), [0] * buckets)[int(bucket)] = int(n)
+    return out
+
+
+def sparkline(values: list[int]) -> str:
+    if not values:
+        return ""
+    top = max(values)
+    if top == 0:
+        return SPARK[0] * len(values)
+    return "".join(" " if v == 0 else SPARK[min(len(SPARK) - 1, v * len(SPARK) // (top + 1))]
+                   for v in values)
+
+
+@dataclass
+class Lane:
+    label: str
+    cells: list[str]            # one character per column: a pid's letter, a mark, or space
+    pids: list[int | None]      # who ran in each column (for the legend)
+
+
+def timeline_lanes(frame: pl.DataFrame, t0: int, t1: int, width: int,
+                   by: str = "cpu", limit: int = 32) -> list[Lane]:
+    """Lanes of `width` columns over [t0, t1): per CPU (who ran: the pid with most events in
+    the column) or per pid (on which CPU), with ``!`` exceptions, ``f`` page faults and ``i``
+    interrupts marked over the column where they happened."""
+    if width <= 0 or t1 <= t0 or frame.height == 0:
+        return []
+    step = max(1, (t1 - t0 + width - 1) // width)
+    window = (frame.lazy()
+              .filter(pl.col("ts_ns").is_between(t0, t1, closed="left"))
+              .filter(pl.col(by).is_not_null())
+              .with_columns(((pl.col("ts_ns") - t0) // step).cast(pl.Int64).alias("col")))
+    mark = (pl.when(pl.col("event").is_in(EXCEPTION_EVENTS)
+                    | (pl.col("vector").is_not_null() & (pl.col("vector") != 14)
+                       & (pl.col("vector") < 32)))
+            .then(3)
+            .when(pl.col("event").is_in(PAGE_FAULT_EVENTS) | (pl.col("vector") == 14)).then(2)
+            .when(pl.col("event").is_in(INTERRUPT_EVENTS)).then(1)
+            .otherwise(0))
+    other = "pid" if by == "cpu" else "cpu"
+    cells = (window
+             .with_columns(mark.alias("mark"))
+             .group_by(by, "col")
+             .agg(pl.col(other).drop_nulls().mode().first().alias("who"),
+                  pl.col("mark").max().alias("mark"))
+             .sort(by, "col")
+             .collect())
+    lanes_order = (window.group_by(by).len().sort("len", descending=True).head(limit)
+                   .collect()[by].sort().to_list())
+    lanes: dict[int, Lane] = {}
+    for key in lanes_order:
+        label = f"CPU {key}" if by == "cpu" else f"pid {key}"
+        lanes[key] = Lane(label, [" "] * width, [None] * width)
+    for key, col, who, m in cells.iter_rows():
+        lane = lanes.get(key)
+        if lane is None or not 0 <= col < width:
+            continue
+        lane.pids[col] = who
+        lane.cells[col] = "!" if m == 3 else "f" if m == 2 else "i" if m == 1 else \
+            (who_letter(who) if by == "cpu" else who_digit(who))
+    return [lanes[k] for k in lanes_order]
+
+
+def who_letter(pid) -> str:
+    if pid is None:
+        return "·"
+    if pid == 0:
+        return "-"          # idle
+    return "ABCDEFGHJKLMNPQRSTUVWXYZ"[int(pid) % 24]
+
+
+def who_digit(cpu) -> str:
+    return "·" if cpu is None else str(int(cpu) % 10)
+
+
+# -- incidents -----------------------------------------------------------------------------------
+
+SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+
+
+def incident_chain(report: dict, incident: dict) -> list[dict]:
+    """The exception chain that goes with `incident`: its own ``chain`` if it carries one,
+    else for resets and double faults the report's chain closest in time."""
+    if isinstance(incident.get("chain"), list):
+        return incident["chain"]
+    if incident.get("kind") not in ("triple_fault", "double_fault", "stack_starvation",
+                                    "fault_loop", "unclean_reset"):
+        return []
+    chains = [c for c in report.get("chains") or [] if c]
+    if not chains:
+        return list(report.get("chain") or [])
+    ts = incident.get("ts_ns")
+    if ts is None:
+        return list(report.get("chain") or chains[-1])
+
+    def distance(chain):
+        times = [e.get("ts_ns") for e in chain if e.get("ts_ns") is not None]
+        return min((abs(t - ts) for t in times), default=1 << 62)
+
+    return min(chains, key=distance)
+
+
+def chain_ends_in_reset(incident: dict, chain: list[dict]) -> bool:
+    return incident.get("kind") in ("triple_fault", "unclean_reset") or any(
+        e.get("reset") for e in chain)
+
+
+def filter_incidents(incidents: list[dict], text: str) -> list[dict]:
+    """Incidents matching ``kind=K severity=S pid=N`` words (comma lists allowed) and any
+    other words as text the summary must contain (case-insensitive)."""
+    wanted: dict[str, set[str]] = {}
+    words: list[str] = []
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if sep and key in ("kind", "severity", "pid", "cpu", "comm"):
+            wanted.setdefault(key, set()).update(value.split(","))
+        else:
+            words.append(word.lower())
+    out = []
+    for incident in incidents:
+        if any(str(incident.get(k)) not in values for k, values in wanted.items()):
+            continue
+        summary = str(incident.get("summary", "")).lower()
+        if any(w not in summary for w in words):
+            continue
+        out.append(incident)
+    return out
+
+
+INCIDENT_SORT_KEYS = ("severity", "kind", "time", "pid", "comm", "summary")
+
+
+def sort_incidents(incidents: list[dict], key: str, reverse: bool = False) -> list[dict]:
+    def value(incident):
+        if key == "severity":
+            return (SEVERITY_ORDER.get(incident.get("severity"), 9), incident.get("ts_ns") or 0)
+        if key == "time":
+            ts = incident.get("ts_ns")
+            return (ts is None, ts or 0)
+        if key == "pid":
+            pid = incident.get("pid")
+            return (pid is None, pid or 0)
+        return (str(incident.get(key) or ""),)
+    return sorted(incidents, key=value, reverse=reverse)
