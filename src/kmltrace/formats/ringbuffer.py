@@ -1,0 +1,558 @@
+"""Decode ftrace ring-buffer pages (trace_pipe_raw, trace.dat CPU data) into the event table.
+
+No per-event Python: a CPU's pages are one 2-D array of 32-bit words (page x word). Each word
+position gets the step to the next record *as if* a record started there (from its type_len).
+The records of all pages are then found together, one vectorised step per record index (the
+loop runs as many times as the fullest page has records, never once per record). Timestamps
+are a cumulative sum of the deltas, restarted at each page and absolute-time record. Each
+event type's fields are gathered from their fixed offsets with one vector operation per
+field, and the per-type frames are put back in time order with one gather.
+
+Record layout (kernel/trace/ring_buffer.c): header word = type_len:5 | time_delta:27.
+type_len 1..28: data of type_len*4 bytes follows; 0: the next word is the length (+4) and
+data follows it; 29: padding (time_delta 0: the rest of the page is empty, else length in the
+next word); 30: time extend (delta = next word << 27 | time_delta); 31: absolute timestamp.
+Page header: u64 timestamp, local_t commit (bytes of data; bit 31 RB_MISSED_EVENTS, bit 30
+RB_MISSED_STORED: the missed count is stored as a long right after the data).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from kmltrace.errors import InputError
+from kmltrace.formats.event_format import EventFormat, Field, PageHeader
+from kmltrace.schema import (COMMON_COLUMNS, CORE_COLUMNS, FIELD_COLUMNS, LOST_EVENTS,
+                             PROVENANCE_COLUMNS)
+
+RB_MISSED_EVENTS = 1 << 31
+RB_MISSED_STORED = 1 << 30
+_COMMIT_MASK = (1 << 30) - 1
+_TYPE_PADDING, _TYPE_TIME_EXTEND, _TYPE_TIME_STAMP = 29, 30, 31
+_END = 1 << 40          # a step that leaves any page: "no further record here"
+
+
+@dataclass
+class CpuSegment:
+    """One CPU's pages inside the decode buffer."""
+
+    cpu: int
+    start: int              # index in the buffer of the first page's first byte
+    length: int             # bytes of page data
+    file_offset: int        # the file offset `start` stands for (the `offset` column)
+    label: str = ""         # the file named in errors about these pages
+
+
+@dataclass
+class Decoded:
+    events: pl.DataFrame
+    errors: list = field(default_factory=list)
+    lost_events: int = 0
+    pages: int = 0
+    damaged_pages: int = 0
+    damaged_records: int = 0
+
+
+@dataclass
+class _Records:
+    """The records of one CPU, in page order (parallel arrays)."""
+
+    ts: np.ndarray
+    kind: np.ndarray        # event type id, or -1 for a lost-events marker
+    start: np.ndarray       # buffer index of the record's data (event payload)
+    length: np.ndarray      # payload bytes
+    lost: np.ndarray        # missed-events count of lost markers (-1 unknown)
+
+
+# -- walking the pages ----------------------------------------------------------------------------
+
+def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Decoded,
+              path: str) -> _Records:
+    ps = header.page_size
+    n_pages = seg.length // ps
+    tail = seg.length - n_pages * ps
+    if tail:
+        decoded.errors.append(InputError(
+            f"cpu{seg.cpu}: truncated page ({tail} of {ps} bytes), ignored",
+            path=seg.label or path, offset=seg.file_offset + n_pages * ps))
+        decoded.damaged_pages += 1
+    decoded.pages += n_pages
+    empty = _Records(*(np.zeros(0, np.int64) for _ in range(5)))
+    if n_pages == 0:
+        return empty
+    pages = buf[seg.start:seg.start + n_pages * ps]
+    words = pages.view("<u4").reshape(n_pages, ps // 4)
+    page_ts = pages.view("<u8").reshape(n_pages, ps // 8)[:, header.timestamp_offset // 8]
+    if header.commit_size == 8:
+        commit = pages.view("<u8").reshape(n_pages, ps // 8)[:, header.commit_offset // 8]
+    else:
+        commit = words[:, header.commit_offset // 4].astype(np.uint64)
+    commit = commit.astype(np.int64)
+    data_len = commit & _COMMIT_MASK
+    missed = (commit & RB_MISSED_EVENTS) != 0
+    stored = (commit & RB_MISSED_STORED) != 0
+
+    bad = (data_len > header.data_size) | (commit < 0) | ((commit >> 32) != 0)
+    if bad.any():
+        for p in np.flatnonzero(bad)[:5]:
+            decoded.errors.append(InputError(
+                f"cpu{seg.cpu}: corrupt page header (commit {int(commit[p]) & 0xffffffffffffffff:#x}),"
+                f" page skipped", path=seg.label or path, offset=seg.file_offset + int(p) * ps))
+        if bad.sum() > 5:
+            decoded.errors.append(InputError(
+                f"cpu{seg.cpu}: {int(bad.sum()) - 5} more corrupt page headers", path=seg.label or path,
+                offset=seg.file_offset))
+        decoded.damaged_pages += int(bad.sum())
+        data_len = np.where(bad, 0, data_len)
+        missed &= ~bad
+        stored &= ~bad
+
+    # the missed-events count sits right after the data when RB_MISSED_STORED says so
+    lost = np.where(missed, -1, 0).astype(np.int64)
+    room = stored & (data_len + header.commit_size <= header.data_size)
+    if room.any():
+        at = np.flatnonzero(room) * ps + header.data_offset + data_len[room]
+        lo = pages[at[:, None] + np.arange(header.commit_size)]
+        lost[room] = lo.copy().view(f"<u{header.commit_size}").ravel().astype(np.int64)
+
+    wpp = header.data_size // 4
+    dw = words[:, header.data_offset // 4:header.data_offset // 4 + wpp]
+    tl = (dw & 31).astype(np.int64)
+    nxt = np.zeros_like(dw)
+    nxt[:, :-1] = dw[:, 1:]
+    nxt = nxt.astype(np.int64)
+    delta = (dw >> 5).astype(np.int64)
+    # the step, in words, from each position to the next record if a record started there
+    step = np.where(tl <= 28, tl + 1, 2)
+    sized = (tl == 0) | ((tl == _TYPE_PADDING) & (delta != 0))
+    step = np.where(sized, 1 + (nxt + 3) // 4, step)
+    step = np.where((tl == _TYPE_PADDING) & (delta == 0), _END, step)
+    step = np.where((tl == 0) & (nxt < 8), -1, step)   # a length too small to hold a record
+    step = step.ravel()
+    lw = data_len // 4
+
+    # walk all pages at once: iteration k finds the k-th record of every page still going
+    it_page, it_pos = [], []
+    page_idx = np.flatnonzero(lw > 0)
+    pos = np.zeros(page_idx.size, np.int64)
+    damaged = np.zeros(n_pages, bool)
+    while page_idx.size:
+        st = step[page_idx * wpp + pos]
+        end = pos + st
+        ok = (st > 0) & ((end <= lw[page_idx]) | (st == _END))
+        broken = ~ok
+        if broken.any():
+            damaged[page_idx[broken]] = True
+        it_page.append(page_idx[ok])
+        it_pos.append(pos[ok])
+        keep = ok & (end < lw[page_idx])
+        page_idx, pos = page_idx[keep], end[keep]
+    if damaged.any():
+        for p in np.flatnonzero(damaged)[:5]:
+            decoded.errors.append(InputError(
+                f"cpu{seg.cpu}: corrupt record in page, rest of the page skipped",
+                path=seg.label or path, offset=seg.file_offset + int(p) * ps))
+        decoded.damaged_pages += int(damaged.sum())
+
+    # put the records in page order: record k of page p lands at first[p] + k
+    counts = np.zeros(n_pages, np.int64)
+    for pg in it_page:
+        counts[pg] += 1
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    total = int(counts.sum())
+    rec_page = np.empty(total, np.int64)
+    rec_pos = np.empty(total, np.int64)
+    for k, (pg, ps_) in enumerate(zip(it_page, it_pos)):
+        at = first[pg] + k
+        rec_page[at] = pg
+        rec_pos[at] = ps_
+    flat = rec_page * wpp + rec_pos
+    r_tl = tl.ravel()[flat]
+    r_delta = delta.ravel()[flat]
+    r_next = nxt.ravel()[flat]
+
+    # timestamps: cumulative deltas, restarted at each page start and absolute-time record
+    is_abs = r_tl == _TYPE_TIME_STAMP
+    d = np.where(r_tl == _TYPE_TIME_EXTEND, (r_next << 27) + r_delta, r_delta)
+    d = np.where(is_abs | ((r_tl == _TYPE_PADDING) & (r_delta == 0)), 0, d)
+    page_start = np.zeros(total, bool)
+    page_start[first[counts > 0]] = True
+    resets = page_start | is_abs
+    group = np.cumsum(resets) - 1
+    base_vals = np.where(is_abs, (r_next << 27) + r_delta, page_ts[rec_page].astype(np.int64))
+    cs = np.cumsum(d)
+    reset_at = np.flatnonzero(resets)
+    base = base_vals[reset_at] - (cs[reset_at] - d[reset_at])
+    ts = base[group] + cs
+
+    is_data = r_tl <= 28
+    data_off = header.data_offset + rec_pos * 4 + np.where(r_tl == 0, 8, 4)
+    length = np.where(r_tl == 0, r_next - 4, r_tl * 4)
+    start = seg.start + rec_page * ps + data_off
+    # the common header (type, flags, preempt_count, pid) needs 8 bytes
+    short = is_data & (length < 8)
+    if short.any():
+        decoded.damaged_records += int(short.sum())
+        is_data &= ~short
+    d_start = start[is_data]
+    kind = (buf[d_start].astype(np.int64) | (buf[d_start + 1].astype(np.int64) << 8))
+    recs = _Records(ts=ts[is_data], kind=kind, start=d_start, length=length[is_data],
+                    lost=np.zeros(int(is_data.sum()), np.int64))
+
+    lost_pages = np.flatnonzero(lost != 0)
+    if lost_pages.size:
+        # a marker before the page's first record, at the page's time
+        decoded.lost_events += int(lost[lost_pages][lost[lost_pages] > 0].sum())
+        marker = _Records(ts=page_ts[lost_pages].astype(np.int64),
+                          kind=np.full(lost_pages.size, -1, np.int64),
+                          start=seg.start + lost_pages * ps, length=np.zeros(lost_pages.size, np.int64),
+                          lost=lost[lost_pages])
+        # order: markers sort before the records of their page
+        order_key = np.concatenate([lost_pages * 2, rec_page[is_data] * 2 + 1])
+        order = np.argsort(order_key, kind="stable")
+        recs = _Records(*(np.concatenate([getattr(marker, f), getattr(recs, f)])[order]
+                          for f in ("ts", "kind", "start", "length", "lost")))
+    return recs
+
+
+# -- gathering fields -----------------------------------------------------------------------------
+
+def _gather_uint(buf: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
+    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64)."""
+    # a corrupt record may point anywhere: keep reads inside the buffer
+    at = np.clip(at, 0, max(buf.size - size, 0))
+    out = buf[at].astype(np.uint64)
+    for i in range(1, size):
+        out |= buf[at + i].astype(np.uint64) << np.uint64(8 * i)
+    return out
+
+
+def _numeric(buf: np.ndarray, at: np.ndarray, f: Field, size: int, signed: bool) -> np.ndarray:
+    raw = _gather_uint(buf, at, size) if at.size else np.zeros(0, np.uint64)
+    if size not in (1, 2, 4, 8):
+        return raw
+    u = raw.astype(f"u{size}")
+    return u.view(f"i{size}") if signed else u
+
+
+def _strings(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> pl.Series:
+    """Byte strings cut at the first NUL, as a String series (non-UTF-8 bytes escaped)."""
+    n = start.size
+    width = int(length.max()) if n else 0
+    if width == 0:
+        return pl.Series([""] * n, dtype=pl.String) if n < 2 else pl.repeat("", n, eager=True)
+    idx = start[:, None] + np.arange(width)
+    inside = np.arange(width) < length[:, None]
+    mat = np.where(inside, buf[np.minimum(idx, buf.size - 1)], 0).astype(np.uint8)
+    after_nul = np.logical_or.accumulate(mat == 0, axis=1)
+    mat[after_nul] = 0
+    non_ascii = (mat >= 0x80).any(axis=1)
+    odd = np.flatnonzero(non_ascii)
+    if odd.size:
+        texts = [bytes(mat[i]).rstrip(b"\0").decode("utf-8", "backslashreplace") for i in odd]
+        mat[odd] = 0
+    series = pl.Series(np.ascontiguousarray(mat).view(f"S{width}").ravel()).cast(pl.String)
+    if odd.size:
+        series = series.scatter(odd, texts)
+    return series
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def hex_strings(values: np.ndarray) -> pl.Series:
+    """'0x...' renderings of unsigned 64-bit values, vectorised."""
+    v = values.astype(np.uint64)
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    nibbles = ((v[:, None] >> shifts) & np.uint64(15)).astype(np.uint8)
+    chars = _HEX_DIGITS[nibbles]
+    s = pl.Series(np.ascontiguousarray(chars).view("S16").ravel()).cast(pl.String)
+    return ("0x" + s.str.strip_chars_start("0").replace("", "0")).rename("")
+
+
+_RESERVED = set(CORE_COLUMNS) | set(PROVENANCE_COLUMNS) | set(COMMON_COLUMNS) | {"lost"}
+
+
+def _column_dtype(f: Field) -> pl.DataType:
+    known = FIELD_COLUMNS.get(f.name)
+    if known is not None:
+        return known
+    size = f.element_size or f.size
+    bits = {1: 8, 2: 16, 4: 32, 8: 64}.get(size, 64)
+    return getattr(pl, f"{'Int' if f.signed else 'UInt'}{bits}")
+
+
+def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
+                   long_size: int) -> tuple[dict[str, pl.Series], list[pl.Expr]]:
+    """The typed columns of one event type and the expressions of its `raw` text."""
+    cols: dict[str, pl.Series] = {}
+    raw_parts: list[pl.Expr] = []
+    end = start + length
+    for f in fmt.own_fields:
+        # a field named like a core column (signal_generate's pid, comm) must not replace it
+        name = f"field_{f.name}" if f.name in _RESERVED else f.name
+        if f.dynamic or f.array_len == 0:
+            if f.dynamic:
+                desc = _gather_uint(buf, start + f.offset, 4).astype(np.int64)
+                off = desc & 0xFFFF
+                if f.rel_loc:
+                    off = off + f.offset + f.size
+                at = start + off
+                n_bytes = desc >> 16
+            else:   # a flexible array: runs to the end of the record
+                at = start + f.offset
+                n_bytes = np.maximum(length - f.offset, 0)
+            # never read past the record
+            n_bytes = np.clip(np.minimum(n_bytes, end - at), 0, 1 << 16)
+            if f.is_string or f.element_size <= 1:
+                s = _strings(buf, at, n_bytes)
+                cols[name] = s.alias(name)
+                raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
+            else:
+                es = f.element_size
+                count = n_bytes // es
+                rows = np.repeat(np.arange(start.size), count)
+                first = np.repeat(np.cumsum(count) - count, count)
+                k = np.arange(rows.size) - first
+                vals = _numeric(buf, np.repeat(at, count) + k * es, f, es, f.signed)
+                series = (pl.DataFrame({"r": rows, "v": vals})
+                          .group_by("r", maintain_order=True).agg("v"))
+                full = pl.DataFrame({"r": np.arange(start.size)}).join(series, on="r", how="left")
+                cols[name] = full["v"].alias(name)
+                raw_parts.append(pl.lit(f"{f.name}=[") + pl.col(name).cast(pl.List(pl.String))
+                                 .list.join(",") + pl.lit("]"))
+            continue
+        if f.array_len:
+            if f.is_string:
+                cols[name] = _strings(buf, start + f.offset, np.full(start.size, f.size)).alias(name)
+                raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
+                continue
+            es = f.element_size or 1
+            mat = np.stack([_numeric(buf, start + f.offset + i * es, f, es, f.signed)
+                            for i in range(f.array_len)], axis=1) if start.size else \
+                np.zeros((0, f.array_len), np.uint64)
+            dtype = _column_dtype(f)
+            inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+            series = pl.Series(name, mat).cast(pl.List(inner))
+            cols[name] = series
+            if f.signed:
+                text = pl.col(name).cast(pl.List(pl.String)).list.join(",")
+            else:
+                text = pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",")
+            raw_parts.append(pl.lit(f"{f.name}=[") + text + pl.lit("]"))
+            continue
+        size = f.size if f.size in (1, 2, 4, 8) else 8
+        values = _numeric(buf, start + f.offset, f, size, f.signed)
+        dtype = _column_dtype(f)
+        if dtype == pl.String:
+            if name == "prev_state":
+                cols[name] = _task_state(values.astype(np.int64), fmt.print_fmt).alias(name)
+            else:
+                cols[name] = pl.Series(name, values).cast(pl.String)
+            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
+            continue
+        cols[name] = pl.Series(name, values).cast(dtype)
+        if not f.signed and size == long_size:
+            cols[f"__hex_{name}"] = hex_strings(values.astype(np.uint64))
+            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(f"__hex_{name}"))
+        else:
+            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name).cast(pl.String))
+    return cols, raw_parts
+
+
+# sched_switch prev_state, as the print fmt's __print_flags renders it
+_STATE_FLAGS = [(0x01, "S"), (0x02, "D"), (0x04, "T"), (0x08, "t"), (0x10, "X"), (0x20, "Z"),
+                (0x40, "P"), (0x80, "I")]
+
+
+def _task_state(state: np.ndarray, print_fmt: str) -> pl.Series:
+    import re
+
+    pairs = [(int(v, 16), s) for v, s in re.findall(r'\{\s*0x([0-9a-fA-F]+),\s*"([^"]*)"\s*\}',
+                                                     print_fmt)] or _STATE_FLAGS
+    mask = 0
+    for v, _ in pairs:
+        mask |= v
+    # the kernel prints ((TASK_REPORT_MAX) << 1) - 1 bits, and a '+' for the preempt bit
+    report_max = 1 << (mask.bit_length())
+    masked = state & (report_max - 1)
+    uniq, inverse = np.unique(np.stack([masked, (state & report_max) != 0], axis=1), axis=0,
+                              return_inverse=True)
+    names = []
+    for m, plus in uniq:
+        text = "|".join(s for v, s in pairs if m & v) if m else "R"
+        names.append(text + ("+" if plus else ""))
+    return pl.Series(names, dtype=pl.String).gather(inverse.ravel())
+
+
+# -- the irq-info flags column --------------------------------------------------------------------
+
+def _flag_table() -> pl.Series:
+    """The 5-character latency flags for every (common_flags, preempt_count) pair."""
+    out = []
+    for flags in range(256):
+        nmi, hard, soft, bh = flags & 0x40, flags & 0x08, flags & 0x10, flags & 0x80
+        irqs = "D" if flags & 1 and bh else "d" if flags & 1 else "b" if bh else "."
+        need = {0x04 | 0x02 | 0x20: "B", 0x04 | 0x20: "N", 0x02 | 0x20: "L", 0x04 | 0x02: "b",
+                0x04: "n", 0x20: "p", 0x02: "l"}.get(flags & 0x26, ".")
+        hs = "Z" if nmi and hard else "z" if nmi else "H" if hard and soft else \
+            "h" if hard else "s" if soft else "."
+        head = irqs + need + hs
+        for pc in range(256):
+            low, high = pc & 0xF, pc >> 4
+            out.append(head + (f"{low:x}" if low else ".") + (f"{high:x}" if high else "."))
+    return pl.Series(out, dtype=pl.String)
+
+
+_FLAGS: pl.Series | None = None
+
+
+def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
+    global _FLAGS
+    if _FLAGS is None:
+        _FLAGS = _flag_table()
+    return _FLAGS.gather(flags.astype(np.int64) * 256 + preempt.astype(np.int64))
+
+
+# -- the whole decode -----------------------------------------------------------------------------
+
+def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, EventFormat],
+           header: PageHeader, *, path: str, long_size: int = 8,
+           cmdlines: dict[int, str] | None = None,
+           tgids: dict[int, int] | None = None) -> Decoded:
+    """Decode the pages of `segments` (per CPU) in `buf` into one time-ordered event frame.
+
+    Columns: ts_ns, cpu, pid, comm, tgid, flags, system, event, offset, raw, lost and every
+    field of every event type under its own name. Damage is reported in ``errors`` and counted.
+    """
+    if buf.dtype != np.uint8:
+        raise TypeError("buf must be uint8")
+    decoded = Decoded(events=pl.DataFrame())
+    parts = []
+    for seg in segments:
+        if seg.start < 0 or seg.start + seg.length > buf.size:
+            decoded.errors.append(InputError(
+                f"cpu{seg.cpu}: data runs past the end of the file", path=seg.label or path,
+                offset=seg.file_offset))
+            seg = CpuSegment(seg.cpu, seg.start, max(0, min(seg.length, buf.size - seg.start)),
+                             seg.file_offset, seg.label)
+        recs = _walk_cpu(buf, seg, header, decoded, path)
+        parts.append((seg, recs))
+    big = buf
+
+    ts = np.concatenate([r.ts for _, r in parts]) if parts else np.zeros(0, np.int64)
+    kind = np.concatenate([r.kind for _, r in parts]) if parts else np.zeros(0, np.int64)
+    start = np.concatenate([r.start for _, r in parts]) if parts else np.zeros(0, np.int64)
+    length = np.concatenate([r.length for _, r in parts]) if parts else np.zeros(0, np.int64)
+    lost = np.concatenate([r.lost for _, r in parts]) if parts else np.zeros(0, np.int64)
+    cpu = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts]) \
+        if parts else np.zeros(0, np.int32)
+    offset = np.concatenate([r.start - s.start + s.file_offset for s, r in parts]) \
+        if parts else np.zeros(0, np.int64)
+    # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
+    order = np.argsort(ts, kind="stable")
+    ts, kind, start, length, lost, cpu, offset = (a[order] for a in (ts, kind, start, length,
+                                                                    lost, cpu, offset))
+    n = ts.size
+    is_event = kind >= 0
+    word0 = _gather_uint(big, np.where(is_event, start, 0), 4).astype(np.int64)
+    flags = np.where(is_event, (word0 >> 16) & 0xFF, 0)
+    preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0)
+    pid = _gather_uint(big, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
+
+    known_ids = np.array(sorted(formats), np.int64)
+    type_names = ["<lost>"] + [formats[i].name for i in known_ids]
+    systems = [None] + [formats[i].system or None for i in known_ids]
+    pos = np.searchsorted(known_ids, kind) if known_ids.size else np.zeros(n, np.int64)
+    pos = np.minimum(pos, max(known_ids.size - 1, 0))
+    known = is_event & (known_ids.size > 0) & (known_ids[pos] == kind if known_ids.size else False)
+    type_index = np.where(known, pos + 1, 0)
+
+    frames = []
+    row_ids = []
+    for i, tid in enumerate(known_ids):
+        rows = np.flatnonzero(type_index == i + 1)
+        if not rows.size:
+            continue
+        fmt = formats[int(tid)]
+        # a record shorter than its format's fixed fields is damaged: fields read as far as
+        # they go (the pad keeps reads in bounds), the damage is counted
+        short = length[rows] < fmt.fixed_size
+        if short.any():
+            decoded.damaged_records += int(short.sum())
+        cols, raw_parts = _field_columns(big, fmt, start[rows], length[rows], long_size)
+        frame = pl.DataFrame(cols) if cols else pl.DataFrame({"__x": np.zeros(rows.size)})
+        raw_expr = pl.concat_str(raw_parts, separator=" ") if raw_parts else pl.lit("")
+        frame = frame.with_columns(raw_expr.alias("raw"))
+        frame = frame.drop([c for c in frame.columns if c.startswith("__")])
+        frames.append(frame)
+        row_ids.append(rows)
+    unknown = np.flatnonzero(is_event & ~known)
+    if unknown.size:
+        raw = "type=" + pl.Series(kind[unknown]).cast(pl.String) + " len=" + \
+            pl.Series(length[unknown]).cast(pl.String)
+        frames.append(pl.DataFrame({"raw": raw}))
+        row_ids.append(unknown)
+    lost_rows = np.flatnonzero(~is_event)
+    if lost_rows.size:
+        counts = pl.Series("lost", lost[lost_rows])
+        counts = pl.select(pl.when(counts >= 0).then(counts)).to_series()   # -1: count unknown
+        frames.append(pl.DataFrame({
+            "lost": counts,
+            "raw": pl.select(pl.concat_str(pl.lit("LOST "), counts.cast(pl.String)
+                                           .fill_null("?"), pl.lit(" EVENTS"))).to_series()}))
+        row_ids.append(lost_rows)
+
+    if frames:
+        fields = pl.concat(frames, how="diagonal_relaxed")
+        where = np.concatenate(row_ids)
+        inverse = np.empty(n, np.int64)
+        inverse[where] = np.arange(n)
+        fields = fields[inverse]
+    else:
+        fields = pl.DataFrame()
+
+    names = pl.Series(type_names, dtype=pl.String)
+    sys_names = pl.Series(systems, dtype=pl.String)
+    event_names = names.gather(type_index)
+    event_names = event_names.scatter(np.flatnonzero(~is_event), LOST_EVENTS) \
+        if (~is_event).any() else event_names
+    unknown_name = np.flatnonzero(is_event & ~known)
+    if unknown_name.size:
+        event_names = event_names.scatter(unknown_name, None)
+    pid_s = pl.Series("pid", pid)
+    core = pl.DataFrame({
+        "ts_ns": ts,
+        "seq": np.arange(n, dtype=np.int64),
+        "cpu": cpu,
+        "pid": pid_s,
+        "source": pl.repeat("ftrace", n, eager=True, dtype=pl.String),
+        "system": sys_names.gather(type_index),
+        "event": event_names,
+        "offset": offset,
+        "flags": _flags_column(flags, preempt),
+    })
+    if (~is_event).any():
+        nulls = pl.Series(~is_event)
+        core = core.with_columns(
+            pl.when(nulls.not_()).then(pl.col(c)).alias(c) for c in ("pid", "flags"))
+    core = core.with_columns(_comm_expr(cmdlines), _tgid_expr(tgids))
+    decoded.events = pl.concat([core, fields], how="horizontal") if fields.width else core
+    return decoded
+
+
+def _comm_expr(cmdlines: dict[int, str] | None) -> pl.Expr:
+    table = {0: "<idle>", **(cmdlines or {})}
+    return pl.col("pid").replace_strict(list(table), list(table.values()), default=None,
+                                        return_dtype=pl.String).alias("comm")
+
+
+def _tgid_expr(tgids: dict[int, int] | None) -> pl.Expr:
+    if not tgids:
+        return pl.lit(None, dtype=pl.Int32).alias("tgid")
+    return pl.col("pid").replace_strict(list(tgids), list(tgids.values()), default=None,
+                                        return_dtype=pl.Int32).alias("tgid")
+

@@ -1,0 +1,461 @@
+"""trace-cmd's ``trace.dat`` (file versions 6 and 7), read without trace-cmd.
+
+Layout (trace-cmd.dat.v6(5), trace-cmd.dat.v7(5)): magic ``\\x17\\x08\\x44tracing``, version
+string, endianness, long size, page size. Version 6 then stores header_page/header_event,
+the ftrace and event formats, kallsyms, printk formats, saved cmdlines, the CPU count, options
+and the ``flyrecord`` table of per-CPU data. Version 7 stores a compression name and the offset
+of the first options section; every part is a section (optionally compressed, zstd or zlib)
+reached through options, and each instance's CPU data lives in a BUFFER section, compressed in
+chunks. The CPU data itself is ring-buffer pages, decoded by :mod:`kmltrace.formats.ringbuffer`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kmltrace import schema
+from kmltrace.errors import InputError, KmltraceError
+from kmltrace.formats import Parsed
+from kmltrace.formats.event_format import (EventFormat, PageHeader, parse_format,
+                                           parse_header_event, parse_header_page)
+from kmltrace.formats.ringbuffer import CpuSegment, decode
+
+NAME = "tracedat"
+MAGIC = b"\x17\x08\x44tracing"
+
+# option ids (trace-cmd.dat.v7(5))
+OPT_DONE, OPT_DATE, OPT_CPUSTAT, OPT_BUFFER, OPT_TRACECLOCK, OPT_UNAME = 0, 1, 2, 3, 4, 5
+OPT_OFFSET, OPT_CPUCOUNT, OPT_VERSION, OPT_TSC2NSEC = 7, 8, 9, 14
+OPT_HEADER_INFO, OPT_FTRACE_EVENTS, OPT_EVENT_FORMATS = 16, 17, 18
+OPT_KALLSYMS, OPT_PRINTK, OPT_CMDLINES = 19, 20, 21
+SEC_FL_COMPRESS = 1
+
+
+def sniff(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
+@dataclass
+class _Buffer:
+    name: str
+    clock: str
+    cpus: list[tuple[int, int, int]]          # (cpu, offset, size)
+    compressed: bool = False
+
+
+@dataclass
+class TraceDat:
+    """Everything a trace.dat says besides the events."""
+
+    version: int = 0
+    long_size: int = 8
+    page_size: int = 4096
+    compression: str = "none"
+    header_page: PageHeader | None = None
+    formats: dict[int, EventFormat] = field(default_factory=dict)
+    cmdlines: dict[int, str] = field(default_factory=dict)
+    kallsyms: bytes = b""
+    printk: bytes = b""
+    options: dict[str, object] = field(default_factory=dict)
+    buffers: list[_Buffer] = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+
+class _Reader:
+    """Bounds-checked little-endian reads from the mapped file; errors name path and offset."""
+
+    def __init__(self, data, path: str, pos: int = 0):
+        self.data = data
+        self.path = path
+        self.pos = pos
+
+    def fail(self, what: str, at: int | None = None) -> InputError:
+        return InputError(what, path=self.path, offset=self.pos if at is None else at)
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise self.fail(f"truncated: {n} bytes needed, the file ends at {len(self.data)}")
+        out = bytes(self.data[self.pos:self.pos + n])
+        self.pos += n
+        return out
+
+    def u16(self) -> int:
+        return struct.unpack("<H", self.take(2))[0]
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def cstr(self, limit: int = 4096) -> str:
+        end = self.data.find(b"\0", self.pos, min(len(self.data), self.pos + limit))
+        if end < 0:
+            raise self.fail("truncated: unterminated string")
+        out = bytes(self.data[self.pos:end]).decode("utf-8", "replace")
+        self.pos = end + 1
+        return out
+
+
+def _decompressor(name: str, path: str):
+    if name in ("none", ""):
+        return None
+    if name == "zstd":
+        import zstandard
+
+        dctx = zstandard.ZstdDecompressor()
+        return lambda blob, size: dctx.decompress(blob, max_output_size=size)
+    if name == "zlib":
+        return lambda blob, size: zlib.decompress(blob)
+    raise InputError(f"unknown trace.dat compression {name!r}", path=path, offset=0)
+
+
+def _read_header_info(r: _Reader, info: TraceDat) -> None:
+    if r.take(12) != b"header_page\0":
+        raise r.fail("expected 'header_page'", r.pos - 12)
+    text = r.take(r.u64()).decode("utf-8", "replace")
+    info.header_page = parse_header_page(text, path=r.path)
+    if r.take(13) != b"header_event\0":
+        raise r.fail("expected 'header_event'", r.pos - 13)
+    parse_header_event(r.take(r.u64()).decode("utf-8", "replace"), path=r.path)
+
+
+def _add_format(info: TraceDat, text: bytes, system: str, path: str, at: int) -> None:
+    try:
+        fmt = parse_format(text.decode("utf-8", "replace"), system=system, path=path,
+                           long_size=info.long_size)
+    except KmltraceError as e:
+        # one bad format costs only its own events; say where it is in the file
+        info.errors.append(InputError(f"event format of {system}: {e.message}", path=path,
+                                      offset=at))
+        return
+    info.formats[fmt.id] = fmt
+
+
+def _read_ftrace_formats(r: _Reader, info: TraceDat) -> None:
+    for _ in range(r.u32()):
+        at = r.pos
+        _add_format(info, r.take(r.u64()), "ftrace", r.path, at)
+
+
+def _read_event_formats(r: _Reader, info: TraceDat) -> None:
+    for _ in range(r.u32()):
+        system = r.cstr()
+        for _ in range(r.u32()):
+            at = r.pos
+            _add_format(info, r.take(r.u64()), system, r.path, at)
+
+
+def _parse_cmdlines(text: bytes) -> dict[int, str]:
+    out = {}
+    for line in text.decode("utf-8", "backslashreplace").splitlines():
+        pid, _, comm = line.partition(" ")
+        if pid.strip().isdigit():
+            out[int(pid)] = comm
+    return out
+
+
+def _read_header(r: _Reader, info: TraceDat) -> None:
+    if r.take(10) != MAGIC:
+        raise r.fail("not a trace.dat file (bad magic)", 0)
+    version = r.cstr(16)
+    if version not in ("6", "7"):
+        raise r.fail(f"unsupported trace.dat version {version!r} (6 and 7 are supported)", 10)
+    info.version = int(version)
+    endian = r.take(1)[0]
+    if endian != 0:
+        raise r.fail("big-endian trace.dat is not supported", r.pos - 1)
+    info.long_size = r.take(1)[0]
+    if info.long_size not in (4, 8):
+        raise r.fail(f"bad long size {info.long_size}", r.pos - 1)
+    info.page_size = r.u32()
+    if info.page_size < 64 or info.page_size % 8 or info.page_size > (1 << 24):
+        raise r.fail(f"bad page size {info.page_size}", r.pos - 4)
+
+
+def _read_options(r: _Reader, info: TraceDat, end: int) -> int:
+    """Read options until DONE; return the DONE option's next-section offset (v7) or 0."""
+    while r.pos < end:
+        at = r.pos
+        opt = r.u16()
+        if opt == OPT_DONE:
+            if info.version >= 7:
+                size = r.u32()
+                return r.u64() if size >= 8 else 0
+            return 0
+        size = r.u32()
+        data = r.take(size)
+        _option(info, opt, data, r, at)
+    return 0
+
+
+def _option(info: TraceDat, opt: int, data: bytes, r: _Reader, at: int) -> None:
+    text = data.rstrip(b"\0").decode("utf-8", "backslashreplace")
+    o = info.options
+    if opt == OPT_TRACECLOCK:
+        m = re.search(r"\[([^\]]+)\]", text)
+        o["clock"] = m[1] if m else text.strip()
+    elif opt == OPT_UNAME:
+        o["uname"] = text
+    elif opt == OPT_VERSION:
+        o["tracecmd_version"] = text
+    elif opt == OPT_CPUCOUNT and len(data) >= 4:
+        o["cpus"] = struct.unpack_from("<I", data)[0]
+    elif opt == OPT_CPUSTAT:
+        o.setdefault("cpustat", []).append(text)
+    elif opt == OPT_DATE:
+        o["date"] = text
+    elif opt == OPT_OFFSET:
+        o["ts_offset"] = text
+    elif opt == OPT_TSC2NSEC and len(data) >= 16:
+        mult, shift, offset = struct.unpack_from("<IIq", data)
+        o["tsc2nsec"] = {"mult": mult, "shift": shift, "offset": offset}
+    elif opt == OPT_BUFFER:
+        sub = _Reader(data, r.path)
+        try:
+            offset = sub.u64()
+            name = sub.cstr()
+            if info.version >= 7:
+                clock = sub.cstr()
+                sub.u32()                   # page size
+                cpus = [(sub.u32(), sub.u64(), sub.u64()) for _ in range(sub.u32())]
+                info.buffers.append(_Buffer(name, clock, cpus))
+                info.options.setdefault("_buffer_sections", []).append(offset)
+            else:
+                info.options.setdefault("_v6_buffers", []).append((name, offset))
+        except KmltraceError:
+            info.errors.append(InputError("truncated BUFFER option", path=r.path, offset=at))
+    elif opt in (OPT_HEADER_INFO, OPT_FTRACE_EVENTS, OPT_EVENT_FORMATS, OPT_KALLSYMS,
+                 OPT_PRINTK, OPT_CMDLINES) and len(data) >= 8:
+        o.setdefault("_sections", {})[opt] = struct.unpack_from("<Q", data)[0]
+
+
+def _section(r: _Reader, offset: int, decompress) -> tuple[_Reader, int, int]:
+    """The content of the v7 section at `offset` as a reader, with the section id and flags."""
+    r.pos = offset
+    sec_id, flags = r.u16(), r.u16()
+    r.u32()                                  # description string id
+    size = r.u64()
+    start = r.pos
+    if flags & SEC_FL_COMPRESS:
+        if decompress is None:
+            raise r.fail("compressed section in a file without compression", offset)
+        csize, usize = r.u32(), r.u32()
+        blob = r.take(csize)
+        try:
+            data = decompress(blob, usize)
+        except Exception as e:   # zstd/zlib raise their own types: name the place
+            raise InputError(f"cannot decompress section {sec_id}: {e}", path=r.path,
+                             offset=offset) from None
+        return _Reader(data, r.path), sec_id, flags
+    if start + size > len(r.data):
+        raise r.fail(f"truncated: section {sec_id} of {size} bytes runs past the end", offset)
+    return _Reader(r.data[start:start + size], r.path), sec_id, flags
+
+
+def _read_v7(r: _Reader, info: TraceDat) -> None:
+    info.compression = r.cstr(64)
+    r.cstr(64)                               # compression version
+    decompress = _decompressor(info.compression, r.path)
+    next_options = r.u64()
+    seen = set()
+    while next_options and next_options not in seen:
+        seen.add(next_options)
+        sub, _, _ = _section(r, next_options, decompress)
+        next_options = _read_options(sub, info, len(sub.data))
+    sections = info.options.pop("_sections", {})
+    if OPT_HEADER_INFO not in sections:
+        raise r.fail("no HEADER_INFO section", 0)
+    readers = {
+        OPT_HEADER_INFO: _read_header_info,
+        OPT_FTRACE_EVENTS: _read_ftrace_formats,
+        OPT_EVENT_FORMATS: _read_event_formats,
+    }
+    for opt, reader in readers.items():
+        if opt in sections:
+            sub, _, _ = _section(r, sections[opt], decompress)
+            reader(sub, info)
+    for opt in (OPT_KALLSYMS, OPT_PRINTK, OPT_CMDLINES):
+        if opt not in sections:
+            continue
+        try:
+            sub, _, _ = _section(r, sections[opt], decompress)
+            size = sub.u64() if opt == OPT_CMDLINES else sub.u32()
+            blob = sub.take(min(size, len(sub.data) - sub.pos))
+        except KmltraceError as e:
+            info.errors.append(e)
+            continue
+        if opt == OPT_KALLSYMS:
+            info.kallsyms = blob
+        elif opt == OPT_PRINTK:
+            info.printk = blob
+        else:
+            info.cmdlines = _parse_cmdlines(blob)
+    for buffer, offset in zip(info.buffers, info.options.pop("_buffer_sections", [])):
+        r.pos = offset
+        r.u16()
+        flags = r.u16()
+        buffer.compressed = bool(flags & SEC_FL_COMPRESS) and decompress is not None
+
+
+def _read_v6(r: _Reader, info: TraceDat) -> None:
+    _read_header_info(r, info)
+    _read_ftrace_formats(r, info)
+    _read_event_formats(r, info)
+    info.kallsyms = r.take(r.u32())
+    info.printk = r.take(r.u32())
+    info.cmdlines = _parse_cmdlines(r.take(r.u64()))
+    cpus = r.u32()
+    kind = r.take(10)
+    if kind == b"options  \0":
+        _read_options(r, info, len(r.data))
+        kind = r.take(10)
+    if kind == b"latency  \0":
+        raise r.fail("latency (text) trace.dat files carry no binary events; use trace-cmd "
+                     "report's text", r.pos - 10)
+    if kind != b"flyrecord\0":
+        raise r.fail(f"expected 'flyrecord', found {kind!r}", r.pos - 10)
+    info.buffers.append(_v6_flyrecord(r, "", cpus))
+    ncpus = info.options.get("cpus", cpus)
+    for name, offset in info.options.pop("_v6_buffers", []):
+        r.pos = offset
+        try:
+            if r.take(10) != b"flyrecord\0":
+                raise r.fail("expected 'flyrecord' of buffer " + repr(name), offset)
+            info.buffers.append(_v6_flyrecord(r, name, ncpus))
+        except KmltraceError as e:
+            info.errors.append(e)
+
+
+def _v6_flyrecord(r: _Reader, name: str, cpus: int) -> _Buffer:
+    table = [(cpu, r.u64(), r.u64()) for cpu in range(cpus)]
+    clock = ""
+    try:
+        clock_text = r.take(r.u64()).decode("utf-8", "replace")
+        m = re.search(r"\[([^\]]+)\]", clock_text)
+        clock = m[1] if m else clock_text.strip("\0\n ")
+    except KmltraceError:
+        pass
+    return _Buffer(name, clock, table)
+
+
+def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, decompress,
+              chunks_out: list, segments: list, pos: int) -> int:
+    """Append each CPU's pages to `chunks_out`; return the new total length."""
+    for cpu, offset, size in buffer.cpus:
+        if size == 0:
+            continue
+        label = r.path
+        if not buffer.compressed:
+            end = min(offset + size, len(r.data))
+            if end < offset + size:
+                info.errors.append(InputError(
+                    f"truncated: cpu{cpu} data of {size} bytes runs past the end of the file",
+                    path=r.path, offset=len(r.data)))
+            data = np.frombuffer(r.data, np.uint8, count=max(0, end - offset), offset=offset) \
+                if end > offset else np.zeros(0, np.uint8)
+            chunks_out.append(data)
+            segments.append(CpuSegment(cpu, pos, data.size, offset, label))
+            pos += data.size
+            continue
+        r.pos = offset
+        seg_start = pos
+        try:
+            for _ in range(r.u32()):
+                at = r.pos
+                csize, usize = r.u32(), r.u32()
+                blob = r.take(csize)
+                try:
+                    out = decompress(blob, usize)
+                except Exception as e:
+                    raise InputError(f"cannot decompress cpu{cpu} chunk: {e}", path=r.path,
+                                     offset=at) from None
+                chunks_out.append(np.frombuffer(out, np.uint8))
+                pos += len(out)
+        except KmltraceError as e:
+            info.errors.append(e)
+        segments.append(CpuSegment(cpu, seg_start, pos - seg_start, offset, label))
+    return pos
+
+
+def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
+    """Parse the metadata and gather the CPU data of every buffer into one byte array."""
+    path_s = str(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=path_s) from None
+    with f:
+        try:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (ValueError, OSError):
+            data = f.read()
+    r = _Reader(data, path_s)
+    info = TraceDat()
+    _read_header(r, info)
+    if info.version >= 7:
+        _read_v7(r, info)
+    else:
+        _read_v6(r, info)
+    if info.header_page is None:
+        raise r.fail("no header_page", 0)
+    if info.header_page.page_size != info.page_size:
+        info.header_page = PageHeader(**{**info.header_page.__dict__,
+                                         "data_size": info.page_size -
+                                         info.header_page.data_offset})
+    decompress = _decompressor(info.compression, path_s) if info.version >= 7 else None
+    chunks: list[np.ndarray] = []
+    segments: list[CpuSegment] = []
+    pos = 0
+    for buffer in info.buffers:
+        pos = _cpu_data(r, info, buffer, decompress, chunks, segments, pos)
+    if len(chunks) == 1:
+        buf = chunks[0]
+    elif chunks:
+        buf = np.concatenate(chunks)
+    else:
+        buf = np.zeros(0, np.uint8)
+    return info, buf, segments, data
+
+
+def parse(path: Path) -> Parsed:
+    info, buf, segments, _mapping = read(path)
+    decoded = decode(buf, segments, info.formats, info.header_page, path=str(path),
+                     long_size=info.long_size, cmdlines=info.cmdlines)
+    events = decoded.events.with_columns(
+        pl.lit(str(path)).alias("file"))
+    clocks = [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
+    meta = {
+        "lost_events": decoded.lost_events,
+        "precision": "ns",
+        "clock": clocks[0] if clocks else None,
+        "cpus": info.options.get("cpus", max((c for b in info.buffers for c, _, _ in b.cpus),
+                                             default=-1) + 1),
+        "version": info.version,
+        "compression": info.compression,
+        "buffers": [b.name for b in info.buffers],
+        "pages": decoded.pages,
+        "damaged_pages": decoded.damaged_pages,
+        "damaged_records": decoded.damaged_records,
+        "formats": len(info.formats),
+        "kallsyms_bytes": len(info.kallsyms),
+        "printk_formats": info.printk.decode("utf-8", "backslashreplace"),
+    }
+    if info.kallsyms:
+        meta["kallsyms_text"] = info.kallsyms.decode("utf-8", "backslashreplace")
+    if "uname" in info.options:
+        meta["kernel"] = str(info.options["uname"]).split()[2] \
+            if len(str(info.options["uname"]).split()) > 2 else info.options["uname"]
+    for key in ("uname", "tracecmd_version", "tsc2nsec", "ts_offset", "date"):
+        if key in info.options:
+            meta[key] = info.options[key]
+    return Parsed(path=str(path), format=NAME, events=schema.conform(events),
+                  errors=info.errors + decoded.errors, meta=meta)
