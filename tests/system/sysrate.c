@@ -1,0 +1,46 @@
+/* sysrate: getppid system calls at a steady rate, for streaming and loss tests.
+ *
+ *   sysrate RATE SECONDS      RATE getppid calls per second for SECONDS, in 1 ms ticks
+ *   sysrate -b COUNT          COUNT getppid calls as fast as possible (a burst)
+ *
+ * Each getppid is one raw_syscalls:sys_enter + one sys_exit (id 110 on x86-64). Prints
+ * "getppid N" (the exact number of calls made) and "pid P" at the end.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+	unsigned long done = 0;
+	if (argc == 3 && strcmp(argv[1], "-b") == 0) {
+		unsigned long count = strtoul(argv[2], NULL, 0);
+		for (; done < count; done++)
+			syscall(SYS_getppid);
+	} else if (argc == 3) {
+		double rate = strtod(argv[1], NULL), seconds = strtod(argv[2], NULL);
+		unsigned long ticks = (unsigned long)(seconds * 1000), total = (unsigned long)(rate * seconds);
+		struct timespec next;
+		clock_gettime(CLOCK_MONOTONIC, &next);
+		for (unsigned long t = 1; t <= ticks; t++) {
+			unsigned long target = total * t / ticks;
+			for (; done < target; done++)
+				syscall(SYS_getppid);
+			next.tv_nsec += 1000000;
+			if (next.tv_nsec >= 1000000000) {
+				next.tv_nsec -= 1000000000;
+				next.tv_sec++;
+			}
+			clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
+		}
+	} else {
+		fprintf(stderr, "usage: sysrate RATE SECONDS | sysrate -b COUNT\n");
+		return 2;
+	}
+	printf("getppid %lu\npid %d\n", done, (int)getpid());
+	return 0;
+}
