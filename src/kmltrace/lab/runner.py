@@ -63,7 +63,7 @@ def run(name: str, accel: str = "tcg", out: Path | None = None) -> dict:
     argv = qemu_command(out / KERNEL_COPY, accel)
     result = vm.run_vm(argv, out, timeout=scenario.timeout, log_cap=scenario.log_cap,
                        done=_console_done, compress=True)
-    files = [{"path": KERNEL_COPY, "role": "data", "format": "elf",
+    files = [{"path": KERNEL_COPY, "role": "meta",
               "bytes": (out / KERNEL_COPY).stat().st_size}, *result.files]
     manifest = {
         "kind": "lab",
@@ -73,6 +73,7 @@ def run(name: str, accel: str = "tcg", out: Path | None = None) -> dict:
                      "qemu": vm.qemu_version(), "qmp_events": [e.get("event") for e in
                                                                result.events],
                      "kvm_trace": result.kvm_trace if accel == "kvm" else None},
+        "vmlinux": KERNEL_COPY,   # the ELF whose symbols name the lab kernel's addresses
         "lab": {"scenario": scenario.to_json(), "source_hash": build.source_hash()},
         "files": files,
     }
