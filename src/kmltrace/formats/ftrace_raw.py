@@ -1,0 +1,143 @@
+"""Raw ring-buffer pages of a bundle's ``ftrace/`` directory (docs/INTERFACES.md).
+
+The collector stores what tracefs hands out: ``cpu<N>.raw`` (pages read from
+``per_cpu/cpu<N>/trace_pipe_raw``) beside ``header_page``, ``header_event``, the
+``events/<system>/<event>/format`` files, ``saved_cmdlines``, ``saved_tgids``, ``trace_clock``
+and ``stats/cpu<N>``. Raw pages mean nothing without those, so they are read only as a
+directory, never sniffed as a lone file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from kmltrace import schema
+from kmltrace.errors import InputError, KmltraceError
+from kmltrace.formats import Parsed
+from kmltrace.formats.event_format import parse_format, parse_header_event, parse_header_page
+from kmltrace.formats.ringbuffer import CpuSegment, decode
+
+NAME = "ftrace_raw"
+
+
+def _read_text(path: Path, required: bool = True) -> str | None:
+    try:
+        return path.read_text(errors="backslashreplace")
+    except FileNotFoundError:
+        if required:
+            raise InputError("missing (raw pages cannot be decoded without it)",
+                             path=str(path)) from None
+        return None
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+
+
+def read_cmdlines(text: str | None) -> dict[int, str]:
+    """``saved_cmdlines``: "PID COMM" per line."""
+    out = {}
+    for line in (text or "").splitlines():
+        pid, _, comm = line.partition(" ")
+        if pid.isdigit():
+            out[int(pid)] = comm
+    return out
+
+
+def read_tgids(text: str | None) -> dict[int, int]:
+    """``saved_tgids``: "PID TGID" per line."""
+    out = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            out[int(parts[0])] = int(parts[1])
+    return out
+
+
+def _stats_lost(stats_dir: Path) -> dict[int, dict[str, int]]:
+    """Per-CPU ``overrun`` and ``dropped events`` counts of ``stats/cpu<N>``."""
+    out: dict[int, dict[str, int]] = {}
+    if not stats_dir.is_dir():
+        return out
+    for f in stats_dir.iterdir():
+        m = re.fullmatch(r"cpu(\d+)", f.name)
+        if not m:
+            continue
+        values = {}
+        for line in (_read_text(f, False) or "").splitlines():
+            key, _, value = line.partition(":")
+            value = value.strip()
+            if value.isdigit():
+                values[key.strip()] = int(value)
+        out[int(m[1])] = values
+    return out
+
+
+def parse_dir(path: Path) -> Parsed:
+    """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle)."""
+    path = Path(path)
+    if (path / "ftrace").is_dir() and not (path / "header_page").exists():
+        path = path / "ftrace"
+    errors: list[KmltraceError] = []
+    header = parse_header_page(_read_text(path / "header_page"), path=str(path / "header_page"))
+    parse_header_event(_read_text(path / "header_event"), path=str(path / "header_event"))
+    # the kernel's long size is the commit word's size
+    long_size = header.commit_size
+    formats = {}
+    for fmt_path in sorted((path / "events").glob("*/*/format")):
+        try:
+            fmt = parse_format(_read_text(fmt_path), system=fmt_path.parent.parent.name,
+                               path=str(fmt_path), long_size=long_size)
+        except KmltraceError as e:
+            errors.append(e)
+            continue
+        formats[fmt.id] = fmt
+    cmdlines = read_cmdlines(_read_text(path / "saved_cmdlines", False))
+    tgids = read_tgids(_read_text(path / "saved_tgids", False))
+    clock_text = _read_text(path / "trace_clock", False) or ""
+    m = re.search(r"\[([^\]]+)\]", clock_text)
+    clock = m[1] if m else (clock_text.strip() or None)
+
+    raws = []
+    for f in path.glob("cpu*.raw"):
+        m = re.fullmatch(r"cpu(\d+)\.raw", f.name)
+        if m:
+            raws.append((int(m[1]), f))
+    raws.sort()
+    chunks, segments, pos = [], [], 0
+    for cpu, f in raws:
+        try:
+            data = np.fromfile(f, dtype=np.uint8)
+        except OSError as e:
+            errors.append(InputError(f"cannot read: {e.strerror or e}", path=str(f)))
+            continue
+        chunks.append(data)
+        segments.append(CpuSegment(cpu, pos, data.size, 0, str(f)))
+        pos += data.size
+    buf = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    decoded = decode(buf, segments, formats, header, path=str(path), long_size=long_size,
+                     cmdlines=cmdlines, tgids=tgids)
+    # the file column names each CPU's own .raw file (offsets are within it)
+    files = {s.cpu: s.label for s in segments}
+    events = decoded.events.with_columns(
+        pl.col("cpu").replace_strict(list(files), list(files.values()), default=str(path),
+                                     return_dtype=pl.String).alias("file"))
+    stats = _stats_lost(path / "stats")
+    overrun = sum(v.get("overrun", 0) for v in stats.values())
+    dropped = sum(v.get("dropped events", 0) for v in stats.values())
+    meta = {
+        "lost_events": decoded.lost_events,
+        "precision": "ns",
+        "clock": clock,
+        "cpus": len(stats) or len(raws),
+        "pages": decoded.pages,
+        "damaged_pages": decoded.damaged_pages,
+        "damaged_records": decoded.damaged_records,
+        "formats": len(formats),
+        "overrun": overrun,
+        "dropped_events": dropped,
+    }
+    return Parsed(path=str(path), format=NAME, events=schema.conform(events),
+                  errors=errors + decoded.errors, meta=meta)
