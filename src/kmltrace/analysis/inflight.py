@@ -1,0 +1,56 @@
+"""The report's ``in_flight``: per CPU, what had started and not finished when the capture
+ended (a syscall entered and not exited, an interrupt handler entered and not left, the task
+on the CPU). Useful most after a reset: the last thing each CPU was doing."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from kmltrace.schema import SCHED_SWITCH, SYS_ENTER, SYS_EXIT
+
+
+def _pairs() -> pl.Expr:
+    """Entry/exit events of interrupts and handlers (``*_entry`` / ``*_exit``)."""
+    ev = pl.col("event")
+    return (ev.str.ends_with("_entry") | ev.str.ends_with("_exit")) & (ev != "sys_enter")
+
+
+def in_flight(ctx) -> list[dict]:
+    events = ctx.events.filter(pl.col("cpu").is_not_null() & pl.col("ts_ns").is_not_null())
+    out = []
+    # the task on each CPU at the end: the last switch's next task, else the last event's
+    last_switch = (events.filter(pl.col("event") == SCHED_SWITCH).group_by("cpu")
+                   .agg(pl.col("next_pid").last().alias("pid"),
+                        pl.col("next_comm").last().alias("comm"), pl.col("ts_ns").last()))
+    last_event = events.group_by("cpu").agg(pl.col("task_pid").last().alias("pid_any"),
+                                            pl.col("task_comm").last().alias("comm_any"))
+    on_cpu = (last_event.join(last_switch, on="cpu", how="left")
+              .with_columns(pl.coalesce("pid", "pid_any").alias("pid"),
+                            pl.coalesce("comm", "comm_any").alias("comm"))
+              .sort("cpu").collect())
+    # a syscall is per task (it can sleep and resume elsewhere): the task's last raw_syscalls
+    last_sys = (events.filter(pl.col("event").is_in([SYS_ENTER, SYS_EXIT]))
+                .group_by("task_pid").agg(pl.col("event").last(), pl.col("id").last(),
+                                          pl.col("ts_ns").last(), pl.col("cpu").last())
+                .filter(pl.col("event") == SYS_ENTER).collect())
+    open_sys = {r["task_pid"]: r for r in last_sys.iter_rows(named=True)}
+    last_irq = (events.filter(_pairs()).group_by("cpu")
+                .agg(pl.col("event").last(), pl.col("ts_ns").last(), pl.col("task_pid").last())
+                .filter(pl.col("event").str.ends_with("_entry")).collect())
+    irq = {r["cpu"]: r for r in last_irq.iter_rows(named=True)}
+    for r in on_cpu.iter_rows(named=True):
+        cpu, pid = r["cpu"], r["pid"]
+        out.append({"cpu": cpu, "pid": pid, "comm": r["comm"], "what": "on cpu",
+                    "ts_ns": r["ts_ns"]})
+        if pid in open_sys:
+            s = open_sys.pop(pid)
+            out.append({"cpu": cpu, "pid": pid, "what": f"sys_enter id={s['id']}",
+                        "ts_ns": s["ts_ns"]})
+        if cpu in irq:
+            i = irq[cpu]
+            out.append({"cpu": cpu, "pid": i["task_pid"], "what": i["event"], "ts_ns": i["ts_ns"]})
+    # tasks blocked in a syscall, not on any CPU at the end
+    for pid, s in sorted(open_sys.items(), key=lambda kv: (kv[1]["cpu"], kv[0] or 0)):
+        out.append({"cpu": s["cpu"], "pid": pid, "what": f"sys_enter id={s['id']}",
+                    "ts_ns": s["ts_ns"], "on_cpu": False})
+    return out

@@ -1,0 +1,110 @@
+"""``fault_storm`` (a process faulting far above its own baseline) and ``fault_loop`` (the
+same fault at the same ip and address over and over with no progress in between).
+
+A loop is a run of identical faults (vector, ip, address, error code) on one CPU with no
+other event between them except interrupts: a sched_switch, a syscall, a different fault or
+any other event is progress and ends the run. Works on tracepoints and on QEMU ``exception``
+records alike (QEMU's CR2 stands in for the address).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from kmltrace.analysis.faults import fault_address, is_fault
+from kmltrace.analysis.incidents import Incident, evidence
+from kmltrace.schema import EXCEPTION, VECTOR_NAMES
+
+STORM_WINDOW_NS = 100_000_000
+STORM_FACTOR = 20          # a window this many times the process's median window ...
+STORM_MIN_FAULTS = 1000    # ... with at least this many faults
+STORM_MIN_WINDOWS = 5      # and enough history to have a baseline
+LOOP_MIN_REPEATS = 32
+
+
+def _interrupt() -> pl.Expr:
+    ev = pl.col("event")
+    return (((pl.col("system") == "irq_vectors") | (pl.col("system") == "irq"))
+            | (ev == "hw_interrupt")
+            | ((ev == EXCEPTION) & (pl.col("vector") >= 32)))
+
+
+def fault_loops(ctx) -> pl.DataFrame:
+    """Runs of at least LOOP_MIN_REPEATS identical faults with nothing in between."""
+    seq = (ctx.events.filter(~_interrupt())
+           .select("row", "ts_ns", "cpu", "task_pid", "task_comm", "event", "vector", "ip",
+                   "error_code", "file", "line", "source", fault_address().alias("fault_address"),
+                   is_fault().alias("_fault"))
+           .with_columns(pl.col("cpu").fill_null(-1).alias("_cpu"),
+                         pl.when(pl.col("event") == EXCEPTION).then(pl.col("vector"))
+                         .otherwise(14).alias("_vector")))
+    key = pl.struct("_fault", "event", "_vector", "ip", "fault_address", "error_code")
+    runs = seq.with_columns(
+        (key.ne_missing(key.shift(1)) | ~pl.col("_fault")).cum_sum().over("_cpu", order_by="row")
+        .alias("_run"))
+    return (runs.filter(pl.col("_fault"))
+            .group_by("_cpu", "_run").agg(
+                pl.len().alias("repeats"), pl.col("row").first(), pl.col("ts_ns").first(),
+                pl.col("ts_ns").last().alias("last_ts"), pl.col("task_pid").first(),
+                pl.col("task_comm").first(), pl.col("_vector").first().alias("vector"),
+                pl.col("ip").first(), pl.col("fault_address").first(),
+                pl.col("error_code").first(), pl.col("file").first(), pl.col("line").first(),
+                pl.col("line").last().alias("last_line"), pl.col("source").first())
+            .filter(pl.col("repeats") >= LOOP_MIN_REPEATS).sort("row").collect())
+
+
+def loop_incidents(ctx) -> list[Incident]:
+    out = []
+    for r in fault_loops(ctx).iter_rows(named=True):
+        name = VECTOR_NAMES.get(r["vector"], f"vector {r['vector']}")
+        cpu = None if r["_cpu"] < 0 else r["_cpu"]
+        where = f"ip={_hex(r['ip'])} address={_hex(r['fault_address'])}"
+        out.append(Incident(
+            "fault_loop",
+            f"the same {name} at {where} repeated {r['repeats']} times"
+            + (f" on CPU {cpu}" if cpu is not None else "") + " with no progress in between",
+            pid=r["task_pid"], comm=r["task_comm"], cpu=cpu, ts_ns=r["ts_ns"],
+            evidence=[evidence(r["file"] or r["source"], f"first: {name} {where} "
+                               f"error_code={_hex(r['error_code'])}", r["line"], row=r["row"]),
+                      evidence(r["file"] or r["source"], f"last of {r['repeats']}",
+                               r["last_line"])],
+            explanation="Each fault returned to the same instruction, which faulted again at "
+                        "the same address: the handler never fixed the cause and nothing else "
+                        "ran on this CPU in between. The CPU is wedged, not reset.",
+            extra={"repeats": r["repeats"]}))
+    return out
+
+
+def _hex(value):
+    return None if value is None else f"{value:#x}"
+
+
+def fault_storms(ctx) -> pl.DataFrame:
+    """Per process image: the peak window when it is far above the image's median window."""
+    windows = (ctx.events.filter(is_fault() & pl.col("ts_ns").is_not_null()
+                                 & pl.col("task_pid").is_not_null())
+               .group_by("task_pid", "image", (pl.col("ts_ns") // STORM_WINDOW_NS).alias("_w"))
+               .agg(pl.len().alias("n"), pl.col("task_comm").first(), pl.col("ts_ns").min(),
+                    pl.col("cpu").first()))
+    return (windows.group_by("task_pid", "image").agg(
+                pl.len().alias("windows"), pl.col("n").median().alias("baseline"),
+                pl.col("n").max().alias("peak"),
+                pl.col("ts_ns").sort_by("n").last(), pl.col("task_comm").first(),
+                pl.col("cpu").sort_by("n").last())
+            .filter((pl.col("windows") >= STORM_MIN_WINDOWS)
+                    & (pl.col("peak") >= STORM_MIN_FAULTS)
+                    & (pl.col("peak") >= STORM_FACTOR * pl.col("baseline")))
+            .sort("ts_ns").collect())
+
+
+def storm_incidents(ctx) -> list[Incident]:
+    per_s = 1e9 / STORM_WINDOW_NS
+    return [Incident(
+        "fault_storm",
+        f"{r['task_comm']} ({r['task_pid']}) took {r['peak']} faults in "
+        f"{STORM_WINDOW_NS // 1_000_000} ms ({r['peak'] * per_s:.0f}/s), "
+        f"{r['peak'] / max(r['baseline'], 1):.0f}x its median of {r['baseline']:.0f}",
+        pid=r["task_pid"], comm=r["task_comm"], cpu=r["cpu"], ts_ns=r["ts_ns"],
+        evidence=[evidence("events", f"peak window starting at ts_ns={r['ts_ns']}")],
+        extra={"peak": r["peak"], "baseline": r["baseline"], "image": r["image"]})
+        for r in fault_storms(ctx).iter_rows(named=True)]
