@@ -177,7 +177,7 @@ def _status_end(events: list[dict]) -> str | None:
 class _KvmTrace:
     """Host kvm:* tracepoints of the given threads, in our own tracefs instance."""
 
-    def __init__(self, threads: list[int]):
+    def __init__(self, threads: list[int], buffer_kb: int):
         from kmltrace.collectors import tracefs
 
         root = tracefs.find_tracefs()
@@ -188,7 +188,7 @@ class _KvmTrace:
         self.instance = tracefs.Instance(root)
         self.instance.open()
         try:
-            self.instance.write("buffer_size_kb", "4096")
+            self.instance.write("buffer_size_kb", str(buffer_kb))
             self.instance.write("events/kvm/filter",
                                 " || ".join(f"common_pid == {t}" for t in threads))
             self.instance.write("events/kvm/enable", "1")
@@ -207,12 +207,14 @@ class _KvmTrace:
 
 def run_vm(argv: list[str], bundle: Path, *, timeout: float | None = None,
            log_cap: int | None = None, done=None, compress: bool = False,
-           stdout=None) -> VmRun:
+           stdout=None, kvm_buffer_kb: int = 4096) -> VmRun:
     """Run the QEMU command `argv` with evidence capture into `bundle`.
 
     Ends when the guest resets (the VM is then paused, not reset), shuts down, QEMU exits,
     ``done(bundle)`` returns true (the lab's end marker), the QEMU log reaches `log_cap` bytes,
     `timeout` seconds pass, or on Ctrl-C; then saves registers and the memory dump.
+    The host kvm events are kept in a ring of `kvm_buffer_kb` per CPU: the newest survive,
+    and the end is what a post-mortem needs.
     """
     if shutil.which(argv[0]) is None and not Path(argv[0]).is_file():
         raise RefusedError(f"QEMU binary not found: {argv[0]}")
@@ -241,7 +243,7 @@ def run_vm(argv: list[str], bundle: Path, *, timeout: float | None = None,
         if result.kvm:
             try:
                 threads = [c["thread-id"] for c in qmp.command("query-cpus-fast")]
-                kvm_trace = _KvmTrace(threads)
+                kvm_trace = _KvmTrace(threads, kvm_buffer_kb)
             except (RefusedError, QMPError, ImportError, OSError) as e:
                 result.kvm_trace = str(e)
         if "-S" not in argv:

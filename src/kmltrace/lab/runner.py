@@ -17,6 +17,8 @@ QBOOT = Path("/usr/share/qemu/qboot.rom")  # boots in a fraction of a second, al
 END_MARKER = b"KMLTRACE-LAB: END"
 MEMORY = "16M"   # small guest: the memory dump stays small
 KERNEL_COPY = "kernel.elf"
+#: host kvm events kept per CPU: the last few thousand, enough for the end of a run
+KVM_BUFFER_KB = 256
 
 
 def kvm_usable() -> bool:
@@ -62,7 +64,7 @@ def run(name: str, accel: str = "tcg", out: Path | None = None) -> dict:
     shutil.copyfile(kernel, out / KERNEL_COPY)  # symbols for the analysis, like a vmlinux
     argv = qemu_command(out / KERNEL_COPY, accel)
     result = vm.run_vm(argv, out, timeout=scenario.timeout, log_cap=scenario.log_cap,
-                       done=_console_done, compress=True)
+                       done=_console_done, compress=True, kvm_buffer_kb=KVM_BUFFER_KB)
     files = [{"path": KERNEL_COPY, "role": "meta",
               "bytes": (out / KERNEL_COPY).stat().st_size}, *result.files]
     manifest = {
