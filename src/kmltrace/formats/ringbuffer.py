@@ -25,8 +25,7 @@ import polars as pl
 
 from kmltrace.errors import InputError
 from kmltrace.formats.event_format import EventFormat, Field, PageHeader
-from kmltrace.schema import (COMMON_COLUMNS, CORE_COLUMNS, FIELD_COLUMNS, LOST_EVENTS,
-                             PROVENANCE_COLUMNS)
+from kmltrace.schema import COMMON_COLUMNS, FIELD_COLUMNS, LOST_EVENTS, PROVENANCE_COLUMNS
 
 RB_MISSED_EVENTS = 1 << 31
 RB_MISSED_STORED = 1 << 30
@@ -273,7 +272,17 @@ def hex_strings(values: np.ndarray) -> pl.Series:
     return ("0x" + s.str.strip_chars_start("0").replace("", "0")).rename("")
 
 
-_RESERVED = set(CORE_COLUMNS) | set(PROVENANCE_COLUMNS) | set(COMMON_COLUMNS) | {"lost"}
+# columns that are not event fields: a field with one of these names gets another name
+_RESERVED = {"ts_ns", "seq", "cpu", "pid", "comm", "source", "system", "event", "lost",
+             *PROVENANCE_COLUMNS, *COMMON_COLUMNS}
+# the names the text parsers (formats/fields.py) give such fields; None: the field repeats
+# the current task (common_pid) and is left out
+_RENAMES: dict[str, dict[str, str | None]] = {
+    "signal_generate": {"comm": "target_comm", "pid": "target_pid"},
+    "sched_process_exec": {"pid": None},
+    "sched_process_exit": {"comm": None, "pid": None},
+    "irq_handler_exit": {"ret": "ret_irq"},
+}
 
 
 def _column_dtype(f: Field) -> pl.DataType:
@@ -291,9 +300,13 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
     cols: dict[str, pl.Series] = {}
     raw_parts: list[pl.Expr] = []
     end = start + length
+    renames = _RENAMES.get(fmt.name, {})
     for f in fmt.own_fields:
         # a field named like a core column (signal_generate's pid, comm) must not replace it
-        name = f"field_{f.name}" if f.name in _RESERVED else f.name
+        name = renames.get(f.name, f"target_{f.name}" if f.name in _RESERVED else f.name) \
+            if f.name in renames or f.name in _RESERVED else f.name
+        if name is None:
+            continue
         if f.dynamic or f.array_len == 0:
             if f.dynamic:
                 desc = _gather_uint(buf, start + f.offset, 4).astype(np.int64)
@@ -309,6 +322,9 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
             n_bytes = np.clip(np.minimum(n_bytes, end - at), 0, 1 << 16)
             if f.is_string or f.element_size <= 1:
                 s = _strings(buf, at, n_bytes)
+                if fmt.name == "print" and f.name == "buf":
+                    # trace_marker text ends in the newline the text formats end the line with
+                    s = s.str.strip_suffix("\n")
                 cols[name] = s.alias(name)
                 raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
             else:
@@ -354,6 +370,8 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
                 cols[name] = pl.Series(name, values).cast(pl.String)
             raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
             continue
+        if f.type == "bool":
+            dtype = pl.Boolean
         cols[name] = pl.Series(name, values).cast(dtype)
         if not f.signed and size == long_size:
             cols[f"__hex_{name}"] = hex_strings(values.astype(np.uint64))
