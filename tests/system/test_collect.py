@@ -143,3 +143,70 @@ def test_tiny_buffer_burst_reports_lost_events(binaries, tmp_path):
     assert sum(s["overrun"] + s["commit_overrun"] + s["dropped_events"]
                for s in per_cpu.values()) == \
         result["lost_events"]
+def test_workload_counts_exact_and_settings_restored(binaries, tmp_path):
+    before = top_level_state()
+    n, m, k, p = 37, 5000, 300, 11
+    out = tmp_path / "bundle"
+    result, stderr = collect_json("-o", str(out), "--", str(binaries["kmlwork"]),
+                                  str(n), str(m), str(k), str(p))
+    after = top_level_state()
+    assert after == before
+    assert not any(result["instance"] in name for name in os.listdir(TRACEFS / "instances"))
+    work = key_values(stderr)  # the workload's own output went to stderr
+    pid, child = int(work["pid"]), int(work["child_pid"])
+    assert result["lost_events"] == 0 and result["command_exit"] == 0
+    assert result["bundle"] == str(out) and not Path(str(out) + ".partial").exists()
+
+    pl, events = decoded(out)
+    assert result["events"] == events.height
+
+    def count(expr) -> int:
+        return events.filter(expr).height
+
+    def syscalls(task, nr):
+        return count((pl.col("pid") == task) & (pl.col("event") == "sys_enter") &
+                     (pl.col("id") == nr))
+
+    def faults(task, lo, hi):
+        return count((pl.col("pid") == task) & (pl.col("event") == "page_fault_user") &
+                     (pl.col("address") >= lo) & (pl.col("address") < hi))
+
+    assert syscalls(pid, GETPPID) == m
+    assert syscalls(child, GETPPID) == k
+    set_gs = count((pl.col("pid") == pid) & (pl.col("event") == "sys_enter") &
+                   (pl.col("id") == ARCH_PRCTL) & (pl.col("args").list.get(0) == 0x1001))
+    assert set_gs == 1  # arch_prctl(ARCH_SET_GS); the loader's own arch_prctl calls differ
+    assert faults(pid, int(work["stack_lo"], 16), int(work["stack_hi"], 16)) == n
+    assert faults(pid, int(work["heap_lo"], 16), int(work["heap_hi"], 16)) == n
+    assert faults(child, int(work["child_heap_lo"], 16), int(work["child_heap_hi"], 16)) == p
+    assert count((pl.col("event") == "sched_process_fork") & (pl.col("child_pid") == child)) == 1
+    assert count((pl.col("event") == "sched_process_exec") & (pl.col("pid") == pid)) == 1
+
+    processes = json.loads((out / "processes.json").read_text())
+    rows = {r["pid"]: r for r in processes}
+    assert rows[pid]["exe"] == str(binaries["kmlwork"])
+    assert any(m_["path"] == "[stack]" for m_ in rows[pid]["maps"])
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert manifest["kind"] == "collect" and manifest["kernel"]["kml"] is False
+    assert manifest["captured"]["lost_events"] == 0
+    assert manifest["kernel"]["release"] == os.uname().release
+
+
+def test_streaming_small_buffer_loses_nothing(binaries, tmp_path):
+    rate, seconds, buffer_kb = 60000, 2, 256
+    out = tmp_path / "bundle"
+    result, stderr = collect_json("-o", str(out), "--events", "raw_syscalls:*", "--buffer-kb",
+                                  str(buffer_kb), "--", str(binaries["sysrate"]), str(rate),
+                                  str(seconds))
+    calls = int(key_values(stderr)["getppid"])
+    pid = int(key_values(stderr)["pid"])
+    assert calls == rate * seconds
+    cpus = os.cpu_count()
+    assert result["bytes"] >= 20 * buffer_kb * 1024 * cpus  # far more than the ring holds
+    assert result["lost_events"] == 0
+    pl, events = decoded(out)
+    mine = events.filter((pl.col("pid") == pid) & (pl.col("id") == GETPPID))
+    assert mine.filter(pl.col("event") == "sys_enter").height == calls
+    assert mine.filter(pl.col("event") == "sys_exit").height == calls
+
+

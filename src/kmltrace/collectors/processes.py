@@ -106,6 +106,8 @@ class ProcessWatcher:
             except OSError:
                 exe = None
             key = (pid, exe)
+            if exe is None and any(k[0] == pid for k in self.rows):
+                continue  # a zombie (or exiting) process we already know: keep its row
             if key in self.rows and not refresh_maps:
                 continue
             row = read_process(pid)

@@ -109,10 +109,13 @@ class GatedCommand:
 
     def __init__(self, argv: list[str], stdout: int | None = None):
         gate_r, gate_w = os.pipe()
+        # closed by the exec itself (O_CLOEXEC): EOF on it tells the parent exec happened
+        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the child: wait for the gate, then become the command
             try:
                 os.close(gate_w)
+                os.close(exec_r)
                 os.read(gate_r, 1)
                 os.close(gate_r)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -125,20 +128,30 @@ class GatedCommand:
             except BaseException as e:  # noqa: BLE001 - the child must never return
                 try:
                     os.write(2, f"kmltrace: cannot run {argv[0]!r}: {e}\n".encode())
+                    os.write(exec_w, b"x")
                 finally:
                     os._exit(127)
         os.close(gate_r)
+        os.close(exec_w)
         self.pid = pid
         self._gate_w: int | None = gate_w
+        self._exec_r: int | None = exec_r
         self.returncode: int | None = None
 
     def release(self) -> None:
-        if self._gate_w is not None:
-            try:
-                os.write(self._gate_w, b"g")
-            finally:
-                os.close(self._gate_w)
-                self._gate_w = None
+        """Let the command exec, and wait until it has (so its exe and maps are its own)."""
+        if self._gate_w is None:
+            return
+        try:
+            os.write(self._gate_w, b"g")
+        finally:
+            os.close(self._gate_w)
+            self._gate_w = None
+        try:
+            os.read(self._exec_r, 1)  # EOF at exec, a byte if exec failed
+        finally:
+            os.close(self._exec_r)
+            self._exec_r = None
 
     def poll(self) -> int | None:
         if self.returncode is None:
@@ -254,6 +267,7 @@ class Collector:
                 streamer.open()
                 inst.write("tracing_on", "1")
                 self._release_command()
+                watcher.poll()
                 info["tracing_started_unix"] = time.time()
                 stop_reason = self._loop(inst, streamer, watcher, cpus)
                 inst.write("tracing_on", "0")
@@ -366,7 +380,8 @@ class Collector:
             now = time.monotonic()
             if now >= next_watch:
                 watcher.poll()
-                next_watch = now + 0.1
+                # a traced tree is small: follow it closely; all of /proc less often
+                next_watch = now + (POLL_INTERVAL if watcher.roots else 0.2)
             if self.on_progress and now >= next_progress:
                 events, lost = _totals(_ring_stats(inst, cpus))
                 rate = (events - last_events) / max(now - last_time, 1e-6)
