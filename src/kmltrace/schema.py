@@ -88,6 +88,8 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "address_sym": pl.String,
     "handler_sym": pl.String,
     "parent_ip_sym": pl.String,
+    # the stack trace printed under an event (ftrace stacktrace option, perf callchain)
+    "stack": pl.String,
     # lost_events rows: how many events the ring buffer lost there
     "lost": pl.Int64,
     # register state of exception records (qemu, console, snapshot)

@@ -10,6 +10,7 @@ Kinds of values:
   ``ps``     a ``%ps`` pointer: ``0x...`` goes to the UInt64 column; a symbol
              (``do_user_addr_fault+0x1f2/0x5c0``) leaves it null and is kept in ``<name>_sym``
   ``hexlist`` ``b, 1, 556bde4959bc, ...``  -> List(UInt64) (sys_enter's six arguments)
+  ``le_u64_bytes`` ``0a, 00, ...`` (``trace-cmd report -R`` arrays) -> List(UInt64)
   ``str``    text as printed
   ``handled`` irq_handler_exit's ``handled``/``unhandled`` -> 1/0
   ``bool``   ``true``/``false`` (or 1/0)
@@ -55,9 +56,14 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 {"id": "int", "args": "hexlist"}),
     EventFields("raw_syscalls", ("sys_exit",), r"NR (?P<id>-?\d+) = (?P<ret>-?\d+)",
                 {"id": "int", "ret": "int"}),
+    # `trace-cmd report -R` prints raw fields as name=value, arrays as little-endian bytes
+    EventFields("raw_syscalls", ("sys_enter",), r"^id=(?P<id>-?\d+) args=ARRAY\[(?P<args>[^\]]*)\]",
+                {"id": "int", "args": "le_u64_bytes"}),
+    EventFields("raw_syscalls", ("sys_exit",), r"^id=(?P<id>-?\d+) ret=(?P<ret>-?\d+)",
+                {"id": "int", "ret": "int"}),
     EventFields("sched", ("sched_switch",),
                 r"prev_comm=(?P<prev_comm>.*) prev_pid=(?P<prev_pid>-?\d+) prev_prio=(?P<prev_prio>-?\d+)"
-                r" prev_state=(?P<prev_state>\S+) ==> next_comm=(?P<next_comm>.*)"
+                r" prev_state=(?P<prev_state>\S+)(?: ==>)? next_comm=(?P<next_comm>.*)"
                 r" next_pid=(?P<next_pid>-?\d+) next_prio=(?P<next_prio>-?\d+)",
                 {"prev_comm": "str", "prev_pid": "int", "prev_prio": "int", "prev_state": "str",
                  "next_comm": "str", "next_pid": "int", "next_prio": "int"}),
@@ -66,7 +72,8 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 r"filename=(?P<filename>.*) pid=\d+ old_pid=(?P<old_pid>-?\d+)",
                 {"filename": "str", "old_pid": "int"}),
     EventFields("sched", ("sched_process_fork",),
-                r"comm=(?P<parent_comm>.*) pid=(?P<parent_pid>-?\d+) child_comm=(?P<child_comm>.*)"
+                r"(?:parent_)?comm=(?P<parent_comm>.*) (?:parent_)?pid=(?P<parent_pid>-?\d+)"
+                r" child_comm=(?P<child_comm>.*)"
                 r" child_pid=(?P<child_pid>-?\d+)",
                 {"parent_comm": "str", "parent_pid": "int", "child_comm": "str", "child_pid": "int"}),
     EventFields("sched", ("sched_process_exit",),
@@ -75,7 +82,7 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
     # signal_generate's comm/pid are the signal's target task, not the current one
     EventFields("signal", ("signal_generate",),
                 r"sig=(?P<sig>-?\d+) errno=(?P<errno>-?\d+) code=(?P<code>-?\d+) comm=(?P<target_comm>.*)"
-                r" pid=(?P<target_pid>-?\d+) grp=(?P<group>-?\d+) res=(?P<result>-?\d+)",
+                r" pid=(?P<target_pid>-?\d+) (?:grp|group)=(?P<group>-?\d+) (?:res|result)=(?P<result>-?\d+)",
                 {"sig": "int", "errno": "int", "code": "int", "target_comm": "str",
                  "target_pid": "int", "group": "int", "result": "int"}),
     EventFields("signal", ("signal_deliver",),
@@ -83,10 +90,14 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 r" sa_handler=(?P<sa_handler>[0-9a-fA-Fx]+) sa_flags=(?P<sa_flags>[0-9a-fA-Fx]+)",
                 {"sig": "int", "errno": "int", "code": "int", "sa_handler": "hex", "sa_flags": "hex"}),
     EventFields("nmi", ("nmi_handler",),
+                r"^handler=(?P<handler>\S+) delta_ns=(?P<delta_ns>-?\d+) handled=(?P<handled>-?\d+)",
+                {"handler": "ps", "delta_ns": "int", "handled": "int"}),
+    EventFields("nmi", ("nmi_handler",),
                 r"(?P<handler>\S+?)\(\) delta_ns: (?P<delta_ns>-?\d+) handled: (?P<handled>-?\d+)",
                 {"handler": "ps", "delta_ns": "int", "handled": "int"}),
     # trace_marker writes: "tracing_mark_write: text" (the ip is the writer, printed %ps)
-    EventFields("ftrace", ("print",), r"^(?P<ip>[^:\s]+): (?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
+    EventFields("ftrace", ("print",), r"^(?P<ip>[^:\s=]+): (?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
+    EventFields("ftrace", ("print",), r"^ip=(?P<ip>\S+) buf=(?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
     # function tracer: "do_user_addr_fault <-exc_page_fault" (or hex without symbols)
     EventFields("ftrace", ("function",), r"^(?P<ip>\S+) <-(?P<parent_ip>\S+)$",
                 {"ip": "ps", "parent_ip": "ps"}),
@@ -104,7 +115,8 @@ EXTRA_SYSTEMS: dict[str, str] = {
         "hrtimer_start", "hrtimer_cancel", "hrtimer_expire_entry", "hrtimer_expire_exit",
         "hrtimer_init", "timer_start", "timer_cancel", "timer_expire_entry",
         "timer_expire_exit", "timer_init", "tick_stop")},
-    **{name: "ftrace" for name in ("bprint", "bputs", "funcgraph_entry", "funcgraph_exit")},
+    **{name: "ftrace" for name in ("bprint", "bputs", "funcgraph_entry", "funcgraph_exit",
+                                   "kernel_stack", "user_stack")},
     "vector_update": "irq_vectors", "vector_config": "irq_vectors",
     "vector_activate": "irq_vectors", "vector_deactivate": "irq_vectors",
 }
@@ -161,6 +173,13 @@ def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:
         values = text.str.split(", ").list.eval(
             pl.element().str.strip_chars().str.strip_prefix("0x")
             .str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        return [(name, values)]
+    if kind == "le_u64_bytes":
+        # "0a, 00, ...": 48 little-endian bytes -> six UInt64
+        weights = pl.Series([256 ** k for k in range(8)] * 6, dtype=pl.UInt64)
+        values = text.str.split(", ").list.eval(
+            (pl.element().str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+             * pl.lit(weights).gather(pl.int_range(pl.len()) % 48)).reshape((-1, 8)).arr.sum())
         return [(name, values)]
     if kind == "handled":
         return [(name, pl.when(text == "handled").then(1).when(text == "unhandled").then(0)

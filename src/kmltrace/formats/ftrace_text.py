@@ -90,7 +90,8 @@ def task_columns(text: pl.Expr, *, strip_event_padding: bool = False) -> list[pl
     event = (pl.when(is_function).then(pl.lit("function"))
              .when(bare).then(body.str.strip_suffix(":"))
              .otherwise(event_raw.struct[0]))
-    raw = pl.when(is_function).then(body).when(bare).then(pl.lit("")).otherwise(event_raw.struct[1])
+    raw = (pl.when(is_function).then(body).when(bare).then(pl.lit(""))
+           .otherwise(pl.coalesce(event_raw.struct[1], pl.lit(""))))
     if strip_event_padding:
         raw = raw.str.strip_chars_start()
     return [
@@ -118,8 +119,12 @@ def classify(text: pl.Expr, task_re: str = TASK_LINE_RE) -> pl.Expr:
 def normalise_events(frame: pl.LazyFrame) -> pl.LazyFrame:
     """tracefs names ftrace:print after its writer: make it ``print`` with the writer in raw."""
     marker = pl.col("event") == "tracing_mark_write"
+    event = (pl.when(marker).then(pl.lit("print"))
+             .when(pl.col("event") == "<stack trace>").then(pl.lit("kernel_stack"))
+             .when(pl.col("event") == "<user stack trace>").then(pl.lit("user_stack"))
+             .otherwise(pl.col("event")))
     return frame.with_columns(
-        pl.when(marker).then(pl.lit("print")).otherwise(pl.col("event")).alias("event"),
+        event.alias("event"),
         pl.when(marker).then(pl.lit("tracing_mark_write: ") + pl.col("raw"))
         .otherwise(pl.col("raw")).alias("raw"),
     )
@@ -156,17 +161,20 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
     table = table.with_columns(
         pl.when((pl.col("kind") == "event") & ~parsed_ok).then(pl.lit("bad"))
         .otherwise(pl.col("kind")).alias("kind"))
-    table = table.with_columns(pl.when(pl.col("kind") == "bad").then(text).alias("text"))
+    table = table.with_columns(
+        pl.when(pl.col("kind").is_in(["bad", "stack"])).then(text).alias("text"))
     collected = table.drop("etext").collect()
     kinds = collected.get_column("kind")
     bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
+    stack_lines = int((kinds == "stack").sum())
+    if stack_lines:
+        collected = _attach_stacks(collected)
     events = collected.filter(pl.col("kind").is_in(["event", "lost"])).drop("text", "kind")
     del collected
     meta = {
         "precision": text_lines.precision_of(events),
         "lost_events": int(events.get_column("lost").sum() or 0),
     }
-    stack_lines = int((kinds == "stack").sum())
     if stack_lines:
         meta["stack_lines"] = stack_lines
     errors = text_lines.line_errors(path, bad, what)
@@ -187,6 +195,17 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
                               else fieldtable.system_of(pl.col("event"))).alias("system"))
     lazy = fieldtable.field_columns(lazy).drop("ts_text")
     return conform(lazy).collect(), errors, meta
+
+
+def _attach_stacks(lines: pl.DataFrame) -> pl.DataFrame:
+    """Stack trace lines (`` => func+0x14/0xbc``, perf callchains) go, joined by newlines,
+    into the ``stack`` column of the event line above them."""
+    owner = (pl.col("kind").is_in(["event", "lost"])).cum_sum().alias("__owner")
+    lines = lines.with_columns(owner)
+    stacks = (lines.filter(pl.col("kind") == "stack")
+              .group_by("__owner", maintain_order=True)
+              .agg(pl.col("text").str.strip_chars().str.join("\n").alias("stack")))
+    return lines.join(stacks, on="__owner", how="left").drop("__owner")
 
 
 def read_header(head: bytes) -> dict:
