@@ -121,8 +121,8 @@ class EventsScreen(KmlScreen):
             else:
                 self.table.move_to(row, center=True)
         elif kind == "search" and value:
-            self.search_text = value
-            self.run_search(value, self.table.cursor_row + 1, False)
+            self.search_text = value      # the incremental search already stands on a match
+            self.run_search(value, self.table.cursor_row, False)
         self.action_close_prompt()
 
     # -- search -------------------------------------------------------------------------------

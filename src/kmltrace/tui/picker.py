@@ -44,7 +44,7 @@ def candidates(directory: Path) -> list[tuple[Path, str]]:
 
 
 class PickerScreen(KmlScreen):
-    BINDINGS = [Binding("enter", "open", "Open", show=False)]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Cancel")]
 
     def __init__(self, directory: Path | None = None) -> None:
         super().__init__()
@@ -64,6 +64,8 @@ class PickerScreen(KmlScreen):
         if not self._found:
             self.query_one("#picker-title", Label).update(Text(
                 f"no bundle or trace in {self.directory}: run kmltrace tui TARGET"))
+        if self._found:
+            options.highlighted = 0
         options.focus()
         super().on_mount()
 

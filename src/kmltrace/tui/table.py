@@ -109,7 +109,7 @@ class EventTable(ScrollView, can_focus=True):
         self.columns = [c for c in DEFAULT_COLUMNS if c[0] in frame.columns]
         if "line" not in frame.columns and "offset" in frame.columns:
             self.columns.append(("offset", "offset", 10))
-        self._page_start = -1
+        self._page_start, self._page, self._kinds = -1, [], []
         width = sum(w + 1 for _, _, w in self.columns)
         self.virtual_size = Size(width, frame.height + 1)
         self.set_reactive(EventTable.cursor_row, 0)

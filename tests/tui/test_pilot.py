@@ -1,0 +1,220 @@
+"""Drive the app by keys with Textual's pilot and assert what is on screen.
+
+The synthetic session (tests/tui/synthetic.py) covers the edge cases (hostile comm, a chain
+ending in a reset, a KML snapshot); the real QEMU log of sample_traces/qemu-tiny is loaded
+through the real loading worker.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from kmltrace.tui.app import KmltraceApp
+from kmltrace.tui.events import EventsScreen
+from kmltrace.tui.incident_detail import IncidentDetailScreen
+from kmltrace.tui.table import EventTable
+from tests.conftest import SAMPLES
+from tests.tui import synthetic
+from tests.tui.screen_text import screen_text, sync
+
+SIZE = (140, 40)
+STARVATION_LOG = SAMPLES / "qemu-tiny" / "starvation-int.log"
+
+
+async def settle(app, pilot):
+    await pilot.pause()
+    await app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+@sync
+async def test_incidents_listed_with_hostile_comm_literal():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "3 of 3 incidents" in text
+        assert "triple_fault" in text and "fault_storm" in text
+        # the comm is shown as typed, brackets and all, never taken as markup
+        assert synthetic.HOSTILE_COMM in text
+
+
+@sync
+async def test_sort_and_filter_incidents_by_keys():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("s")                      # severity -> kind
+        await pilot.pause()
+        lines = [line for line in screen_text(app).splitlines() if "pid 100 runs" in line
+                 or "200 faults" in line or "CPU 0 reset" in line]
+        assert [("fault_storm" in l, "kernel_mode" in l, "triple" in l) for l in lines] == [
+            (True, False, False), (False, True, False), (False, False, True)]
+        await pilot.press("f", *"severity=critical", "enter")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "1 of 3 incidents" in text
+        assert "fault_storm" not in text
+
+
+@sync
+async def test_detail_shows_chain_and_jump_to_evidence_event():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")                  # the critical triple fault is first
+        await settle(app, pilot)
+        assert isinstance(app.screen, IncidentDetailScreen)
+        text = screen_text(app)
+        assert "The #PF gate has IST 0" in text
+        assert "#PF  vec 14  CPL 0  rip 0x401020 <main+0x20>" in text
+        assert "stack same" in text and "stack ist1" in text
+        assert "RESET" in text
+        assert "[bold]x[/x]-100 page_fault" in text      # evidence text, literally
+        await pilot.press("enter")                  # first evidence row: ftrace line 212
+        await settle(app, pilot)
+        assert isinstance(app.screen, EventsScreen)
+        table = app.screen.query_one(EventTable)
+        assert table.cursor_row == 200              # line 212 is row 200 (line = row + 12)
+        assert "line=212" in screen_text(app)
+        await pilot.press("1")                      # back to the incidents mode: detail kept
+        await pilot.pause()
+        assert isinstance(app.screen, IncidentDetailScreen)
+        await pilot.press("down", "j")              # second evidence row: line 16 -> row 4
+        await settle(app, pilot)
+        assert app.screen.query_one(EventTable).cursor_row == 4
+
+
+@sync
+async def test_event_view_paging_filter_search_goto():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("4")
+        await settle(app, pilot)
+        table = app.screen.query_one(EventTable)
+        assert "400 events" in screen_text(app)
+        page = table.page_rows
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert table.cursor_row == page
+        assert table.visible_text()[0].startswith("1000.000%03d" % (page * 10))
+        await pilot.press("end")
+        await pilot.pause()
+        assert table.cursor_row == 399
+        # filter: only pid 200 (odd rows)
+        await pilot.press("f", *"pid=200", "enter")
+        await settle(app, pilot)
+        assert "200 of 400 events" in screen_text(app)
+        assert all(" 200 " in line for line in table.visible_text())
+        # a bad query is reported, the view keeps working
+        await pilot.press("f", *"pid=abc", "enter")
+        await settle(app, pilot)
+        assert "pid must be a number" in screen_text(app)
+        await pilot.press("escape")
+        assert table.row_count == 200
+        # incremental search: row k's detail reads address=0x{k}
+        await pilot.press("f", "ctrl+u", "enter")
+        await settle(app, pilot)
+        assert table.row_count == 400
+        await pilot.press("home", "slash", *"address=0x37", "enter")
+        await settle(app, pilot)
+        assert table.cursor_row == 37
+        await pilot.press("n")
+        await settle(app, pilot)
+        assert table.cursor_row == 370            # next: address=0x370
+        await pilot.press("N")
+        await settle(app, pilot)
+        assert table.cursor_row == 37
+        # go to time 1000.00100 s = row 100
+        await pilot.press("g", *"1000.001", "enter")
+        await settle(app, pilot)
+        assert table.cursor_row == 100
+
+
+@sync
+async def test_processes_timeline_snapshot_help_theme():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("2")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "kernel" in text and "/trusted/[red]w" in text
+        assert "faults at CPL 0 in /trusted" in text
+        await pilot.press("3")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "CPU 0" in text and "CPU 1" in text and "per CPU" in text
+        before = text
+        await pilot.press("plus")
+        await pilot.pause()
+        assert "1.995 ms" in screen_text(app)       # 3.990 ms window halved
+        await pilot.press("p")
+        await pilot.pause()
+        assert "pid 100" in screen_text(app) and "per process" in screen_text(app)
+        await pilot.press("0")
+        await pilot.pause()
+        assert "3.990 ms" in screen_text(app) and before != screen_text(app)
+        await pilot.press("5")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "5.4.0-kml" in text and "253 gates without IST" in text   # 256 minus NMI,#DF,#MC
+        await pilot.press("s")
+        await pilot.pause()
+        assert "0xfffffe0000002000" in screen_text(app)
+        await pilot.press("k")
+        await pilot.pause()
+        assert "0xffff88807fc00000" in screen_text(app)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "Jump to event" in screen_text(app) and "Zoom in" in screen_text(app)
+        await pilot.press("escape", "t")
+        await pilot.pause()
+        assert app.theme == "kmltrace-light"
+
+
+@sync
+async def test_real_qemu_log_loads_in_worker():
+    """sample_traces/qemu-tiny/starvation-int.log: #PF (v=0e, line 477) then #DF (v=08, line
+    499) then the triple fault (line 521), per its PROVENANCE.md."""
+    app = KmltraceApp([str(STARVATION_LOG)])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.fraction == 1.0
+        await pilot.press("4")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "triple_fault" in text and "exception" in text
+        await pilot.press("slash", *"v=0e", "enter")
+        await settle(app, pilot)
+        row = app.screen.query_one(EventTable).row_dict(app.screen.query_one(EventTable)
+                                                         .cursor_row)
+        assert row["line"] == 477 and row["vector"] == 14 and row["address"] == 0x40000FF8
+
+
+@sync
+async def test_bad_target_is_reported_not_raised(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00\x01 not a trace \xff" * 10)
+    app = KmltraceApp([str(junk)])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert "not a supported format" in screen_text(app)
+        assert app.is_running
+
+
+@sync
+async def test_picker_lists_traces_and_opens_one(tmp_path, monkeypatch):
+    shutil.copy(STARVATION_LOG, tmp_path / "starvation-int.log")
+    (tmp_path / "notes.bin").write_bytes(b"\x00" * 64)       # not a trace: left out
+    app = KmltraceApp([], directory=tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "starvation-int.log" in text and "qemu_log" in text
+        assert "notes.bin" not in text
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert app.loaded.events.height == 6
+        assert "starvation-int.log" in screen_text(app)
