@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
-from kmltrace.output import print_error, print_json
+from kmltrace.output import print_error, print_json, safe_text
 
 
 @click.command()
@@ -15,17 +18,26 @@ from kmltrace.output import print_error, print_json
 def ingest(targets, output, as_json):
     """Normalise TARGETs (bundles, traces, logs) into one parquet event table.
 
+    Formats are detected from content. A file that cannot be read, or lines that do not
+    parse, are reported one per line on stderr (file:line: message); the other TARGETs are
+    still ingested and the exit status is 1.
+
     \b
     Examples:
       kmltrace ingest trace.txt -o events.parquet
       kmltrace ingest bundle/ perf.txt -o all.parquet --json
     """
-    from kmltrace.capture import load
     from kmltrace.analysis.events import merged_events
+    from kmltrace.capture import load
+    from kmltrace.errors import KmltraceError
 
     capture = load(list(targets))
     table = merged_events(capture).collect()
-    table.write_parquet(output)
+    try:
+        _write_atomically(table, Path(output))
+    except OSError as e:
+        print_error(KmltraceError(f"cannot write: {e.strerror or e}", path=output))
+        raise SystemExit(1) from None
     formats: dict[str, int] = {}
     for parsed in capture.inputs:
         formats[parsed.format] = formats.get(parsed.format, 0) + 1
@@ -37,6 +49,35 @@ def ingest(targets, output, as_json):
     if as_json:
         print_json(result)
     else:
-        click.echo(f"{table.height} events from {len(capture.inputs)} input(s) -> {output}",
-                   err=True)
-    raise SystemExit(1 if capture.failed_inputs else 0)
+        _print_table(capture.inputs, table.height, output)
+    raise SystemExit(1 if capture.errors else 0)
+
+
+def _write_atomically(table, output: Path) -> None:
+    """Write the parquet beside its final name, then rename: no half-written OUT."""
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        table.write_parquet(tmp)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _print_table(inputs, total: int, output: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=f"{total} events -> {output}", title_justify="left")
+    table.add_column("input", overflow="fold")
+    for name, justify in (("format", "left"), ("events", "right"), ("lost", "right"),
+                          ("time", "left"), ("errors", "right")):
+        table.add_column(name, justify=justify)
+    for parsed in inputs:
+        precision = parsed.meta.get("precision")
+        table.add_row(Text(safe_text(parsed.path)), parsed.format, str(parsed.events.height),
+                      str(parsed.meta.get("lost_events", "")),
+                      {"us": "µs", "ns": "ns", "counter": "counter"}.get(precision, ""),
+                      str(len(parsed.errors)) if parsed.errors else "")
+    Console(soft_wrap=True).print(table)
