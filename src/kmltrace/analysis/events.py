@@ -27,23 +27,34 @@ DEDUPE_SOURCES = ("ftrace", "perf")
 #: Text traces print microseconds: two records are the same event when pid, cpu and event
 #: match within this window.
 DEDUPE_PRECISION_NS = 1000
-DEDUPE_KEY = ["pid", "cpu", "event", "_us"]
 
 
 @dataclass
 class MergeNote:
-    """Which of two overlapping inputs was counted, and how many duplicates were dropped."""
+    """Which of two inputs of the same run was counted, how many duplicates were dropped, and
+    how the other input's clock was aligned (perf's clock can differ from the trace clock)."""
 
     counted: str
     counted_source: str
     dropped_from: str
     dropped_source: str
     duplicates: int
+    clock_offset_ns: int = 0
+    anchors: int = 0
 
     def to_json(self) -> dict:
         return {"counted": self.counted, "counted_source": self.counted_source,
                 "dropped_from": self.dropped_from, "dropped_source": self.dropped_source,
-                "duplicates": self.duplicates}
+                "duplicates": self.duplicates, "clock_offset_ns": self.clock_offset_ns,
+                "anchors": self.anchors}
+
+
+@dataclass
+class _Pair:
+    primary: object
+    secondary: object
+    offset_ns: int      # add to the secondary's ts_ns to get the primary's clock
+    anchors: int
 
 
 def merged_events(capture: Capture) -> pl.LazyFrame:
@@ -90,16 +101,25 @@ def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
 def merge_notes(capture: Capture) -> list[MergeNote]:
     """Say which source was counted where two inputs recorded the same events."""
     notes = []
-    for primary, secondary in _overlapping_pairs(capture):
-        dropped = _duplicates(_keyed(primary.events.lazy()), _keyed(secondary.events.lazy()))
+    for pair in _overlapping_pairs(capture):
+        dropped = _duplicates(pair.primary.events.lazy(), _shifted(pair))
         n = dropped.select(pl.len()).collect().item()
         if n:
-            notes.append(MergeNote(primary.path, _source(primary), secondary.path,
-                                   _source(secondary), n))
+            notes.append(MergeNote(pair.primary.path, _source(pair.primary), pair.secondary.path,
+                                   _source(pair.secondary), n, pair.offset_ns, pair.anchors))
     return notes
 
 
 # -- duplicates ---------------------------------------------------------------------------------
+
+#: process lifecycle events are rare and unique enough to line two clocks up
+ANCHOR_EVENTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
+#: anchors of one run agree on the offset within this much
+ANCHOR_AGREEMENT_NS = 1_000_000
+#: two records are one event when pid, cpu and event match within this (text precision
+#: of both plus the error of the offset)
+MATCH_TOLERANCE_NS = 3 * DEDUPE_PRECISION_NS
+
 
 def _source(parsed) -> str:
     sources = parsed.events.get_column("source").drop_nulls().unique().to_list()
@@ -118,47 +138,77 @@ def _span(parsed) -> tuple[int, int] | None:
     return None if lo is None else (lo, hi)
 
 
-def _overlapping_pairs(capture: Capture) -> list[tuple]:
-    """(preferred, other) inputs of dedupable sources whose time ranges overlap."""
+def _anchors(parsed) -> pl.DataFrame:
+    names = parsed.events.columns
+    child = pl.col("child_pid") if "child_pid" in names else pl.lit(None, dtype=pl.Int32)
+    return (parsed.events.filter(pl.col("event").is_in(list(ANCHOR_EVENTS)))
+            .select("event", "pid", child.fill_null(-1).alias("child"), "ts_ns")
+            .unique(["event", "pid", "child"], keep="first"))
+
+
+def _clock_offset(primary, secondary) -> tuple[int, int] | None:
+    """(offset, anchors) lining `secondary` up with `primary`, or None if not the same run."""
+    joined = _anchors(primary).join(_anchors(secondary), on=["event", "pid", "child"])
+    if joined.height:
+        diffs = (joined["ts_ns"] - joined["ts_ns_right"])
+        offset = int(diffs.median())
+        if (diffs - offset).abs().max() <= ANCHOR_AGREEMENT_NS:
+            return offset, joined.height
+        return None
+    a, b = _span(primary), _span(secondary)
+    if a[0] <= b[1] and b[0] <= a[1]:
+        return 0, 0
+    return None
+
+
+def _overlapping_pairs(capture: Capture) -> list[_Pair]:
+    """(preferred, other) inputs of dedupable sources that recorded the same run."""
     candidates = sorted((p for p in capture.inputs if p.events.height
                          and _source(p) in DEDUPE_SOURCES and _span(p) is not None), key=_rank)
     pairs = []
     for i, primary in enumerate(candidates):
-        a = _span(primary)
         for secondary in candidates[i + 1:]:
-            b = _span(secondary)
-            if a[0] <= b[1] and b[0] <= a[1]:
-                pairs.append((primary, secondary))
+            aligned = _clock_offset(primary, secondary)
+            if aligned is not None:
+                pairs.append(_Pair(primary, secondary, *aligned))
     return pairs
 
 
-def _keyed(frame: pl.LazyFrame) -> pl.LazyFrame:
-    return frame.with_columns((pl.col("ts_ns") // DEDUPE_PRECISION_NS).alias("_us"))
+def _shifted(pair: _Pair) -> pl.LazyFrame:
+    return pair.secondary.events.lazy().with_columns(
+        (pl.col("ts_ns") + pair.offset_ns).alias("ts_ns"))
 
 
 def _duplicates(kept: pl.LazyFrame, other: pl.LazyFrame) -> pl.LazyFrame:
-    """Rows of `other` that `kept` already has (the k-th copy of a key matches the k-th)."""
-    counts = kept.group_by(DEDUPE_KEY).agg(pl.len().alias("_n"))
-    ranked = other.with_columns(pl.int_range(pl.len()).over(DEDUPE_KEY).alias("_k"))
-    return ranked.join(counts, on=DEDUPE_KEY, how="inner", nulls_equal=False).filter(
-        pl.col("_k") < pl.col("_n"))
+    """Rows of `other` with a row of `kept` of the same pid, cpu and event within tolerance."""
+    right = (kept.filter(pl.col("ts_ns").is_not_null())
+             .select("pid", "cpu", "event", "ts_ns", pl.col("ts_ns").alias("_match"))
+             .sort("ts_ns"))
+    left = (other.with_columns(pl.int_range(pl.len()).alias("_i"))
+            .filter(pl.col("ts_ns").is_not_null()).sort("ts_ns"))
+    return (left.join_asof(right, on="ts_ns", by=["pid", "cpu", "event"], strategy="nearest",
+                           tolerance=MATCH_TOLERANCE_NS, check_sortedness=False)
+            .filter(pl.col("_match").is_not_null()))
 
 
 def _deduplicated(capture: Capture) -> list[pl.LazyFrame]:
-    """Each input's events as a LazyFrame, with rows already counted from another input gone."""
-    pairs = _overlapping_pairs(capture)
-    drop_against: dict[int, list] = {}
-    for primary, secondary in pairs:
-        drop_against.setdefault(id(secondary), []).append(primary)
+    """Each input's events as a LazyFrame: rows already counted from another input of the
+    same run are gone, and that input's times are on the preferred input's clock."""
+    by_secondary: dict[int, list[_Pair]] = {}
+    for pair in _overlapping_pairs(capture):
+        by_secondary.setdefault(id(pair.secondary), []).append(pair)
     frames = []
     for parsed in capture.inputs:
         if not parsed.events.height:
             continue
+        pairs = by_secondary.get(id(parsed), [])
         frame = parsed.events.lazy()
-        for primary in drop_against.get(id(parsed), []):
-            keyed = _keyed(frame).with_columns(pl.int_range(pl.len()).alias("_i"))
-            dup = _duplicates(_keyed(primary.events.lazy()), keyed).select("_i")
-            frame = keyed.join(dup, on="_i", how="anti").drop("_us", "_i")
+        if pairs:
+            frame = _shifted(pairs[0])
+            dups = [_duplicates(pair.primary.events.lazy(), frame).select("_i")
+                    for pair in pairs]
+            frame = (frame.with_columns(pl.int_range(pl.len()).alias("_i"))
+                     .join(pl.concat(dups).unique(), on="_i", how="anti").drop("_i"))
         frames.append(frame)
     return frames
 

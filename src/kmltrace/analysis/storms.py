@@ -26,7 +26,7 @@ def _interrupt() -> pl.Expr:
     ev = pl.col("event")
     return (((pl.col("system") == "irq_vectors") | (pl.col("system") == "irq"))
             | (ev == "hw_interrupt")
-            | ((ev == EXCEPTION) & (pl.col("vector") >= 32)))
+            | ((ev == EXCEPTION) & (pl.col("vector") >= 32))).fill_null(False)
 
 
 def fault_loops(ctx) -> pl.DataFrame:
