@@ -134,7 +134,7 @@ def _add_format(info: TraceDat, text: bytes, system: str, path: str, at: int) ->
                            long_size=info.long_size)
     except KmltraceError as e:
         # one bad format costs only its own events; say where it is in the file
-        info.errors.append(InputError(f"event format of {system}: {e.message}", path=path,
+        info.errors.append(InputError(f"{system}: {e.message}", path=path,
                                       offset=at))
         return
     info.formats[fmt.id] = fmt
