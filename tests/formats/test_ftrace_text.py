@@ -12,10 +12,21 @@ import pytest
 from kmltrace.errors import KmltraceError
 from kmltrace.formats import ftrace_text
 from kmltrace.formats.sniff import parse_file
+from tests.formats.workload_counts import WORKLOAD, assert_workload_counts
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_traces"
 VARIANTS = SAMPLES / "host-6.18-textvariants"
 PUBLIC = SAMPLES / "public-4.x"
+
+
+@pytest.mark.parametrize("name", ["trace.txt", "trace-noirqinfo.txt", "trace-symaddr.txt",
+                                  "trace-symoffset.txt", "trace-tgid.txt", "trace_pipe.txt"])
+def test_workload_capture_counts_in_every_tracefs_text_variant(name):
+    parsed = parse_file(WORKLOAD / name)
+    assert parsed.format == "ftrace_text"
+    assert parsed.errors == []
+    assert parsed.meta["precision"] == "us"
+    assert_workload_counts(parsed.events)
 
 
 def _workload():

@@ -67,6 +67,12 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 r" next_pid=(?P<next_pid>-?\d+) next_prio=(?P<next_prio>-?\d+)",
                 {"prev_comm": "str", "prev_pid": "int", "prev_prio": "int", "prev_state": "str",
                  "next_comm": "str", "next_pid": "int", "next_prio": "int"}),
+    # trace-cmd's sched plugin: "kmlwork:22998 [120] R ==> perf:22997 [120]"
+    EventFields("sched", ("sched_switch",),
+                r"^(?P<prev_comm>.*):(?P<prev_pid>-?\d+) \[(?P<prev_prio>-?\d+)\] (?P<prev_state>\S+)"
+                r" ==> (?P<next_comm>.*):(?P<next_pid>-?\d+) \[(?P<next_prio>-?\d+)\]",
+                {"prev_comm": "str", "prev_pid": "int", "prev_prio": "int", "prev_state": "str",
+                 "next_comm": "str", "next_pid": "int", "next_prio": "int"}),
     # the task's own comm/pid fields repeat common_pid: only the others become columns
     EventFields("sched", ("sched_process_exec",),
                 r"filename=(?P<filename>.*) pid=\d+ old_pid=(?P<old_pid>-?\d+)",
@@ -95,6 +101,19 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
     EventFields("nmi", ("nmi_handler",),
                 r"(?P<handler>\S+?)\(\) delta_ns: (?P<delta_ns>-?\d+) handled: (?P<handled>-?\d+)",
                 {"handler": "ps", "delta_ns": "int", "handled": "int"}),
+    # kvm (host side of a VM): analysis/kvm.py reads these. kvm_exit prints "reason X rip 0x.."
+    # (4.x: "... info A B"; 5.x+: "vcpu N reason X rip 0x.. info1 .. intr_info .. error_code ..")
+    EventFields("kvm", ("kvm_exit",),
+                r"(?:vcpu (?P<vcpu_id>\d+) )?reason (?P<exit_reason>\S+)\s+rip 0x(?P<guest_rip>[0-9a-fA-F]+)",
+                {"vcpu_id": "int", "exit_reason": "str", "guest_rip": "hex"}),
+    EventFields("kvm", ("kvm_entry",), r"vcpu (?P<vcpu_id>\d+)(?:, rip 0x(?P<guest_rip>[0-9a-fA-F]+))?",
+                {"vcpu_id": "int", "guest_rip": "hex"}),
+    EventFields("kvm", ("kvm_userspace_exit",), r"reason (?P<exit_reason>\S+) \((?P<exit_code>-?\d+)\)",
+                {"exit_reason": "str", "exit_code": "int"}),
+    # "#PF (0x2)" / "#DF (0x0) [reinjected]": the vector's mnemonic and the error code
+    EventFields("kvm", ("kvm_inj_exception",),
+                r"^(?P<exception>#?\w+) \(0x(?P<inj_error_code>[0-9a-fA-F]+)\)(?P<reinjected> \[reinjected\])?",
+                {"exception": "str", "inj_error_code": "hex", "reinjected": "str"}),
     # trace_marker writes: "tracing_mark_write: text" (the ip is the writer, printed %ps)
     EventFields("ftrace", ("print",), r"^(?P<ip>[^:\s=]+): (?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
     EventFields("ftrace", ("print",), r"^ip=(?P<ip>\S+) buf=(?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
