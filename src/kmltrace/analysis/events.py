@@ -141,19 +141,26 @@ def _span(parsed) -> tuple[int, int] | None:
 def _anchors(parsed) -> pl.DataFrame:
     names = parsed.events.columns
     child = pl.col("child_pid") if "child_pid" in names else pl.lit(None, dtype=pl.Int32)
+    filename = pl.col("filename") if "filename" in names else pl.lit(None, dtype=pl.String)
     return (parsed.events.filter(pl.col("event").is_in(list(ANCHOR_EVENTS)))
-            .select("event", "pid", child.fill_null(-1).alias("child"), "ts_ns")
-            .unique(["event", "pid", "child"], keep="first"))
+            .select("event", "pid", child.fill_null(-1).alias("child"),
+                    filename.fill_null("").alias("filename"), "ts_ns")
+            .unique(["event", "pid", "child", "filename"], keep="first", maintain_order=True))
 
 
 def _clock_offset(primary, secondary) -> tuple[int, int] | None:
-    """(offset, anchors) lining `secondary` up with `primary`, or None if not the same run."""
-    joined = _anchors(primary).join(_anchors(secondary), on=["event", "pid", "child"])
+    """(offset, anchors) lining `secondary` up with `primary`, or None if not the same run.
+
+    Anchors are process lifecycle events (exec with its filename, fork with its child,
+    exit) seen by both; most of them must agree on one offset.
+    """
+    joined = _anchors(primary).join(_anchors(secondary), on=["event", "pid", "child", "filename"])
     if joined.height:
         diffs = (joined["ts_ns"] - joined["ts_ns_right"])
         offset = int(diffs.median())
-        if (diffs - offset).abs().max() <= ANCHOR_AGREEMENT_NS:
-            return offset, joined.height
+        agreeing = int(((diffs - offset).abs() <= ANCHOR_AGREEMENT_NS).sum())
+        if agreeing * 2 > joined.height:
+            return offset, agreeing
         return None
     a, b = _span(primary), _span(secondary)
     if a[0] <= b[1] and b[0] <= a[1]:

@@ -143,6 +143,7 @@ def process_modes(ctx) -> pl.DataFrame:
                     "kml_faults": r.get("kml_faults") or 0,
                     "user_faults": r.get("user_faults") or 0,
                     "syscalls": r.get("syscalls") or 0})
+    _inherit_thread_group(out, _saved_tgids(ctx.capture))
     frame = pl.DataFrame(out, schema=PROCESS_SCHEMA) if out else pl.DataFrame(schema=PROCESS_SCHEMA)
     return frame.sort("pid", "image", nulls_last=True)
 
@@ -208,6 +209,40 @@ def _decide(pid, image, r, exe, comm, pj, task, parent_of, kernel_possible):
     if user:
         return "user", user
     return "unknown", kthread or ["no evidence of the mode in this capture"]
+
+
+def _saved_tgids(capture) -> dict[int, int]:
+    """pid -> tgid from each bundle's ftrace/saved_tgids (covers tasks only switched to)."""
+    from pathlib import Path
+
+    from kmltrace.formats.ftrace_raw import read_tgids
+
+    out = {}
+    for manifest in capture.bundles:
+        try:
+            text = (Path(manifest["path"]) / "ftrace" / "saved_tgids").read_text()
+        except (KeyError, OSError, UnicodeDecodeError):
+            continue
+        out.update(read_tgids(text))
+    return out
+
+
+def _inherit_thread_group(rows: list[dict], saved_tgids: dict[int, int]) -> None:
+    """A task in another task's thread group is a thread of that process: kernel threads are
+    never in a thread group with anyone, so an unknown thread takes its leader's mode
+    (user when the leader's is unknown too)."""
+    leader_mode = {r["pid"]: r["mode"] for r in rows if r["pid"] is not None}
+    for r in rows:
+        tgid = r["tgid"] or saved_tgids.get(r["pid"])
+        if r["mode"] != "unknown" or tgid is None or tgid == r["pid"]:
+            continue
+        origin = "the trace" if r["tgid"] == tgid else "ftrace saved_tgids"
+        r["tgid"] = tgid
+        mode = leader_mode.get(tgid)
+        r["mode"] = mode if mode in ("user", "kernel") else "user"
+        r["evidence"] = [f"a thread of process {tgid} (thread group from {origin}): kernel "
+                         f"threads are never in a thread group"
+                         + (f"; the group leader is {mode}-mode" if mode else "")]
 
 
 def _int(value) -> int | None:

@@ -1,0 +1,565 @@
+"""Fault chains: the exceptions that ended a machine (or nearly did), in order, and the verdict.
+
+Evidence by source:
+  qemu     ``exception`` records with ``prev_vector`` (``check_exception old: X``): a record
+           raised while delivering the one before it continues that chain (#PF -> #DF ->
+           ``Triple fault``). A record with no ``prev_vector`` starts a new one.
+  console  ``double_fault`` / ``stack_overflow`` / ``oops`` / ``panic`` rows and a second
+           ``Linux version`` banner (the machine came back: a reset).
+  kvm      ``kvm_exit`` TRIPLE_FAULT / SVM shutdown, ``kvm_userspace_exit`` KVM_EXIT_SHUTDOWN,
+           and the ``kvm_inj_exception`` rows before them.
+
+One chain per episode (a reset, a #DF, a stack fault, a loop). Only episodes are chains:
+an ordinary page fault that was delivered and handled is not one.
+
+Which stack received each exception (``stack``) comes from the IDT gate's IST and the CPL
+(analysis/stacks.py) when the capture has the IDT (a snapshot, an ``idt`` meta); without it,
+a CPL 0 fault whose own frame push faulted at CR2 just below RSP shows the CPU used the same
+stack, and that is said (``stack_evidence``); otherwise ``stack`` is null.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import polars as pl
+
+from kmltrace.analysis import kvm as kvm_mod
+from kmltrace.analysis.incidents import Incident, evidence
+from kmltrace.analysis.stacks import landing_stack
+from kmltrace.output import hexstr
+from kmltrace.schema import DF_VECTOR, PF_VECTOR, VECTOR_NAMES
+
+#: the frame a 64-bit CPU pushes (SS, RSP, RFLAGS, CS, RIP, error code) plus the 16-byte
+#: alignment it applies first: a fault this far below RSP is the frame's own push
+FRAME_BYTES = 64
+PAGE = 4096
+USER_TOP = 0x0000_8000_0000_0000
+LOOP_MIN_REPEATS = 32
+
+CONSOLE_EVENTS = ("double_fault", "stack_overflow", "oops", "panic", "boot", "kernel_offset",
+                  "halted")
+
+
+@dataclass
+class ChainResult:
+    chains: list[list[dict]] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
+
+
+def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
+    """The fault chains and their incidents (triple_fault, double_fault, stack_starvation,
+    oops) from the QEMU, console and KVM evidence in `events`."""
+    result = ChainResult()
+    names = set(events.collect_schema().names())
+    symbolize = _symbolizer(capture, _kaslr_offset(events, names))
+    gates = _idt_gates(capture)
+    for frame in _qemu_files(events, names):
+        _qemu_episodes(frame, gates, symbolize, result)
+    _console_episodes(events, names, symbolize, result)
+    _kvm_episodes(events, result)
+    return result
+
+
+# -- QEMU ----------------------------------------------------------------------------------------
+
+_QEMU_COLUMNS = ("seq", "file", "line", "event", "vector", "prev_vector", "cpl", "cs", "ip", "ss",
+                 "rsp", "cr2", "error_code", "soft_int", "idt_base", "cpu", "ts_ns", "raw")
+
+
+def _qemu_files(events: pl.LazyFrame, names: set[str]):
+    """Each QEMU log's records, identical consecutive exceptions folded into one row with
+    ``repeats`` (a fault loop of 400 000 records becomes one row)."""
+    if "prev_vector" not in names:
+        return
+    cols = [pl.col(c) if c in names else pl.lit(None).alias(c) for c in _QEMU_COLUMNS]
+    rows = (events.filter((pl.col("source") == "qemu")
+                          & pl.col("event").is_in(["exception", "triple_fault", "cpu_reset"]))
+            .select(cols).collect())
+    if rows.height == 0:
+        return
+    key = pl.struct("event", "vector", "prev_vector", "cpl", "ip", "rsp", "cr2", "error_code")
+    for _, frame in rows.sort("file", "seq").group_by("file", maintain_order=True):
+        runs = frame.with_columns(key.ne_missing(key.shift(1)).cum_sum().alias("_run"))
+        folded = runs.group_by("_run", maintain_order=True).agg(
+            pl.all().exclude("_run").first(), pl.len().alias("repeats"),
+            pl.col("line").last().alias("last_line"))
+        yield folded.to_dicts()
+
+
+def _qemu_episodes(rows: list[dict], gates, symbolize, result: ChainResult) -> None:
+    pending: list[dict] = []
+    seen_exception = False
+    for row in rows:
+        event = row["event"]
+        if event == "exception":
+            if row.get("soft_int") == 1 and row["prev_vector"] is None:
+                continue                       # int $n: software interrupts are not faults
+            if row["prev_vector"] is None and pending:
+                _close_qemu(pending, None, gates, symbolize, result)
+                pending = []
+            pending.append(row)
+            seen_exception = True
+            if row["repeats"] >= LOOP_MIN_REPEATS:
+                _close_qemu(pending, None, gates, symbolize, result)
+                pending = []
+        elif event == "triple_fault":
+            _close_qemu(pending, row, gates, symbolize, result)
+            pending = []
+        elif event == "cpu_reset" and seen_exception and pending:
+            # a reset right after exceptions without a "Triple fault" line (another cause)
+            _close_qemu(pending, None, gates, symbolize, result, reset=row)
+            pending = []
+    if pending:
+        _close_qemu(pending, None, gates, symbolize, result)
+
+
+def _starved(row: dict) -> str | None:
+    """'frame' when CR2 lies in the frame below RSP, 'page' when within the page below it."""
+    if row.get("cpl") != 0 or row.get("vector") != PF_VECTOR:
+        return None
+    rsp, cr2 = row.get("rsp"), row.get("cr2")
+    if rsp is None or cr2 is None or cr2 >= rsp:
+        return None
+    if rsp - cr2 <= FRAME_BYTES:
+        return "frame"
+    if rsp - cr2 <= PAGE:
+        return "page"
+    return None
+
+
+def _close_qemu(chain: list[dict], triple: dict | None, gates, symbolize, result: ChainResult,
+                reset: dict | None = None) -> None:
+    vectors = [r["vector"] for r in chain]
+    starved = [r for r in chain if _starved(r)]
+    looped = chain[-1]["repeats"] >= LOOP_MIN_REPEATS
+    escalated = len(chain) > 1
+    if not (triple or reset or DF_VECTOR in vectors or starved or looped or escalated):
+        return                                   # delivered and handled: not an episode
+    exceptions = []
+    for i, row in enumerate(chain):
+        nested_next = i + 1 < len(chain) and chain[i + 1]["prev_vector"] == row["vector"]
+        failed = nested_next or (triple is not None and i == len(chain) - 1)
+        exceptions.append(_qemu_exception(row, gates, symbolize, delivered=not failed))
+    _infer_df_stack(chain, exceptions, triple)
+    if triple is not None:
+        # the fault raised while delivering the last one: it has no record of its own
+        exceptions.append({"vector": triple["vector"],
+                           "name": VECTOR_NAMES.get(triple["vector"], None),
+                           "cpl": chain[-1]["cpl"] if chain else None,
+                           "cs": hexstr(chain[-1]["cs"]) if chain else None,
+                           "rip": hexstr(chain[-1]["ip"]) if chain else None,
+                           "rsp": hexstr(chain[-1]["rsp"]) if chain else None,
+                           "cr2": None, "error_code": None, "stack": None, "symbol": None,
+                           "ts_ns": None, "delivered": False, "shutdown": True,
+                           "source": "qemu", "file": triple["file"], "line": triple["line"]})
+    result.chains.append(exceptions)
+    _qemu_incidents(chain, exceptions, triple, reset, starved, looped, result)
+
+
+def _infer_df_stack(chain: list[dict], exceptions: list[dict], triple: dict | None) -> None:
+    """A #DF whose delivery faulted with a #PF, at the RSP where a #PF frame push had just
+    faulted, was pushed onto that same stack: its gate has no IST either."""
+    first = chain[0] if chain else None
+    if triple is None or first is None or _starved(first) != "frame" or triple["vector"] != PF_VECTOR:
+        return
+    last, out = chain[-1], exceptions[len(chain) - 1]
+    if last["vector"] == DF_VECTOR and out["stack"] is None and last["cpl"] == 0 \
+            and last["rsp"] == first["rsp"]:
+        out["stack"] = "same"
+        out["stack_evidence"] = ("delivering the #DF faulted (#PF) at the RSP whose frame push "
+                                 "had just faulted: the #DF frame went to the same stack")
+
+
+def _qemu_exception(row: dict, gates, symbolize, delivered: bool) -> dict:
+    vector, cpl = row["vector"], row["cpl"]
+    ist = gates.get(vector) if gates else None
+    stack = landing_stack(cpl, ist)
+    stack_evidence = f"IDT gate {vector}: IST {ist}" if stack else None
+    if stack is None and not delivered and _starved(row) == "frame":
+        stack = "same"
+        stack_evidence = ("the frame push faulted at CR2, just below RSP: the CPU pushed onto "
+                          "the interrupted stack (no IST, CPL 0)")
+    out = {"vector": vector, "name": VECTOR_NAMES.get(vector), "cpl": cpl,
+           "cs": hexstr(row["cs"]), "rip": hexstr(row["ip"]), "ss": hexstr(row["ss"]),
+           "rsp": hexstr(row["rsp"]),
+           "cr2": hexstr(row["cr2"]) if vector == PF_VECTOR else None,
+           "error_code": hexstr(row["error_code"]), "stack": stack,
+           "symbol": symbolize(row["ip"]), "ts_ns": row["ts_ns"], "delivered": delivered,
+           "source": "qemu", "file": row["file"], "line": row["line"]}
+    if stack_evidence:
+        out["stack_evidence"] = stack_evidence
+    if row["repeats"] > 1:
+        out["repeats"] = row["repeats"]
+        out["last_line"] = row["last_line"]
+    return out
+
+
+def _ev(row: dict, text: str | None = None) -> dict:
+    return evidence(row.get("file") or "qemu", text or row.get("raw") or "", row.get("line"))
+
+
+def _describe(exceptions: list[dict]) -> str:
+    parts = []
+    for e in exceptions:
+        name = e["name"] or f"vector {e['vector']}"
+        where = f" at {e['symbol'] or e['rip']}" if e.get("rip") and not e.get("shutdown") else ""
+        cpl = f" (CPL {e['cpl']})" if e.get("cpl") is not None and not e.get("shutdown") else ""
+        parts.append(f"{name}{cpl}{where}")
+    return " -> ".join(parts)
+
+
+def _qemu_incidents(chain, exceptions, triple, reset, starved, looped, result) -> None:
+    story = _describe(exceptions)
+    ended = triple is not None or reset is not None
+    proof = [_ev(r) for r in chain]
+    if triple is not None:
+        proof.append(_ev(triple))
+        result.incidents.append(Incident(
+            "triple_fault", f"the CPU shut down (triple fault): {story}; the machine reset",
+            evidence=proof, cpu=chain[0].get("cpu") if chain else None,
+            extra={"chain": len(result.chains) - 1}))
+    if any(r["vector"] == DF_VECTOR for r in chain):
+        df = next(r for r in chain if r["vector"] == DF_VECTOR)
+        cause = VECTOR_NAMES.get(df["prev_vector"]) if df["prev_vector"] is not None else None
+        result.incidents.append(Incident(
+            "double_fault",
+            f"double fault (#DF) {('while delivering ' + cause) if cause else ''} at CPL "
+            f"{df['cpl']}, rip {hexstr(df['ip'])}"
+            + ("; a reset followed" if ended else "; the #DF was delivered (no reset)"),
+            severity="critical" if ended else "error", evidence=proof, cpu=df.get("cpu"),
+            extra={"chain": len(result.chains) - 1}))
+    if starved:
+        first = starved[0]
+        result.incidents.append(_starvation_incident(first, exceptions, chain, ended, looped,
+                                                     proof, len(result.chains) - 1))
+
+
+def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no) -> Incident:
+    rsp, cr2 = row["rsp"], row["cr2"]
+    below = rsp - cr2
+    user_stack = rsp < USER_TOP
+    exc = next(e for e in exceptions if e["line"] == row["line"])
+    where = exc["symbol"] or exc["rip"]
+    df = next((e for e in exceptions if e["vector"] == DF_VECTOR), None)
+    pf_ist = "no IST" if exc["stack"] == "same" else (
+        f"IST {exc['stack'][3:]}" if exc["stack"] and exc["stack"].startswith("ist") else
+        "an IST the evidence does not show")
+    text = [
+        f"At CPL 0 the instruction at {where} touched {hexstr(cr2)}, {below} bytes below the "
+        f"stack pointer {hexstr(rsp)}"
+        + (", a user-range stack as a Kernel Mode Linux process has" if user_stack else "")
+        + ": that memory was not there, so the CPU raised a page fault (#PF)."]
+    if exc["stack"] == "same" or not exc["delivered"]:
+        text.append(
+            "A fault at CPL 0 through a gate with no IST does not switch stacks: the CPU pushes "
+            "its exception frame onto the same stack, just below RSP, which is the missing "
+            "memory again, so the #PF could not even be delivered.")
+    if df is not None and ended:
+        text.append(
+            "The CPU turned that into a double fault (#DF); the #DF gate had no IST either "
+            "(or its IST stack was unusable), its frame went to the same place, and the third "
+            "fault shut the CPU down: a triple fault, which resets the machine with no "
+            "handler, oops or log.")
+    elif df is not None:
+        text.append(
+            f"The CPU turned that into a double fault (#DF), which was delivered"
+            + (f" on {df['stack']}" if df.get("stack") and df["stack"] != "same" else
+               " on a stack of its own (its gate has an IST)")
+            + ": the machine survived, but the faulting code could not have its fault handled "
+              "normally (Linux kills the process or oopses).")
+    elif looped:
+        text.append(
+            f"The #PF was delivered ({pf_ist}) but the handler returned without fixing the "
+            "stack, so the same instruction faulted again and again: the CPU is wedged.")
+    text.append(
+        "On Kernel Mode Linux every exception or interrupt taken while a kernel-mode process "
+        "runs arrives at CPL 0 on that process's own stack unless its gate has an IST entry; "
+        "a stack that needs to grow, or is exhausted, cannot take the very fault that would "
+        "grow it. Gates a kernel-mode process can take (#PF, #DF, the timer) need IST stacks.")
+    severity = "critical" if ended else "error"
+    summary = (f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {below} bytes below "
+               f"RSP {hexstr(rsp)} ({row['file'] and 'qemu'} line {row['line']})"
+               + ("; it led to a reset" if ended else "; survived (delivered on another stack)"
+                  if df is not None or exc["stack"] not in (None, "same") else "; no reset"))
+    return Incident("stack_starvation", summary, severity=severity, cpu=row.get("cpu"),
+                    evidence=proof, explanation=" ".join(text),
+                    extra={"chain": chain_no, "rsp": hexstr(rsp), "cr2": hexstr(cr2),
+                           "user_range_stack": user_stack})
+
+
+# -- console --------------------------------------------------------------------------------------
+
+_CONSOLE_COLUMNS = ("seq", "file", "line", "event", "vector", "cpu", "pid", "comm", "cs", "ss",
+                    "ip", "rsp", "cr2", "error_code", "symbol", "stack_lo", "stack_hi",
+                    "address", "boot_index", "ts_ns", "raw", "call_trace")
+
+
+def _console_episodes(events: pl.LazyFrame, names: set[str], symbolize, result) -> None:
+    cols = [pl.col(c) if c in names else pl.lit(None).alias(c) for c in _CONSOLE_COLUMNS]
+    rows = (events.filter((pl.col("source") == "console") & pl.col("event").is_in(CONSOLE_EVENTS))
+            .select(cols).sort("file", "seq").collect())
+    for _, frame in rows.group_by("file", maintain_order=True):
+        _console_file(frame.to_dicts(), symbolize, result)
+
+
+def _console_file(rows: list[dict], symbolize, result) -> None:
+    for i, row in enumerate(rows):
+        later = rows[i + 1:]
+        reset_after = next((r for r in later if r["event"] == "boot"), None)
+        panic_after = next((r for r in later if r["event"] == "panic"
+                            and (reset_after is None or r["seq"] < reset_after["seq"])), None)
+        if row["event"] in ("oops", "panic"):
+            prev = rows[i - 1] if i else None
+            if row["event"] == "panic" and prev is not None and prev["event"] in ("oops",
+                                                                                  "double_fault"):
+                continue                                  # the oops incident says it panicked
+            critical = row["event"] == "panic" or panic_after is not None
+            who = _who(row)
+            summary = (f"kernel {'panic' if row['event'] == 'panic' else 'oops'}: "
+                       f"{(row['raw'] or '').strip()}" + who
+                       + (f" at {row['symbol']}" if row.get("symbol") else "")
+                       + ("; the kernel panicked" if panic_after is not None else ""))
+            proof = [evidence(row["file"], row["raw"] or "", row["line"])]
+            if panic_after is not None:
+                proof.append(evidence(panic_after["file"], panic_after["raw"] or "",
+                                      panic_after["line"]))
+            result.incidents.append(Incident(
+                "oops", summary, severity="critical" if critical else "error", pid=row["pid"],
+                comm=row["comm"], cpu=row["cpu"], ts_ns=row["ts_ns"], evidence=proof))
+        is_df_head = row["event"] in ("double_fault", "stack_overflow") or (
+            row["event"] == "oops" and row["vector"] == DF_VECTOR)
+        prev = rows[i - 1] if i else None
+        if is_df_head and not (prev is not None and prev["line"] >= row["line"] - 3 and (
+                prev["event"] in ("double_fault", "stack_overflow")
+                or (prev["event"] == "oops" and prev["vector"] == DF_VECTOR))):
+            _console_double_fault(rows, i, reset_after, panic_after, symbolize, result)
+
+
+def _who(row: dict) -> str:
+    if row.get("comm") is None:
+        return ""
+    return f" in {row['comm']} (pid {row['pid']}) on CPU {row['cpu']}"
+
+
+def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) -> None:
+    """A #DF reported by the kernel: the #DF handler ran (on its IST stack: IST 1 on mainline
+    and on KML alike). A ``stack guard page was hit`` line says why: a kernel stack overflow."""
+    group = [rows[i]] + [r for r in rows[i + 1:i + 3]
+                         if r["line"] <= rows[i]["line"] + 3
+                         and r["event"] in ("double_fault", "stack_overflow", "oops")]
+    head = rows[i]
+    guard = next((r for r in group if r["event"] == "stack_overflow"), None)
+    rip = head.get("ip")
+    symbol = symbolize(rip) or _strip_len(head.get("symbol"))
+    cpl = None if head.get("cs") is None else head["cs"] & 3
+    exceptions = []
+    hashed = guard is not None and _hashed(guard)
+    if guard is not None and not hashed:
+        # the #PF that the overflow raised could not be delivered: its frame went to the guard
+        exceptions.append({"vector": PF_VECTOR, "name": "#PF", "cpl": cpl,
+                           "cs": hexstr(head.get("cs")), "rip": hexstr(rip),
+                           "rsp": hexstr(head.get("rsp")), "cr2": hexstr(guard["address"]),
+                           "error_code": None, "stack": "same", "symbol": symbol,
+                           "ts_ns": guard["ts_ns"], "delivered": False, "inferred": True,
+                           "stack_evidence": "the guard page below the task's stack was hit: "
+                                             "the #PF frame could not be pushed",
+                           "source": "console", "file": guard["file"], "line": guard["line"]})
+    exceptions.append({"vector": DF_VECTOR, "name": "#DF", "cpl": cpl,
+                       "cs": hexstr(head.get("cs")), "rip": hexstr(rip),
+                       "ss": hexstr(head.get("ss")), "rsp": hexstr(head.get("rsp")), "cr2": None,
+                       "error_code": hexstr(next((r["error_code"] for r in group
+                                                  if r["error_code"] is not None), None)),
+                       "stack": "ist1", "symbol": symbol, "ts_ns": head["ts_ns"],
+                       "delivered": True,
+                       "stack_evidence": "the kernel's #DF handler ran and printed this: Linux "
+                                         "(mainline and KML) puts #DF on IST 1",
+                       "source": "console", "file": head["file"], "line": head["line"]})
+    result.chains.append(exceptions)
+    chain_no = len(result.chains) - 1
+    proof = [evidence(r["file"], r["raw"] or "", r["line"]) for r in group]
+    if panic_after is not None:
+        proof.append(evidence(panic_after["file"], panic_after["raw"] or "", panic_after["line"]))
+    if reset_after is not None:
+        proof.append(evidence(reset_after["file"], reset_after["raw"] or "", reset_after["line"]))
+    stack_text = ""
+    if guard is not None:
+        stack_text = (f"; kernel stack overflow: the guard page was hit at "
+                      f"{hexstr(guard['address'])}, below the task's stack "
+                      f"{hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])}"
+                      + (" (hashed %p values: the kernel hid the real addresses)" if hashed
+                         else ""))
+    summary = (f"double fault{_who(head)}" + (f" at {symbol}" if symbol else "")
+               + (f", RSP {hexstr(head['rsp'])}" if head.get("rsp") is not None else "")
+               + stack_text
+               + ("; a reset followed (a new boot banner)" if reset_after is not None else "")
+               + ("; the kernel panicked" if panic_after is not None else ""))
+    extra = {"chain": chain_no}
+    if guard is not None:
+        extra["stack"] = {"lo": hexstr(guard["stack_lo"]), "hi": hexstr(guard["stack_hi"]),
+                          "guard_hit": hexstr(guard["address"]), "hashed": hashed}
+    result.incidents.append(Incident(
+        "double_fault", summary, severity="critical" if reset_after is not None else "error",
+        pid=head["pid"], comm=head["comm"], cpu=head["cpu"], ts_ns=head["ts_ns"],
+        evidence=proof, extra=extra))
+    if guard is not None and not hashed and head.get("rsp") is not None and cpl == 0:
+        below = head["rsp"] - guard["address"]
+        if 0 < below <= FRAME_BYTES:
+            result.incidents.append(Incident(
+                "stack_starvation",
+                f"#PF at CPL 0 could not push its frame: the guard page address "
+                f"{hexstr(guard['address'])} is {below} bytes below RSP {hexstr(head['rsp'])}"
+                + _who(head) + ("; a reset followed" if reset_after is not None
+                                else "; survived as a #DF on IST 1 (the kernel oopsed)"),
+                severity="critical" if reset_after is not None else "error",
+                pid=head["pid"], comm=head["comm"], cpu=head["cpu"], ts_ns=head["ts_ns"],
+                evidence=proof,
+                explanation=(
+                    f"The kernel stack {hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])} "
+                    f"of {head.get('comm') or 'the task'} was used up: at {symbol or 'RIP'} the "
+                    f"CPU, at CPL 0, touched the guard page just below it. The page fault "
+                    "gate has no IST, so the CPU tried to push the #PF frame onto the same "
+                    "exhausted stack, which faulted again and became a double fault. Linux "
+                    "gives #DF its own IST stack, which is why this ended in an oops and not "
+                    "a silent reset. A Kernel Mode Linux process is in this position on every "
+                    "fault on its own stack: at CPL 0 with no stack switch."),
+                extra={"chain": chain_no}))
+
+
+def _hashed(guard: dict) -> bool:
+    """4.15+ prints %p hashed: 32-bit-looking values where kernel addresses belong."""
+    values = [guard.get(k) for k in ("address", "stack_lo", "stack_hi")]
+    return any(v is not None and v < USER_TOP and v < (1 << 32) for v in values) or (
+        guard.get("stack_lo") is not None and guard.get("stack_hi") is not None
+        and guard["stack_lo"] >= guard["stack_hi"])
+
+
+def _strip_len(symbol: str | None) -> str | None:
+    """``func+0x9/0x50`` -> ``func+0x9`` (the /len is the function's size)."""
+    if not symbol:
+        return None
+    head, _, module = symbol.partition(" ")
+    return head.split("/")[0] + (f" {module}" if module else "")
+
+
+# -- KVM -----------------------------------------------------------------------------------------
+
+def _kvm_episodes(events: pl.LazyFrame, result) -> None:
+    names = set(events.collect_schema().names())
+    if "event" not in names:
+        return
+    kvm = kvm_mod.kvm_rows(events)
+    if kvm.height == 0:
+        return
+    downs = kvm_mod.shutdowns(kvm).sort("ts_ns", "seq", nulls_last=True)
+    injected = kvm_mod.injections(kvm)
+    last_ts = None
+    for row in downs.iter_rows(named=True):
+        if last_ts is not None and row["ts_ns"] is not None and row["ts_ns"] - last_ts < 1_000_000:
+            continue                 # the kvm_exit and the kvm_userspace_exit of one shutdown
+        last_ts = row["ts_ns"]
+        before = injected
+        if row["ts_ns"] is not None:
+            before = injected.filter(pl.col("ts_ns") <= row["ts_ns"])
+        if row["pid"] is not None:
+            before = before.filter(pl.col("pid") == row["pid"])
+        chain = [{"vector": r["vector"], "name": VECTOR_NAMES.get(r["vector"]), "cpl": None,
+                  "cs": None, "rip": None, "rsp": None, "cr2": None,
+                  "error_code": hexstr(r["inj_error_code"]), "stack": None, "symbol": None,
+                  "ts_ns": r["ts_ns"], "source": "kvm", "file": r["file"], "line": r["line"]}
+                 for r in before.tail(3).iter_rows(named=True)]
+        chain.append({"vector": None, "name": "shutdown", "cpl": None, "cs": None,
+                      "rip": hexstr(row["guest_rip"]), "rsp": None, "cr2": None,
+                      "error_code": None, "stack": None, "symbol": None, "ts_ns": row["ts_ns"],
+                      "shutdown": True, "source": "kvm", "file": row["file"],
+                      "line": row["line"]})
+        result.chains.append(chain)
+        what = (f"kvm_exit reason {row['exit_reason']}" if row["event"] == "kvm_exit"
+                else f"kvm_userspace_exit {row['exit_reason']}")
+        result.incidents.append(Incident(
+            "triple_fault",
+            f"the guest CPU shut down (triple fault) as the host saw it: {what}"
+            + (f" at guest rip {hexstr(row['guest_rip'])}" if row["guest_rip"] is not None else "")
+            + (f" (QEMU pid {row['pid']})" if row["pid"] is not None else ""),
+            pid=row["pid"], comm=row["comm"], cpu=row["cpu"], ts_ns=row["ts_ns"],
+            evidence=[evidence(row["file"] or "kvm", what, row["line"])],
+            extra={"chain": len(result.chains) - 1}))
+
+
+# -- symbols -------------------------------------------------------------------------------------
+
+def _kaslr_offset(events: pl.LazyFrame, names: set[str]) -> int:
+    if "kaslr_offset" not in names:
+        return 0
+    value = (events.filter(pl.col("kaslr_offset").is_not_null()).select("kaslr_offset")
+             .tail(1).collect())
+    return int(value.item()) if value.height else 0
+
+
+def _symbolizer(capture, offset: int):
+    """ip -> ``func+0xoff`` from the ELF the capture names (``--vmlinux`` or an ELF TARGET),
+    undoing the KASLR slide the console printed. A small stand-in for a shared symbol
+    service: swap :func:`_symbol_table` for it when there is one."""
+    paths = [p for p in [getattr(capture, "vmlinux", None), *_metas(capture, "elf")] if p]
+    tables = [t for t in (_symbol_table(str(p)) for p in paths) if t]
+
+    def lookup(ip):
+        if ip is None:
+            return None
+        for addrs, entries in tables:
+            for candidate in ((ip - offset) & 0xFFFFFFFFFFFFFFFF, ip) if offset else (ip,):
+                i = bisect_right(addrs, candidate) - 1
+                if i < 0:
+                    continue
+                start, size, name = entries[i]
+                if candidate < start + max(size, 1) or (size == 0 and candidate - start < PAGE):
+                    delta = candidate - start
+                    return f"{name}+{delta:#x}" if delta else name
+        return None
+    return lookup
+
+
+def _metas(capture, key: str) -> list:
+    try:
+        return list(capture.metas(key))
+    except AttributeError:
+        return []
+
+
+@lru_cache(maxsize=8)
+def _symbol_table(path: str):
+    """Sorted (addresses, [(start, size, name)]) of an ELF's function and label symbols."""
+    try:
+        from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import SymbolTableSection
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            entries = []
+            for section in elf.iter_sections():
+                if not isinstance(section, SymbolTableSection):
+                    continue
+                for sym in section.iter_symbols():
+                    kind = sym["st_info"]["type"]
+                    if kind not in ("STT_FUNC", "STT_NOTYPE") or not sym.name or \
+                            sym["st_shndx"] == "SHN_UNDEF" or sym["st_value"] == 0:
+                        continue
+                    entries.append((sym["st_value"], sym["st_size"], sym.name))
+    except Exception:    # not an ELF or unreadable: no symbols, the addresses still show
+        return None
+    entries.sort()
+    return [e[0] for e in entries], entries
+
+
+def _idt_gates(capture) -> dict[int, int]:
+    """vector -> IST from the IDT in the capture: an ``idt`` meta (gates decoded from a
+    memory dump) or a snapshot's ``idt``. Empty when the capture has none."""
+    for gates in _metas(capture, "idt"):
+        if gates:
+            return {int(g["vector"]): int(g.get("ist") or 0) for g in gates if g.get("present", True)}
+    for snap in _metas(capture, "snapshot"):
+        gates = snap.get("idt") if isinstance(snap, dict) else None
+        if gates:
+            return {int(g["vector"]): int(g.get("ist") or 0) for g in gates if g.get("present", True)}
+    return {}
