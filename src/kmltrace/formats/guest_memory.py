@@ -9,7 +9,8 @@ lands on.  The dump may be zstd-compressed (``vmcore.elf.zst``).
 
 Parsed meta: ``guest_memory`` (path), ``cpu_state`` (per CPU: rip, rsp, cr2, cr3, cr4,
 gs_base, kernel_gs_base, idt_base, idt_limit, gdt_base, tr_base, cpl), ``idt`` (gates of CPU
-0's IDT), ``idt_cpu`` (which CPU's IDT that is) and ``tss`` (per CPU: sp0, sp1, sp2, ist[7]).
+0's IDT), ``idt_cpu`` (which CPU's IDT that is), ``tss`` (per CPU: sp0, sp1, sp2, ist[7]) and
+``snapshot`` (the snapshot object's cpus/idt, so analyses that read snapshots use the dump).
 When the dump lacks QEMU's notes, IDTR and CR3 are taken from ``registers.txt`` (``info
 registers``) or the last register dump of ``qemu.log`` beside it.
 """
@@ -307,4 +308,14 @@ def parse(path: Path) -> Parsed:
             tss.append(entry)
     if tss:
         parsed.meta["tss"] = tss
+    parsed.meta["snapshot"] = _snapshot(parsed.meta, len(states))
     return parsed
+
+
+def _snapshot(meta: dict, cpus: int) -> dict:
+    """The part of CONTRACT.md's snapshot object a raw memory dump gives without symbols:
+    the CPUs' TSS stack pointers and the IDT (tasks need a kernel's debug info: drgn)."""
+    return {"kernel": {"cpus": cpus}, "source": "guest memory dump",
+            "cpus": [{"cpu": t["cpu"], "tss": {k: t[k] for k in ("sp0", "sp1", "sp2", "ist")}}
+                     for t in meta.get("tss", [])],
+            "idt": meta.get("idt", []), "tasks": [], "incidents": []}

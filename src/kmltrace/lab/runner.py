@@ -18,7 +18,7 @@ END_MARKER = b"KMLTRACE-LAB: END"
 MEMORY = "16M"   # small guest: the memory dump stays small
 KERNEL_COPY = "kernel.elf"
 #: host kvm events kept per CPU: the last few thousand, enough for the end of a run
-KVM_BUFFER_KB = 256
+KVM_BUFFER_KB = 128
 
 
 def kvm_usable() -> bool:
@@ -83,5 +83,6 @@ def run(name: str, accel: str = "tcg", out: Path | None = None) -> dict:
     for error in result.errors:
         print(f"kmltrace: lab {name}: {error}", file=sys.stderr)
     return {"bundle": str(out), "scenario": name, "accel": accel, "end": result.end,
+            "qemu_stderr": result.errors,
             "files": [f["path"] for f in files], "qemu": vm.qemu_version(),
             "expected": scenario.to_json()}

@@ -116,7 +116,8 @@ def _scenarios() -> list[Scenario]:
         Scenario("gs-write", "SC_GS_WRITE",
                  "CPL 0 code loads %gs and writes its GS base (wrgsbase, or the MSR where the "
                  "CPU lacks FSGSBASE) over the kernel's per-CPU base, then traps (int3)",
-                 reset=False, vectors=(3,), gates={3: 0}, absent=("triple_fault",),
+                 reset=False, vectors=(3,), gates={3: ist},
+                 absent=("triple_fault", "redzone_clobber"),
                  facts={"cpl": 0, "gs_base": c["GS_USER_VALUE"], "rip_symbol": "gs_wrgsbase"},
                  serial=r"lab: gs_base=0x0*7ffff7ff0000"),
         Scenario("fault-loop", "SC_FAULT_LOOP",

@@ -277,7 +277,7 @@ idt_init:
         gate 14, pf_grow_handler, 0, GATE_INTR      /* from CPL 3 the frame goes on RSP0 */
         gate SYSCALL_VECTOR, user_done, 0, GATE_INTR_DPL3
 #elif SCENARIO == SC_GS_WRITE
-        gate 3, bp_handler, 0, GATE_INTR
+        gate 3, bp_handler, IST_INDEX, GATE_INTR   /* on IST, as KML does: only the GS write shows */
 #elif SCENARIO == SC_FAULT_LOOP
         gate 14, pf_loop_handler, IST_INDEX, GATE_INTR
 #endif
