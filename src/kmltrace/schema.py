@@ -92,6 +92,13 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "stack": pl.String,
     # lost_events rows: how many events the ring buffer lost there
     "lost": pl.Int64,
+    # kvm (host tracepoints, see analysis/kvm.py)
+    "vcpu_id": pl.Int32,
+    "exit_reason": pl.String,
+    "guest_rip": pl.UInt64,
+    "exit_code": pl.Int32,
+    "exception": pl.String,
+    "inj_error_code": pl.UInt64,
     # register state of exception records (qemu, console, snapshot)
     "cpl": pl.Int32,
     "cs": pl.UInt64,

@@ -1,0 +1,155 @@
+"""Fault chains on real evidence: QEMU 7.2 logs of sample_traces/qemu-tiny (the expected
+values come from tiny.S: RSP 0x40001000, the push at `starve` 0x10010e writing RSP-8, the
+#DF gate without IST in scenario 0 and with IST 1 in scenario 1) and public console oopses."""
+
+from __future__ import annotations
+
+import shutil
+
+import polars as pl
+
+from kmltrace import capture as capture_mod
+from kmltrace.analysis.chains import analyse_chains
+from kmltrace.analysis.events import merged_events
+from tests.conftest import SAMPLES
+
+TINY = SAMPLES / "qemu-tiny"
+CONSOLE = SAMPLES / "console-public"
+
+
+def _run(*targets, vmlinux=None):
+    cap = capture_mod.load([str(t) for t in targets], vmlinux=vmlinux)
+    return analyse_chains(merged_events(cap), cap)
+
+
+def _kinds(result):
+    return {i.kind: i for i in result.incidents}
+
+
+def test_stack_starvation_reset_chain():
+    result = _run(TINY / "starvation-int.log", vmlinux=str(TINY / "starvation.elf"))
+    assert len(result.chains) == 1
+    chain = result.chains[0]
+    assert [e["name"] for e in chain] == ["#PF", "#DF", "#PF"]
+    pf, df, last = chain
+    assert (pf["cpl"], pf["cs"], pf["rip"], pf["rsp"], pf["cr2"], pf["error_code"]) == \
+        (0, "0x8", "0x10010e", "0x40001000", "0x40000ff8", "0x2")
+    assert pf["symbol"] == "starve"                    # tiny.S: the label of the push
+    assert pf["stack"] == "same" and df["stack"] == "same"
+    assert not pf["delivered"] and not df["delivered"] and last["shutdown"]
+    kinds = _kinds(result)
+    assert set(kinds) == {"triple_fault", "double_fault", "stack_starvation"}
+    assert all(kinds[k].severity == "critical" for k in kinds)
+    starving = kinds["stack_starvation"]
+    assert "8 bytes below RSP 0x40001000" in starving.summary
+    assert "no IST" in starving.explanation and "Kernel Mode Linux" in starving.explanation
+    assert [e["line"] for e in kinds["triple_fault"].evidence] == [477, 499, 521]
+
+
+def test_df_on_ist_survives():
+    result = _run(TINY / "df-ist-int.log")
+    assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
+    assert result.chains[0][1]["delivered"] is True
+    kinds = _kinds(result)
+    assert "triple_fault" not in kinds
+    assert kinds["double_fault"].severity == "error"
+    assert kinds["stack_starvation"].severity == "error"
+    assert "survived" in kinds["stack_starvation"].summary
+
+
+def test_idt_gates_decide_the_stack(tmp_path):
+    # the gates of tiny.S scenario 1 as a snapshot would give them: #PF IST 0, #DF IST 1
+    class WithIdt:
+        vmlinux = None
+
+        def __init__(self, cap):
+            self.cap = cap
+
+        def metas(self, key):
+            if key == "idt":
+                return [[{"vector": 14, "ist": 0, "present": True},
+                         {"vector": 8, "ist": 1, "present": True}]]
+            return self.cap.metas(key)
+    cap = capture_mod.load([str(TINY / "df-ist-int.log")])
+    result = analyse_chains(merged_events(cap), WithIdt(cap))
+    assert [e["stack"] for e in result.chains[0]] == ["same", "ist1"]
+
+
+def test_fault_loop_is_one_chain_no_reset():
+    result = _run(TINY / "fault-loop-head.log")
+    assert len(result.chains) == 1
+    (pf,) = result.chains[0]
+    assert pf["rip"] == "0x100111" and pf["cr2"] == "0x40000ff8"
+    assert pf["repeats"] == 115          # grep -c ' v=0e' fault-loop-head.log
+    kinds = _kinds(result)
+    assert set(kinds) == {"stack_starvation"} and kinds["stack_starvation"].severity == "error"
+
+
+def test_clean_run_and_smp_log():
+    assert _run(TINY / "clean-int.log").chains == []
+    smp = _run(TINY / "starvation-smp2.log")
+    assert [[e["name"] for e in c] for c in smp.chains] == [["#PF", "#DF", "#PF"]]
+
+
+def test_console_stack_guard_double_fault():
+    result = _run(CONSOLE / "go-audit-30-stack-overflow.txt")
+    assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
+    pf, df = result.chains[0]
+    assert pf["cr2"] == "0xffffc900011bbff8" and pf["stack"] == "same" and pf["inferred"]
+    assert df["stack"] == "ist1" and df["symbol"] == "_raw_spin_lock_irqsave+0x9"
+    kinds = _kinds(result)
+    df_inc = kinds["double_fault"]
+    assert df_inc.severity == "error" and df_inc.pid == 459 and df_inc.comm == "go-audit"
+    assert df_inc.extra["stack"] == {"lo": "0xffffc900011bc000", "hi": "0xffffc900011bffff",
+                                     "guard_hit": "0xffffc900011bbff8", "hashed": False}
+    assert "_raw_spin_lock_irqsave" in df_inc.summary
+    assert kinds["stack_starvation"].severity == "error"
+    assert kinds["oops"].severity == "error"
+
+
+def test_console_hashed_pointers_and_panic():
+    cas = _kinds(_run(CONSOLE / "open-cas-997-stack-overflow.txt"))
+    assert cas["double_fault"].extra["stack"]["hashed"] is True
+    assert "stack_starvation" not in cas           # hashed addresses prove nothing
+    pop = _run(CONSOLE / "pop-os-4029-double-fault.txt")
+    kinds = _kinds(pop)
+    assert kinds["oops"].severity == "critical"     # "Kernel panic - not syncing" followed
+    assert "sio_ite_8872_probe" in kinds["double_fault"].summary
+
+
+def test_console_reset_makes_double_fault_critical(tmp_path):
+    # synthetic (labelled): a real public oops followed by a new boot banner
+    text = (CONSOLE / "go-audit-30-stack-overflow.txt").read_text()
+    path = tmp_path / "console.txt"
+    path.write_text(text + "[    0.000000] Linux version 4.10.11-1-pagarme (gcc) #1 SMP\n")
+    kinds = _kinds(_run(path))
+    assert kinds["double_fault"].severity == "critical"
+    assert kinds["stack_starvation"].severity == "critical"
+
+
+def test_qemu_and_console_together_and_serial_removed(tmp_path):
+    """Deleting the console from the inputs gives the same QEMU incidents."""
+    both = _run(TINY / "starvation-int.log", CONSOLE / "go-audit-30-stack-overflow.txt")
+    alone = _run(TINY / "starvation-int.log")
+    qemu_kinds = sorted(i.kind for i in both.incidents if i.evidence[0]["source"].endswith(".log"))
+    assert qemu_kinds == sorted(i.kind for i in alone.incidents)
+
+
+def test_truncated_log_still_gives_a_chain(tmp_path):
+    lines = (TINY / "starvation-int.log").read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.log"
+    cut.write_text("".join(lines[:505]))     # ends inside the #DF record's dump
+    result = _run(cut)
+    assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
+    assert "triple_fault" not in _kinds(result)
+
+
+def test_no_qemu_columns_no_chains():
+    empty = pl.DataFrame({"event": ["sys_enter"], "source": ["ftrace"]}).lazy()
+
+    class Bare:
+        vmlinux = None
+
+        def metas(self, key):
+            return []
+    assert analyse_chains(empty, Bare()).chains == []
