@@ -104,7 +104,9 @@ def landing_incidents(ctx, landed: pl.DataFrame, faults: pl.DataFrame) -> list[I
     if pf_ist is None or pf_ist > 0:   # unknown gate, or #PF has its own stack
         return incidents
     starving = (faults.join(mode, on=["task_pid", "image"], how="inner", nulls_equal=True)
-                .filter(pl.col("klass") == "stack")
+                # faults in the process's own code (page_fault_kernel is kernel code, which
+                # runs on the kernel stack)
+                .filter((pl.col("klass") == "stack") & (pl.col("event") != "page_fault_kernel"))
                 .with_columns(pl.lit("same").alias("stack")))
     for (pid, image), group in starving.group_by(["task_pid", "image"], maintain_order=True):
         first = group.row(0, named=True)
