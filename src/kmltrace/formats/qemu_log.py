@@ -82,14 +82,21 @@ def read_lines(data: bytes) -> pl.DataFrame:
     """One row per line (``line`` 1-based, ``text``), built by polars' CSV reader, which is
     ~6x faster than splitting in Python; a line holding the separator byte is cut there."""
     expected = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
-    frame = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                        new_columns=["text"], schema={"text": pl.String}, encoding="utf8-lossy",
-                        truncate_ragged_lines=True, comment_prefix=None, raise_if_empty=False)
+    try:
+        frame = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
+                            new_columns=["text"], schema={"text": pl.String},
+                            encoding="utf8-lossy", truncate_ragged_lines=True,
+                            comment_prefix=None, raise_if_empty=False)
+    except pl.exceptions.PolarsError:   # e.g. the separator byte in the first line
+        frame = pl.DataFrame()
     if frame.height != expected:  # the reader skipped something: fall back to the exact split
         text = data.decode("utf-8", "replace")
         frame = pl.DataFrame({"text": text.split("\n")[:expected]}, schema={"text": pl.String})
-    return frame.with_columns(pl.col("text").fill_null("").str.strip_suffix("\r")) \
-                .with_row_index("line", 1).with_columns(pl.col("line").cast(pl.Int64))
+    text = pl.col("text").fill_null("")
+    if b"\r" in data:   # a log that went through a CRLF tool
+        text = text.str.strip_suffix("\r")
+    return frame.with_columns(text).with_row_index("line", 1) \
+                .with_columns(pl.col("line").cast(pl.Int64))
 
 
 def _hex(column: str) -> pl.Expr:
@@ -111,7 +118,8 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
     text = pl.col("text")
     # one regex pass tags the few kinds of line we read; most of a log (in_asm) gets null
     tag = text.str.extract(TAG_RE, 1)
-    kind = (pl.when(tag.str.ends_with("v=")).then(pl.lit(EXCEPTION))
+    kind = (pl.when(tag.is_null()).then(pl.lit(None, dtype=pl.String))
+            .when(tag.str.ends_with("v=")).then(pl.lit(EXCEPTION))
             .otherwise(tag.replace_strict(TAG_KINDS, default="dump", return_dtype=pl.String)))
     lines = lines.with_columns(kind.alias("kind"))
     is_dump = pl.col("kind") == "dump"
@@ -238,7 +246,7 @@ def _completeness_errors(lines: pl.DataFrame, marked: pl.DataFrame, records: pl.
             f"the log starts in the middle of a register dump (lines {orphan['line'][0]}-"
             f"{orphan['line'][-1]} belong to a record before the start and are ignored)",
             path=file, line=int(orphan["line"][0])))
-    last = lines.filter(pl.col("text") != "").tail(1)
+    last = lines.tail(64).filter(pl.col("text") != "").tail(1)
     if last.height and last["kind"][0] == "dump":
         rec = last["rec"][0]
         block = dumps.filter(pl.col("rec") == rec)
