@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,63 @@ def test_kvm_starvation_resets_when_kvm_boots(tmp_path):
         text = (bundle / "kvm.txt").read_text()
         # the last thing this QEMU's vCPU did: the shutdown exit of the triple fault
         assert any("KVM_EXIT_SHUTDOWN" in line for line in text.strip().splitlines()[-5:])
+
+
+# -- the verdicts: kmltrace's analysis of each run, from the CPU's evidence -------------------
+
+def postmortem(bundle: Path) -> dict:
+    from kmltrace.capture import load
+    from kmltrace.report import build_report
+
+    return build_report(load([bundle]), postmortem=True)
+
+
+def kinds(report: dict) -> set[str]:
+    return {i["kind"] for i in report["incidents"]}
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
+def test_postmortem_verdicts_match_the_scenario(runs, name):
+    bundle, _ = runs[name]
+    scenario = scenarios.get(name)
+    report = postmortem(bundle)
+    found = kinds(report)
+    assert set(scenario.incidents) <= found, (name, found)
+    assert not (set(scenario.absent) & found), (name, found)
+
+
+def test_postmortem_starvation_chain_pf_df_reset(runs):
+    bundle, _ = runs["starvation"]
+    report = postmortem(bundle)
+    chain = report["chain"]
+    assert [e["vector"] for e in chain[:2]] == [14, 8]
+    pf = chain[0]
+    assert pf["cpl"] == 0 and int(pf["rip"], 16) == symbols(bundle)["starve_push"]
+    assert int(pf["rsp"], 16) == C["STARVE_RSP"] and int(pf["cr2"], 16) == C["STARVE_CR2"]
+    assert int(pf["error_code"], 16) == C["STARVE_PF_ERROR"]
+    assert pf["stack"] == "same"          # gate 14 has IST 0 in the dump's IDT
+    starvation = [i for i in report["incidents"] if i["kind"] == "stack_starvation"]
+    assert starvation and starvation[0]["severity"] == "critical"
+
+
+def test_postmortem_ist_scenarios_name_the_ist_stack(runs):
+    assert postmortem(runs["pf-ist"][0])["chain"][0]["stack"] == f"ist{C['IST_INDEX']}"
+    df = postmortem(runs["df-ist"][0])["chain"]
+    assert [(e["vector"], e["stack"]) for e in df[:2]] == [(14, "same"),
+                                                           (8, f"ist{C['IST_INDEX']}")]
+
+
+@pytest.mark.parametrize("name", sorted(scenarios.SCENARIOS))
+def test_same_incidents_without_console_and_scenario_metadata(runs, name, tmp_path):
+    """The verdict comes from the CPU's evidence: the kernel's own serial report and the
+    scenario's description in the manifest are not needed."""
+    bundle, _ = runs[name]
+    copy = tmp_path / name
+    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("events.*"))
+    (copy / "console.log").unlink(missing_ok=True)
+    manifest = json.loads((copy / "bundle.json").read_text())
+    del manifest["lab"]
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "console.log"]
+    (copy / "bundle.json").write_text(json.dumps(manifest))
+    stripped = postmortem(copy)
+    assert sorted(kinds(stripped)) == sorted(kinds(postmortem(bundle)))
