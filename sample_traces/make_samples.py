@@ -161,12 +161,22 @@ def perf_events(build_dir: Path) -> tuple[list[str], list[str]]:
                                if p.is_dir())
         else:
             expanded.append(event)
-    ok, refused = [], []
-    for event in expanded:
+    def accepted(events: list[str]) -> bool:
         probe = subprocess.run(["perf", "record", "-q", "-o", str(build_dir / "probe.data"), "-e",
-                                event, "--", "true"], capture_output=True)
-        (ok if probe.returncode == 0 else refused).append(event)
-    return ok, refused
+                                ",".join(events), "--", "true"], capture_output=True)
+        return probe.returncode == 0
+
+    def split(events: list[str]) -> tuple[list[str], list[str]]:
+        if accepted(events):
+            return events, []
+        if len(events) == 1:
+            return [], events
+        half = len(events) // 2
+        ok1, bad1 = split(events[:half])
+        ok2, bad2 = split(events[half:])
+        return ok1 + ok2, bad1 + bad2
+
+    return split(expanded)
 
 
 def build_workload(build_dir: Path) -> Path:
@@ -302,8 +312,13 @@ def save_bundle(inst: Instance, bundle: Path, workload: dict, maps_dir: Path,
 def check_counts(trace_txt: Path, w: dict) -> None:
     """Self-check of the capture (not of kmltrace): the workload's numbers must be exact."""
     import re
-    line_re = re.compile(r"^\s*.*?-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+\S+\s+[\d.]+: "
-                         r"(\w+): (.*)$")
+    if trace_txt.name.startswith("perf-script"):
+        # `  kmlwork 18664 [000]   659.812085919:   raw_syscalls:sys_enter: NR 110 (...)`
+        line_re = re.compile(r"^\s*.*?\s(\d+)(?:/\d+)?\s+\[\d+\]\s+[\d.]+:\s+\w+:(\w+): (.*)$")
+    else:
+        # tracefs text (optional (tgid) and flags columns) and trace-cmd report
+        line_re = re.compile(r"^\s*.*?-(\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?"
+                             r"[\d.]+: (\w+):\s+(.*)$")
     ranges = {"stack": (w["pid"], w["stack_lo"], w["stack_hi"], w["N"]),
               "heap": (w["pid"], w["heap_lo"], w["heap_hi"], w["N"]),
               "child_heap": (w["child_pid"], w["child_heap_lo"], w["child_heap_hi"], w["P"])}
@@ -467,7 +482,8 @@ def capture_workload(out: Path, args: tuple[int, ...], build_dir: Path) -> None:
             read_nonblocking(instances["pipe"].path / "trace_pipe", 1 << 16))
         note(f"cat {instances['pipe'].path}/trace_pipe (O_NONBLOCK, until empty) > trace_pipe.txt")
 
-        check_counts(out / "trace.txt", workload)
+        for name in ("trace.txt", "trace-noirqinfo.txt", "trace-tgid.txt", "trace_pipe.txt"):
+            check_counts(out / name, workload)
 
         # 2. raw pages of the same instance as trace.txt, as a bundle (this consumes them)
         raw = instances["text"]
@@ -499,6 +515,8 @@ def capture_workload(out: Path, args: tuple[int, ...], build_dir: Path) -> None:
         with open(out / "trace-cmd-report-R.txt", "w") as f:
             run(["trace-cmd", "report", "-R", "-i", str(out / "trace.dat")], stdout=f)
 
+        check_counts(out / "trace-cmd-report.txt", workload)
+
         # 4. perf script text
         for name, extra in (("perf-script.txt", []), ("perf-script-ns.txt", ["--ns"]),
                             ("perf-script-F.txt",
@@ -506,6 +524,8 @@ def capture_workload(out: Path, args: tuple[int, ...], build_dir: Path) -> None:
             with open(out / name, "w") as f:
                 run(["perf", "script", "-i", str(perf_data)] + extra, stdout=f,
                     stderr=subprocess.DEVNULL)
+        for name in ("perf-script.txt", "perf-script-F.txt"):
+            check_counts(out / name, workload)
         if perf_data.stat().st_size > 2 * 1024 * 1024:
             perf_data.unlink()
         else:
