@@ -97,6 +97,7 @@ def test_console_stack_guard_double_fault():
     pf, df = result.chains[0]
     assert pf["cr2"] == "0xffffc900011bbff8" and pf["stack"] == "same" and pf["inferred"]
     assert df["stack"] == "ist1" and df["symbol"] == "_raw_spin_lock_irqsave+0x9"
+    assert (pf["line"], df["line"]) == (1, 2) and df["ts_ns"] == 26_859_714_000
     kinds = _kinds(result)
     df_inc = kinds["double_fault"]
     assert df_inc.severity == "error" and df_inc.pid == 459 and df_inc.comm == "go-audit"

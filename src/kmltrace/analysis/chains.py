@@ -367,16 +367,18 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
                            "stack_evidence": "the guard page below the task's stack was hit: "
                                              "the #PF frame could not be pushed",
                            "source": "console", "file": guard["file"], "line": guard["line"]})
+    df_row = next((r for r in group if r["event"] == "double_fault" or (
+        r["event"] == "oops" and r["vector"] == DF_VECTOR)), head)
     exceptions.append({"vector": DF_VECTOR, "name": "#DF", "cpl": cpl,
                        "cs": hexstr(head.get("cs")), "rip": hexstr(rip),
                        "ss": hexstr(head.get("ss")), "rsp": hexstr(head.get("rsp")), "cr2": None,
                        "error_code": hexstr(next((r["error_code"] for r in group
                                                   if r["error_code"] is not None), None)),
-                       "stack": "ist1", "symbol": symbol, "ts_ns": head["ts_ns"],
+                       "stack": "ist1", "symbol": symbol, "ts_ns": df_row["ts_ns"],
                        "delivered": True,
                        "stack_evidence": "the kernel's #DF handler ran and printed this: Linux "
                                          "(mainline and KML) puts #DF on IST 1",
-                       "source": "console", "file": head["file"], "line": head["line"]})
+                       "source": "console", "file": df_row["file"], "line": df_row["line"]})
     result.chains.append(exceptions)
     chain_no = len(result.chains) - 1
     proof = [evidence(r["file"], r["raw"] or "", r["line"]) for r in group]

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Benchmark of the QEMU log post-mortem (key "qemu_log" of bench/results.json).
+
+Input: a >= 200 MB ``-d int,cpu_reset,in_asm`` log made by concatenating a real one
+(sample_traces/qemu-tiny/starvation-int-inasm.log, QEMU 7.2 TCG: SeaBIOS boot in_asm blocks,
+a CPL 0 stack starvation #PF -> #DF -> triple fault) until it reaches the size; written to
+bench/work/qemu_log/ (not committed). Measured in the same run, each the median of REPEATS:
+
+  grep -c ' v='          the floor: one pass over the bytes counting exception records
+  parse                  kmltrace.formats.qemu_log.parse (every record, dump and in_asm block)
+  postmortem             kmltrace postmortem --json FILE, end to end in a child process
+                         (load, merge, chains and incidents, JSON out). Goal: < 5 s.
+
+    python3 bench/bench_qemu_log.py [--size-mb 200] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCE = REPO / "sample_traces" / "qemu-tiny" / "starvation-int-inasm.log"
+WORK = REPO / "bench" / "work" / "qemu_log"
+RESULTS = REPO / "bench" / "results.json"
+
+
+def make_input(size_mb: int) -> Path:
+    chunk = SOURCE.read_bytes()
+    copies = -(-size_mb * 1_000_000 // len(chunk))
+    out = WORK / f"int-inasm-{size_mb}mb.log"
+    if not out.exists() or out.stat().st_size != copies * len(chunk):
+        WORK.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as f:
+            for _ in range(copies):
+                f.write(chunk)
+    return out
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    times, value = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), value
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    import polars as pl
+
+    from kmltrace.formats import qemu_log
+
+    path = make_input(args.size_mb)
+    grep_s, grep_count = timed(lambda: subprocess.run(
+        ["grep", "-c", " v=", str(path)], capture_output=True, text=True).stdout.strip(),
+        args.repeats)
+    parse_s, parsed = timed(lambda: qemu_log.parse(path), args.repeats)
+    exceptions = parsed.events.filter(pl.col("event") == "exception").height
+
+    def postmortem():
+        out = subprocess.run([sys.executable, "-m", "kmltrace", "postmortem", "--json", str(path)],
+                             capture_output=True, text=True, timeout=600)
+        return json.loads(out.stdout)
+    post_s, report = timed(postmortem, args.repeats)
+    kinds: dict[str, int] = {}
+    for incident in report.get("incidents", []):
+        kinds[incident["kind"]] = kinds.get(incident["kind"], 0) + 1
+
+    result = {
+        "command": f"python3 bench/bench_qemu_log.py --size-mb {args.size_mb} "
+                   f"--repeats {args.repeats}",
+        "input": {"path": str(path.relative_to(REPO)), "bytes": path.stat().st_size,
+                  "sha256": sha256(path), "made_from": str(SOURCE.relative_to(REPO)),
+                  "lines": parsed.events["line"].max()},
+        "seconds": {"grep_c": round(grep_s, 3), "parse": round(parse_s, 3),
+                    "postmortem_cli": round(post_s, 3)},
+        "goal": "postmortem of a 200 MB -d int,in_asm log < 5 s",
+        "goal_met": post_s < 5.0,
+        "records": {"grep_c_v": int(grep_count), "exception_rows": exceptions,
+                    "chains": len(report.get("chains", [])), "incidents": kinds},
+        "versions": {"python": platform.python_version(), "polars": pl.__version__,
+                     "grep": tool_version(["grep", "--version"])},
+        "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["qemu_log"] = result
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
