@@ -6,6 +6,7 @@ text goes into the bundle as ``perf.txt`` and ``perf.data`` is kept beside it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,8 @@ class PerfRecorder:
         self.pid = pid
         self.mmap_pages = mmap_pages
         self.proc: subprocess.Popen | None = None
+        #: events perf refused (some tracepoints cannot be opened through perf)
+        self.skipped: list[str] = []
 
     def command(self) -> list[str]:
         cmd = [self.perf, "record", "-o", str(self.data), "-m", str(self.mmap_pages)]
@@ -37,24 +40,44 @@ class PerfRecorder:
         return cmd
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start perf and wait until it has written its header (it is then recording)."""
+        """Start perf and wait until it is recording; events perf refuses are left out
+        (and listed in the manifest) rather than failing the whole capture."""
+        for _ in range(len(self.events) + 1):
+            refused = self._try_start(timeout)
+            if refused is None:
+                return
+            self.events = [e for e in self.events if e != refused]
+            self.skipped.append(refused)
+            if not self.events:
+                break
+        raise RefusedError("perf record refused every event: " +
+                           self.log.read_text(errors="replace").strip()[-300:],
+                           path=str(self.log))
+
+    def _try_start(self, timeout: float) -> str | None:
+        """Start perf; returns the event it refused, or None once it records."""
+        self.data.unlink(missing_ok=True)
         self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("wb"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RefusedError("perf record exited at once: " +
-                                   self.log.read_text(errors="replace").strip()[-300:],
+                log = self.log.read_text(errors="replace")
+                refused = re.search(r"enable (\S+:\S+) event", log)
+                if refused and refused.group(1) in self.events:
+                    return refused.group(1)
+                raise RefusedError("perf record exited at once: " + log.strip()[-300:],
                                    path=str(self.log))
             if self.data.exists() and self.data.stat().st_size > 0:
                 time.sleep(0.2)  # header written; counters are enabled right after
-                return
+                return None
             time.sleep(0.05)
+        return None
 
     def stop(self) -> dict:
         """Stop perf, write perf script text; returns what the manifest records."""
-        info = {"command": self.command(), "data": self.data.name}
+        info = {"command": self.command(), "data": self.data.name, "skipped": self.skipped}
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

@@ -25,6 +25,9 @@ from kmltrace.errors import KmltraceError, RefusedError
 #: CPU holds ~80k events, i.e. 160 ms at 500k events/s on one CPU (see docs/collect.md).
 DEFAULT_BUFFER_KB = 4096
 POLL_INTERVAL = 0.02
+#: a pump that moved this much means a burst: poll again without sleeping
+BUSY_BYTES = 256 * 1024
+BUSY_INTERVAL = 0.002
 PROGRESS_INTERVAL = 0.5
 
 DEFAULT_EVENTS = ["exceptions:*", "irq_vectors:*", "nmi:*", "raw_syscalls:*",
@@ -376,7 +379,7 @@ class Collector:
         next_watch = start
         last_events, last_time = 0, start
         while True:
-            streamer.pump()
+            moved = streamer.pump()
             now = time.monotonic()
             if now >= next_watch:
                 watcher.poll()
@@ -396,7 +399,8 @@ class Collector:
                 return "command_exit"
             if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
                 return "pid_exit"
-            self.stop.wait(POLL_INTERVAL)
+            # under a burst, come back to the buffers sooner
+            self.stop.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
 
     def _write_bundle(self, writer: BundleWriter, info: dict, watcher, cpus) -> dict:
         kallsyms = writer.path / "kallsyms"
