@@ -218,3 +218,34 @@ async def test_picker_lists_traces_and_opens_one(tmp_path, monkeypatch):
         await settle(app, pilot)
         assert app.loaded.events.height == 6
         assert "starvation-int.log" in screen_text(app)
+
+
+LAB_STARVATION = SAMPLES / "lab-starvation-tcg"
+
+
+@sync
+async def test_real_lab_capture_incident_evidence_and_jump():
+    """sample_traces/lab-starvation-tcg (real QEMU run, PROVENANCE.md): #PF at CPL 0 with
+    CR2 0x7fffffffdff8 below RSP 0x7fffffffe000 (qemu.log line 58), #DF (line 80), triple
+    fault (line 102), reset."""
+    app = KmltraceApp([str(LAB_STARVATION)])
+    async with app.run_test(size=(160, 45)) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "critical  triple_fault" in text          # sorted by severity: first row
+        await pilot.press("f", *"kind=triple_fault", "enter", "enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, IncidentDetailScreen)
+        text = screen_text(app)
+        assert "#PF  vec 14  CPL 0  rip 0x100402" in text
+        assert "cr2 0x7fffffffdff8" in text and "rsp 0x7fffffffe000" in text
+        assert "#DF  vec  8  CPL 0" in text
+        assert "RESET" in text
+        assert "qemu.log  58" in text and "v=0e e=0002" in text      # line 58's own text
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, EventsScreen)
+        table = app.screen.query_one(EventTable)
+        row = table.row_dict(table.cursor_row)
+        assert (row["line"], row["vector"], row["address"]) == (58, 14, 0x7FFFFFFFDFF8)
+        assert "line=58" in screen_text(app)

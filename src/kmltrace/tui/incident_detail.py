@@ -10,8 +10,8 @@ from textual.widgets import DataTable, Label, Static
 
 from kmltrace.tui.base import KmlScreen, literal
 from kmltrace.tui.incidents import SEVERITY_STYLE
-from kmltrace.tui.model import (chain_ends_in_reset, format_ts, incident_chain,
-                                vector_name)
+from kmltrace.tui.model import (chain_ends_in_reset, find_event_row, format_ts,
+                                incident_chain, vector_name)
 
 STACK_STYLE = {"same": "bold red", "rsp0": "green", None: "dim"}
 
@@ -40,6 +40,10 @@ def chain_diagram(chain: list[dict], reset: bool) -> Text:
         stack = exc.get("stack")
         out.append("  stack ")
         out.append(str(stack or "?"), style=STACK_STYLE.get(stack, "magenta"))
+        if exc.get("delivered") is False:
+            out.append("  not delivered", style="bold red")
+        if exc.get("shutdown"):
+            out.append("  -> shutdown", style="bold red")
         if exc.get("ts_ns") is not None:
             out.append(f"  @{format_ts(exc['ts_ns'])}", style="dim")
         out.append("\n")
@@ -104,9 +108,19 @@ class IncidentDetailScreen(KmlScreen):
         self._evidence = list(inc.get("evidence") or [])
         for ev in self._evidence:
             line = ev.get("line", ev.get("offset"))
+            text = ev.get("text") or self.event_text(loaded, ev)
             table.add_row(literal(ev.get("source", "")),
-                          Text("" if line is None else str(line)),
-                          literal(ev.get("text", "")))
+                          Text("" if line is None else str(line)), literal(text))
+
+    @staticmethod
+    def event_text(loaded, evidence: dict) -> str:
+        """Evidence without text of its own shows its event's raw text ."""
+        if loaded.events is None or "raw" not in loaded.events.columns:
+            return ""
+        row = find_event_row(loaded.events, evidence)
+        if row is None:
+            return ""
+        return " ".join(str(loaded.events["raw"][row] or "").split())
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_jump()

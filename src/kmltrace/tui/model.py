@@ -395,12 +395,16 @@ SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2, "info": 3}
 def incident_chain(report: dict, incident: dict) -> list[dict]:
     """The exception chain that goes with `incident`: its own ``chain`` if it carries one,
     else for resets and double faults the report's chain closest in time."""
-    if isinstance(incident.get("chain"), list):
-        return incident["chain"]
+    own = incident.get("chain")
+    if isinstance(own, list):
+        return own
+    chains = report.get("chains") or []
+    if isinstance(own, int) and not isinstance(own, bool) and 0 <= own < len(chains):
+        return chains[own]          # an index into the report's chains
     if incident.get("kind") not in ("triple_fault", "double_fault", "stack_starvation",
                                     "fault_loop", "unclean_reset"):
         return []
-    chains = [c for c in report.get("chains") or [] if c]
+    chains = [c for c in chains if c]
     if not chains:
         return list(report.get("chain") or [])
     ts = incident.get("ts_ns")
@@ -416,7 +420,7 @@ def incident_chain(report: dict, incident: dict) -> list[dict]:
 
 def chain_ends_in_reset(incident: dict, chain: list[dict]) -> bool:
     return incident.get("kind") in ("triple_fault", "unclean_reset") or any(
-        e.get("reset") for e in chain)
+        e.get("reset") or e.get("shutdown") for e in chain)
 
 
 def filter_incidents(incidents: list[dict], text: str) -> list[dict]:
