@@ -118,33 +118,35 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         lost[room] = lo.copy().view(f"<u{header.commit_size}").ravel().astype(np.int64)
 
     wpp = header.data_size // 4
-    dw = words[:, header.data_offset // 4:header.data_offset // 4 + wpp]
-    tl = (dw & 31).astype(np.int64)
-    nxt = np.zeros_like(dw)
-    nxt[:, :-1] = dw[:, 1:]
-    nxt = nxt.astype(np.int64)
-    delta = (dw >> 5).astype(np.int64)
-    # the step, in words, from each position to the next record if a record started there
-    step = np.where(tl <= 28, tl + 1, 2)
-    sized = (tl == 0) | ((tl == _TYPE_PADDING) & (delta != 0))
-    step = np.where(sized, 1 + (nxt + 3) // 4, step)
-    step = np.where((tl == _TYPE_PADDING) & (delta == 0), _END, step)
-    step = np.where((tl == 0) & (nxt < 8), -1, step)   # a length too small to hold a record
-    step = step.ravel()
+    # all data words of all pages, one row per page, plus a zero word so "the word after"
+    # the last one can always be read
+    first_word = header.data_offset // 4
+    dw = np.zeros(n_pages * wpp + 1, np.uint32)
+    dw[:-1] = words[:, first_word:first_word + wpp].ravel()
     lw = data_len // 4
 
-    # walk all pages at once: iteration k finds the k-th record of every page still going
+    # walk all pages at once: iteration k finds the k-th record of every page still going.
+    # The step to the next record is computed only where a record starts.
     it_page, it_pos = [], []
     page_idx = np.flatnonzero(lw > 0)
     pos = np.zeros(page_idx.size, np.int64)
     damaged = np.zeros(n_pages, bool)
     while page_idx.size:
-        st = step[page_idx * wpp + pos]
-        end = pos + st
-        ok = (st > 0) & ((end <= lw[page_idx]) | (st == _END))
-        broken = ~ok
-        if broken.any():
-            damaged[page_idx[broken]] = True
+        at = page_idx * wpp + pos
+        head = dw[at]
+        tl = (head & 31).astype(np.int64)
+        step = np.where(tl <= 28, tl + 1, 2)
+        sized = (tl == 0) | (tl == _TYPE_PADDING)
+        if sized.any():
+            nxt = dw[at + 1].astype(np.int64)
+            null_pad = (tl == _TYPE_PADDING) & ((head >> 5) == 0)
+            step = np.where(sized, 1 + (nxt + 3) // 4, step)
+            step = np.where(null_pad, _END, step)
+            step = np.where((tl == 0) & (nxt < 8), -1, step)   # too short to hold a record
+        end = pos + step
+        ok = (step > 0) & ((end <= lw[page_idx]) | (step == _END))
+        if not ok.all():
+            damaged[page_idx[~ok]] = True
         it_page.append(page_idx[ok])
         it_pos.append(pos[ok])
         keep = ok & (end < lw[page_idx])
@@ -169,9 +171,10 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         rec_page[at] = pg
         rec_pos[at] = ps_
     flat = rec_page * wpp + rec_pos
-    r_tl = tl.ravel()[flat]
-    r_delta = delta.ravel()[flat]
-    r_next = nxt.ravel()[flat]
+    head = dw[flat]
+    r_tl = (head & 31).astype(np.int64)
+    r_delta = (head >> 5).astype(np.int64)
+    r_next = dw[flat + 1].astype(np.int64)
 
     # timestamps: cumulative deltas, restarted at each page start and absolute-time record
     is_abs = r_tl == _TYPE_TIME_STAMP
@@ -181,10 +184,11 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     page_start[first[counts > 0]] = True
     resets = page_start | is_abs
     group = np.cumsum(resets) - 1
-    base_vals = np.where(is_abs, (r_next << 27) + r_delta, page_ts[rec_page].astype(np.int64))
-    cs = np.cumsum(d)
     reset_at = np.flatnonzero(resets)
-    base = base_vals[reset_at] - (cs[reset_at] - d[reset_at])
+    base_vals = np.where(is_abs[reset_at], (r_next[reset_at] << 27) + r_delta[reset_at],
+                         page_ts[rec_page[reset_at]].astype(np.int64))
+    cs = np.cumsum(d)
+    base = base_vals - (cs[reset_at] - d[reset_at])
     ts = base[group] + cs
 
     is_data = r_tl <= 28
@@ -220,13 +224,41 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
 # -- gathering fields -----------------------------------------------------------------------------
 
 def _gather_uint(buf: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
-    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64)."""
+    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64).
+
+    Records start on 4-byte boundaries, so most fields are read as whole 32-bit words."""
     # a corrupt record may point anywhere: keep reads inside the buffer
     at = np.clip(at, 0, max(buf.size - size, 0))
+    words = _words(buf)
+    if words is not None and size in (1, 2, 4, 8) and at.size:
+        rem = at & 3
+        word = at >> 2
+        if size == 8 and not rem.any():
+            lo = words[word].astype(np.uint64)
+            hi = words[np.minimum(word + 1, words.size - 1)].astype(np.uint64)
+            return lo | (hi << np.uint64(32))
+        if size == 4 and not rem.any():
+            return words[word].astype(np.uint64)
+        if size < 4 and not (rem + size > 4).any():
+            w = words[np.minimum(word, words.size - 1)] >> (rem * 8).astype(np.uint32)
+            return (w & np.uint32((1 << (8 * size)) - 1)).astype(np.uint64)
     out = buf[at].astype(np.uint64)
     for i in range(1, size):
         out |= buf[at + i].astype(np.uint64) << np.uint64(8 * i)
     return out
+
+
+_WORDS_CACHE: list = [None, None]
+
+
+def _words(buf: np.ndarray) -> np.ndarray | None:
+    """`buf` seen as little-endian 32-bit words (None when it cannot be viewed so)."""
+    if _WORDS_CACHE[0] is buf:
+        return _WORDS_CACHE[1]
+    n = buf.size // 4
+    words = buf[:n * 4].view("<u4") if n else None
+    _WORDS_CACHE[0], _WORDS_CACHE[1] = buf, words
+    return words
 
 
 def _numeric(buf: np.ndarray, at: np.ndarray, f: Field, size: int, signed: bool) -> np.ndarray:
@@ -448,6 +480,14 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     """
     if buf.dtype != np.uint8:
         raise TypeError("buf must be uint8")
+    try:
+        return _decode(buf, segments, formats, header, path=path, long_size=long_size,
+                       cmdlines=cmdlines, tgids=tgids)
+    finally:
+        _WORDS_CACHE[:] = [None, None]
+
+
+def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids) -> Decoded:
     decoded = Decoded(events=pl.DataFrame())
     parts = []
     for seg in segments:

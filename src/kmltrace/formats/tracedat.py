@@ -355,16 +355,13 @@ def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, decompress,
             continue
         label = r.path
         if not buffer.compressed:
+            # uncompressed pages are decoded in place, from the mapped file
             end = min(offset + size, len(r.data))
             if end < offset + size:
                 info.errors.append(InputError(
                     f"truncated: cpu{cpu} data of {size} bytes runs past the end of the file",
                     path=r.path, offset=len(r.data)))
-            data = np.frombuffer(r.data, np.uint8, count=max(0, end - offset), offset=offset) \
-                if end > offset else np.zeros(0, np.uint8)
-            chunks_out.append(data)
-            segments.append(CpuSegment(cpu, pos, data.size, offset, label))
-            pos += data.size
+            segments.append(CpuSegment(cpu, offset, max(0, end - offset), offset, label))
             continue
         r.pos = offset
         seg_start = pos
@@ -417,12 +414,10 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
     pos = 0
     for buffer in info.buffers:
         pos = _cpu_data(r, info, buffer, decompress, chunks, segments, pos)
-    if len(chunks) == 1:
-        buf = chunks[0]
-    elif chunks:
-        buf = np.concatenate(chunks)
+    if any(b.compressed for b in info.buffers):
+        buf = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
     else:
-        buf = np.zeros(0, np.uint8)
+        buf = np.frombuffer(data, np.uint8)
     return info, buf, segments, data
 
 
