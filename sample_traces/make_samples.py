@@ -44,6 +44,7 @@ EVENTS = [
 #: top-level tracefs files `trace-cmd extract` may change; restored afterwards
 TOP_LEVEL_STATE = ["tracing_on", "current_tracer", "buffer_size_kb", "set_event", "trace_clock",
                    "set_event_pid", "set_ftrace_pid", "tracing_cpumask"]
+LOSSY_BUFFER_KB = 8  # per CPU: a few pages, far less than the workload writes
 MAX_SYSTEM_TEXT = 4_000_000  # bytes of the system capture's trace.txt
 DEFAULT_ARGS = (97, 1009, 53, 31)  # N M K P: distinct primes, so no count matches by accident
 COMMANDS: list[str] = []
@@ -581,6 +582,75 @@ def capture_system(out: Path, args: tuple[int, ...], build_dir: Path, seconds: f
             inst.remove()
 
 
+def overrun(inst: Instance) -> dict[int, str]:
+    return {int(p.name[3:]): (p / "stats").read_text() for p in (inst.path / "per_cpu").iterdir()}
+
+
+def stats_total(stats: dict[int, str], key: str) -> int:
+    return sum(int(line.split(":")[1]) for text in stats.values() for line in text.splitlines()
+               if line.startswith(key + ":"))
+
+
+def capture_lossy(out: Path, args: tuple[int, ...], build_dir: Path) -> None:
+    """The workload into rings far too small for it (overwrite mode): raw pages and trace.dat
+    whose page headers carry missed-events counts; the kernel's overrun counts are the truth."""
+    build_workload(build_dir)
+    maps_dir = build_dir / "maps-lossy"
+    maps_dir.mkdir(exist_ok=True)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    instances = {"raw": Instance("lossyraw", LOSSY_BUFFER_KB),
+                 "dat": Instance("lossydat", LOSSY_BUFFER_KB)}
+    try:
+        starts = " ".join(f"echo $$ > {i.path}/set_event_pid;" for i in instances.values()) + \
+            " " + " ".join(f"echo 1 > {i.path}/tracing_on;" for i in instances.values())
+        markers = " ".join(f"-m {i.path}/trace_marker" for i in instances.values())
+        command = ["sh", "-c", f"{starts} exec ./kmlwork {markers} -d {maps_dir} "
+                   + " ".join(str(a) for a in args)]
+        with open(out / "workload.out", "w") as stdout:
+            run(command, cwd=build_dir, stdout=stdout)
+        for inst in instances.values():
+            inst.set("tracing_on", "0")
+        workload = parse_workload_out((out / "workload.out").read_text())
+        raw_stats = overrun(instances["raw"])
+        dat_stats = overrun(instances["dat"])
+        (out / "trace-stats").mkdir()
+        for cpu, text in dat_stats.items():
+            write(out / "trace-stats" / f"cpu{cpu}", text)
+        note(f"cat {instances['dat'].path}/per_cpu/cpuN/stats > trace-stats/cpuN")
+        save_bundle(instances["raw"], out / "bundle", workload, maps_dir, command, raw_stats)
+        state = TopLevelState()
+        extracted = build_dir / "extract-lossy.dat"
+        try:
+            run(["trace-cmd", "extract", "-B", instances["dat"].name, "-o", str(extracted)],
+                cwd=build_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        finally:
+            changed = state.restore()
+            if changed:
+                note(f"restored top-level {', '.join(changed)} after trace-cmd extract")
+        run(["trace-cmd", "convert", "-i", str(extracted), "-o", str(out / "trace.dat"),
+             "--file-version", "7", "--compression", "zstd"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        with open(out / "trace-cmd-report.txt", "w") as f:
+            run(["trace-cmd", "report", "-i", str(out / "trace.dat")], stdout=f)
+        expected = expected_numbers(
+            workload, "LOSSY: the rings were far too small, so most events are lost and the "
+            "workload's counts are NOT all present; use expected.lost_events instead.")
+        expected["lost_events"] = {
+            "source": "the kernel's per_cpu/cpuN/stats after the run (independent of any parser)",
+            "bundle": {"overrun": stats_total(raw_stats, "overrun"),
+                       "entries": stats_total(raw_stats, "entries")},
+            "trace.dat": {"overrun": stats_total(dat_stats, "overrun"),
+                          "entries": stats_total(dat_stats, "entries")},
+        }
+        (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
+        write_provenance(out, "lossy", workload, args, instances)
+    finally:
+        for inst in instances.values():
+            inst.remove()
+
+
 FILE_NOTES = {
     "workload.out": "stdout of kmlwork: pids, N M K P, exact touched address ranges",
     "expected.json": "the workload's numbers (from workload.out) that tests assert",
@@ -602,6 +672,7 @@ FILE_NOTES = {
     "perf-script.txt": "`perf script` (default fields, us)",
     "perf-script-ns.txt": "`perf script --ns`",
     "perf-script-F.txt": "`perf script -F comm,pid,tid,cpu,time,event,trace --ns`",
+    "trace-stats": "per_cpu/cpuN/stats of the trace.dat instance before extract (overrun = lost)",
     "bundle": "kmltrace bundle: bundle.json, processes.json, ftrace/ raw trace_pipe_raw pages "
               "(drained from the same instance as trace.txt, after the text was read) with header_page, header_event, format files, stats, saved_cmdlines/tgids",
 }
@@ -627,9 +698,11 @@ def clock_offset_note(out: Path, pid: int) -> str:
             if "sched_process_exec" in line and "kmlwork" in line and str(pid) in line:
                 return float(line.split(marker)[0].split()[-1].rstrip(":"))
         return None
-    ftrace = stamp(out / "trace.txt", ": sched_process_exec")
     perf_ns = out / "perf-script-ns.txt"
-    perf = stamp(perf_ns, ": ") if perf_ns.exists() else None
+    if not perf_ns.exists() or not (out / "trace.txt").exists():
+        return ""
+    ftrace = stamp(out / "trace.txt", ": sched_process_exec")
+    perf = stamp(perf_ns, ": ")
     if ftrace is None or perf is None:
         return ""
     return (f"  On this machine perf's clock and the tracefs `local` clock differ: the exec of "
@@ -654,9 +727,19 @@ def write_provenance(out: Path, kind: str, workload: dict, args: tuple[int, ...]
             "workload's process tree: set_event_pid written by the starting shell, "
             "options/event-fork=1) and by `perf record`, which started it."
             if kind == "workload" else
-            "The whole machine, unfiltered (no set_event_pid), for about one second, while the "
+            "The whole machine, unfiltered (no set_event_pid), for a fraction of a second (the "
+            "window is halved from 1 s until the text is small enough; see below), while the "
             "workload ran once (started by the script, not through sh). Other processes of the "
-            "machine (other users' shells, kthreads, interrupts) are in it.")
+            "machine (other users' shells, kthreads, interrupts) are in it."
+            if kind == "system" else
+            f"LOSSY on purpose: one run of the workload (started by `sh -c`, no perf) recorded by "
+            f"two instances filtered to its process tree whose rings are only "
+            f"{LOSSY_BUFFER_KB} KiB per CPU in overwrite mode, so most events were overwritten. "
+            f"`bundle/` holds the raw pages of one instance, `trace.dat` (v7, zstd) and "
+            f"`trace-cmd-report.txt` the other's; their page headers carry the missed-events "
+            f"flags and counts. The kernel's own overrun counts (per_cpu/cpuN/stats: "
+            f"`bundle/ftrace/stats/` and `trace-stats/`) are summed in expected.json "
+            f"`lost_events`.")
     text = f"""# {out.name}: real capture ({kind})
 
 Regenerate with `sudo python3 sample_traces/make_samples.py --only {kind}` (it rebuilds the
@@ -699,7 +782,7 @@ workload with gcc and overwrites this directory; pids and addresses change, expe
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["workload", "system"])
+    parser.add_argument("--only", choices=["workload", "system", "lossy"])
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--name", default=None, help="capture dir prefix (default host-<major.minor>)")
     parser.add_argument("--seconds", type=float, default=1.0, help="length of the system capture")
@@ -724,6 +807,9 @@ def main() -> int:
         if opts.only in (None, "workload"):
             COMMANDS.clear()
             capture_workload(opts.out / f"{prefix}-workload", args, build_dir)
+        if opts.only in (None, "lossy"):
+            COMMANDS.clear()
+            capture_lossy(opts.out / f"{prefix}-lossy", args, build_dir)
         if opts.only in (None, "system"):
             # other users' activity sets the size: halve the window until the text is small
             seconds = opts.seconds
@@ -736,7 +822,7 @@ def main() -> int:
                     break
                 print(f"system trace.txt is {size / 1e6:.1f} MB after {seconds} s; retrying shorter")
                 seconds /= 2
-    for kind in ("workload", "system"):
+    for kind in ("workload", "system", "lossy"):
         d = opts.out / f"{prefix}-{kind}"
         if d.exists():
             size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
