@@ -260,3 +260,38 @@ def test_same_incidents_without_console_and_scenario_metadata(runs, name, tmp_pa
     (copy / "bundle.json").write_text(json.dumps(manifest))
     stripped = postmortem(copy)
     assert sorted(kinds(stripped)) == sorted(kinds(postmortem(bundle)))
+
+
+# -- kmltrace collect --vm: the same capture for a user's own QEMU command line ---------------
+
+def test_collect_vm_keeps_a_triple_faulted_guest_paused_and_dumps_it(tmp_path):
+    require_qemu()
+    from kmltrace.lab import build
+
+    kernel = build.build_kernel(scenarios.get("starvation").define)
+    qemu = ["qemu-system-x86_64", "-accel", "tcg", "-m", "16M", "-nodefaults",
+            "-kernel", str(kernel)]
+    if runner.QBOOT.is_file():
+        qemu[1:1] = ["-bios", str(runner.QBOOT)]
+    out = subprocess.run([sys.executable, "-m", "kmltrace", "collect", "--vm", "--duration", "20",
+                          "-o", str(tmp_path / "vm"), "--json", "--", *qemu],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["stop_reason"] == "reset" and result["accel"] == "tcg"
+    assert {"qemu.log", "vmcore.elf", "registers.txt"} <= set(result["files"])
+    bundle = Path(result["bundle"])
+    assert re.search(rf"CR2=0*{C['STARVE_CR2']:x}", (bundle / "registers.txt").read_text())
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["kind"] == "collect" and manifest["captured"]["vm"] is True
+    assert {"triple_fault", "stack_starvation"} <= kinds(postmortem(bundle))
+
+
+def test_collect_vm_refuses_a_command_that_is_not_qemu(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "kmltrace", "collect", "--vm", "-o",
+                          str(tmp_path / "x"), "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "QEMU" in out.stderr
+    none = subprocess.run([sys.executable, "-m", "kmltrace", "collect", "--vm"],
+                          capture_output=True, text=True, timeout=60)
+    assert none.returncode == 1 and "--vm needs a QEMU command line" in none.stderr

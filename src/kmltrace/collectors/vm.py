@@ -273,7 +273,23 @@ def run_vm(argv: list[str], bundle: Path, *, timeout: float | None = None,
         result.errors.append(b"".join(stderr_lines).decode(errors="replace").strip())
     (bundle / QMP_EVENTS).write_text("".join(json.dumps(e) + "\n" for e in result.events))
     result.files = _files(bundle)
+    _console_role(bundle, result.files)
     return result
+
+
+def _console_role(bundle: Path, files: list[dict]) -> None:
+    """A console that no format understands (firmware or a bare-metal kernel, not Linux) is
+    kept as metadata rather than reported as a bad input on every analysis."""
+    from kmltrace.errors import KmltraceError
+    from kmltrace.formats.sniff import detect
+
+    for entry in files:
+        if entry["path"] == CONSOLE_LOG and entry["role"] == "data":
+            try:
+                detect(bundle / CONSOLE_LOG)
+            except KmltraceError:
+                entry["role"] = "meta"
+                entry["note"] = "not a kernel console format kmltrace parses"
 
 
 def _pump(stream, sink, tee=None, keep=None) -> threading.Thread:
@@ -367,3 +383,54 @@ def _files(bundle: Path) -> list[dict]:
                 entry["format"] = fmt
             out.append(entry)
     return out
+
+
+def collect_vm(options) -> dict:
+    """``kmltrace collect --vm -- qemu-system-x86_64 ARGS...``: run the user's VM with the
+    evidence capture above and write a ``collect`` bundle; returns collect's result object.
+
+    `options` is the collect verb's CollectOptions (output, duration, command,
+    command_stdout).
+    """
+    import sys
+    from datetime import datetime, timezone
+
+    from kmltrace import bundle as bundles
+
+    command = list(options.command)
+    if not command:
+        raise RefusedError("--vm needs a QEMU command line after --, e.g. "
+                           "kmltrace collect --vm -- qemu-system-x86_64 -kernel bzImage ...")
+    if "qemu-system" not in Path(command[0]).name:
+        raise RefusedError(f"--vm runs a QEMU system emulator, not {command[0]!r}")
+    out = options.output
+    if out is None:
+        out = Path(datetime.now().strftime("kmltrace-vm-%Y%m%d-%H%M%S"))
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise RefusedError("output directory exists and is not empty", path=str(out))
+    if options.command_stdout is not None:
+        stdout = open(options.command_stdout, "wb", closefd=False)
+    else:
+        stdout = sys.stdout.buffer
+    started = time.monotonic()
+    result = run_vm(command, out, timeout=options.duration, stdout=stdout)
+    duration = time.monotonic() - started
+    accel = "kvm" if result.kvm else "tcg"
+    manifest = {
+        "kind": "collect",
+        "kernel": {"release": None, "kml": None, "kml_evidence": []},
+        "captured": {"vm": True, "command": result.command, "accel": accel, "end": result.end,
+                     "qemu": qemu_version(command[0]), "returncode": result.returncode,
+                     "events": ["kvm:*"] if (out / KVM_TRACE).exists() else [],
+                     "kvm_trace": result.kvm_trace, "lost_events": 0,
+                     "started": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "files": result.files,
+    }
+    bundles.write_manifest(out, manifest)
+    _, parsed = bundles.load_bundle(out)
+    return {"bundle": str(out), "events": sum(p.events.height for p in parsed),
+            "lost_events": 0, "bytes": sum(f.get("bytes", 0) for f in result.files),
+            "duration_s": round(duration, 3), "stop_reason": result.end, "vm": True,
+            "accel": accel, "files": [f["path"] for f in result.files],
+            "errors": [str(e) for p in parsed for e in p.errors] + result.errors}

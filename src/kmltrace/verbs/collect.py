@@ -45,13 +45,16 @@ def _progress_printer(console):
               help="Also run perf record with the same tracepoints (perf.txt in the bundle).")
 @click.option("--kvm", is_flag=True, help="Add kvm:* events (a host running KML guests).")
 @click.option("--mount", is_flag=True, help="Mount tracefs first if it is not mounted.")
+@click.option("--vm", is_flag=True,
+              help="CMD is a QEMU command line: run it so that a reset leaves evidence (QEMU "
+                   "log, console, registers, memory dump; host kvm events under KVM).")
 @click.option("--clean", is_flag=True,
               help="Remove tracefs instances left by collectors that died, and exit.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout; the command's output goes to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def collect(duration, output, events, pid, comm, buffer_kb, use_perf, kvm, mount, clean,
-            as_json, command):
+            as_json, command, vm=False):
     """Capture what kernel-mode (and other) processes do into a bundle.
 
     Needs root. Uses its own tracefs instance and puts back everything it touched, also on
@@ -89,7 +92,7 @@ def collect(duration, output, events, pid, comm, buffer_kb, use_perf, kvm, mount
         click.echo("collecting until Ctrl-C (use --duration S or -- CMD to bound it)", err=True)
     # --vm (the lab's QEMU runner, kmltrace.collectors.vm) plugs in here: it receives the
     # same options and returns the same result dictionary.
-    run = _run_host
+    run = _run_vm if vm else _run_host
     result = run(options)
     if as_json:
         print_json(result)
@@ -119,6 +122,15 @@ def _run_host(options) -> dict:
         if progress:
             console.print(" " * 79, end="\r")
     return result
+
+
+def _run_vm(options) -> dict:
+    from kmltrace.collectors.vm import collect_vm
+
+    try:
+        return collect_vm(options)
+    except KmltraceError as e:
+        fail(e)
 
 
 def _summary(result: dict) -> str:
