@@ -8,6 +8,7 @@ events; :mod:`kmltrace.formats.ringbuffer` does, from what these parsers return.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kmltrace.errors import InputError
@@ -234,3 +235,48 @@ def parse_header_event(text: str, path: str | None = None) -> EventHeader:
     if header != EventHeader():
         raise InputError(f"unsupported ring-buffer event header {header}", path=path, line=1)
     return header
+
+
+class FormatTable(Mapping):
+    """Event formats by id, each parsed when first used: a trace.dat carries thousands and a
+    capture uses a handful. A format that does not parse raises InputError on access, naming
+    where its text came from (a file and line, or the trace.dat offset)."""
+
+    _ID_RE = re.compile(r"^\s*ID:\s*(\d+)\s*$", re.M)
+
+    def __init__(self, long_size: int = 8):
+        self.long_size = long_size
+        self._texts: dict[int, tuple[str, str, str | None, int | None]] = {}
+        self._parsed: dict[int, EventFormat] = {}
+
+    def add(self, text: str, system: str, path: str | None = None,
+            offset: int | None = None) -> None:
+        m = self._ID_RE.search(text)
+        if not m:
+            raise InputError(f"{system}: not an event format (no ID)", path=path,
+                             offset=offset, line=None if offset is not None else 1)
+        self._texts[int(m[1])] = (text, system, path, offset)
+
+    def __getitem__(self, event_id: int) -> EventFormat:
+        found = self._parsed.get(event_id)
+        if found is not None:
+            return found
+        text, system, path, offset = self._texts[event_id]
+        try:
+            fmt = parse_format(text, system=system, path=path, long_size=self.long_size)
+        except InputError as e:
+            if offset is None:
+                raise
+            raise InputError(f"{system}: {e.message} (line {e.line} of the format)",
+                             path=path, offset=offset) from None
+        self._parsed[event_id] = fmt
+        return fmt
+
+    def __iter__(self):
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def __contains__(self, event_id) -> bool:
+        return event_id in self._texts

@@ -196,10 +196,13 @@ def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:
     if kind == "le_u64_bytes":
         # "0a, 00, ...": 48 little-endian bytes -> six UInt64
         weights = pl.Series([256 ** k for k in range(8)] * 6, dtype=pl.UInt64)
-        values = text.str.split(", ").list.eval(
-            (pl.element().str.to_integer(base=16, dtype=pl.UInt64, strict=False)
-             * pl.lit(weights).gather(pl.int_range(pl.len()) % 48)).reshape((-1, 8)).arr.sum())
-        return [(name, values)]
+        data = text.str.split(", ").list.eval(
+            pl.element().str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        # pad every list to 48 bytes so the reshape holds; only a full array is a value
+        padded = data.list.concat(pl.lit(pl.Series([[0] * 48], dtype=pl.List(pl.UInt64))))
+        values = padded.list.head(48).list.eval(
+            (pl.element() * pl.lit(weights)).reshape((-1, 8)).arr.sum())
+        return [(name, pl.when(data.list.len() == 48).then(values))]
     if kind == "handled":
         return [(name, pl.when(text == "handled").then(1).when(text == "unhandled").then(0)
                  .otherwise(text.cast(pl.Int32, strict=False)).cast(pl.Int32))]

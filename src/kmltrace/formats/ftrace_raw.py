@@ -18,7 +18,7 @@ import polars as pl
 from kmltrace import schema
 from kmltrace.errors import InputError, KmltraceError
 from kmltrace.formats import Parsed
-from kmltrace.formats.event_format import parse_format, parse_header_event, parse_header_page
+from kmltrace.formats.event_format import FormatTable, parse_header_event, parse_header_page
 from kmltrace.formats.ringbuffer import CpuSegment, decode
 
 NAME = "ftrace_raw"
@@ -85,15 +85,12 @@ def parse_dir(path: Path) -> Parsed:
     parse_header_event(_read_text(path / "header_event"), path=str(path / "header_event"))
     # the kernel's long size is the commit word's size
     long_size = header.commit_size
-    formats = {}
+    formats = FormatTable(long_size)
     for fmt_path in sorted((path / "events").glob("*/*/format")):
         try:
-            fmt = parse_format(_read_text(fmt_path), system=fmt_path.parent.parent.name,
-                               path=str(fmt_path), long_size=long_size)
+            formats.add(_read_text(fmt_path), fmt_path.parent.parent.name, path=str(fmt_path))
         except KmltraceError as e:
             errors.append(e)
-            continue
-        formats[fmt.id] = fmt
     cmdlines = read_cmdlines(_read_text(path / "saved_cmdlines", False))
     tgids = read_tgids(_read_text(path / "saved_tgids", False))
     clock_text = _read_text(path / "trace_clock", False) or ""

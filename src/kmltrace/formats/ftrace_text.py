@@ -180,6 +180,10 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
     errors = text_lines.line_errors(path, bad, what)
     if truncated is not None:
         errors.append(text_lines.truncated_error(path, truncated))
+    nul = text_lines.nul_line(path)
+    if nul is not None:
+        errors.append(InputError("binary data (a NUL byte) in a text trace: the line is cut "
+                                 "there", path=str(path), line=nul))
     if events.height == 0:
         if not errors:
             errors.append(InputError(f"no {what} events", path=str(path)))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from kmltrace.errors import InputError
+from kmltrace.errors import InputError, KmltraceError
 from kmltrace.formats.event_format import EventFormat, Field, PageHeader
 from kmltrace.schema import COMMON_COLUMNS, FIELD_COLUMNS, LOST_EVENTS, PROVENANCE_COLUMNS
 
@@ -522,8 +522,9 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
     pid = _gather_uint(big, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
 
     known_ids = np.array(sorted(formats), np.int64)
-    type_names = ["<lost>"] + [formats[i].name for i in known_ids]
-    systems = [None] + [formats[i].system or None for i in known_ids]
+    # names of the types present only: the formats are parsed when first used
+    type_names: list[str | None] = [None] * (known_ids.size + 1)
+    systems: list[str | None] = [None] * (known_ids.size + 1)
     pos = np.searchsorted(known_ids, kind) if known_ids.size else np.zeros(n, np.int64)
     pos = np.minimum(pos, max(known_ids.size - 1, 0))
     known = is_event & (known_ids.size > 0) & (known_ids[pos] == kind if known_ids.size else False)
@@ -531,11 +532,22 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
 
     frames = []
     row_ids = []
-    for i, tid in enumerate(known_ids):
-        rows = np.flatnonzero(type_index == i + 1)
-        if not rows.size:
+    # the rows of each event type present, from one stable sort by type
+    by_type = np.argsort(type_index, kind="stable")
+    type_counts = np.bincount(type_index, minlength=known_ids.size + 1)
+    bounds = np.concatenate([[0], np.cumsum(type_counts)])
+    for i in np.flatnonzero(type_counts[1:]):
+        rows = by_type[bounds[i + 1]:bounds[i + 2]]
+        tid = known_ids[i]
+        try:
+            fmt = formats[int(tid)]
+        except KmltraceError as e:
+            # a format that does not parse: its records stay as unknown rows
+            decoded.errors.append(e)
+            known[rows] = False
+            type_index[rows] = 0
             continue
-        fmt = formats[int(tid)]
+        type_names[i + 1], systems[i + 1] = fmt.name, fmt.system or None
         # a record shorter than its format's fixed fields is damaged: fields read as far as
         # they go (the pad keeps reads in bounds), the damage is counted
         short = length[rows] < fmt.fixed_size

@@ -7,6 +7,7 @@ parsing after that is whole-column expressions.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 from pathlib import Path
@@ -31,7 +32,7 @@ def scan_lines(path: Path) -> pl.LazyFrame:
         pl.scan_csv(path, has_header=False, separator="\x00", quote_char=None,
                     new_columns=["text"], schema={"text": pl.String}, row_index_name="line",
                     row_index_offset=1, encoding="utf8-lossy", truncate_ragged_lines=True,
-                    raise_if_empty=False, comment_prefix=None)
+                    raise_if_empty=False, comment_prefix=None, extra_columns="ignore")
         .with_columns(pl.col("line").cast(pl.Int64))
     )
 
@@ -66,6 +67,17 @@ def last_line_truncated(path: Path) -> int | None:
         while chunk := f.read(1 << 22):
             count += chunk.count(b"\n")
     return count + 1
+
+
+def nul_line(path: Path) -> int | None:
+    """The line of the first NUL byte (text traces have none; the reader cuts the line there)."""
+    if os.path.getsize(path) == 0:
+        return None
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        at = data.find(b"\x00")
+        if at < 0:
+            return None
+        return data[:at].count(b"\n") + 1
 
 
 def timestamp_ns(ts: pl.Expr) -> pl.Expr:

@@ -24,8 +24,8 @@ import polars as pl
 from kmltrace import schema
 from kmltrace.errors import InputError, KmltraceError
 from kmltrace.formats import Parsed
-from kmltrace.formats.event_format import (EventFormat, PageHeader, parse_format,
-                                           parse_header_event, parse_header_page)
+from kmltrace.formats.event_format import (FormatTable, PageHeader, parse_header_event,
+                                           parse_header_page)
 from kmltrace.formats.ringbuffer import CpuSegment, decode
 
 NAME = "tracedat"
@@ -60,7 +60,7 @@ class TraceDat:
     page_size: int = 4096
     compression: str = "none"
     header_page: PageHeader | None = None
-    formats: dict[int, EventFormat] = field(default_factory=dict)
+    formats: FormatTable = field(default_factory=FormatTable)
     cmdlines: dict[int, str] = field(default_factory=dict)
     kallsyms: bytes = b""
     printk: bytes = b""
@@ -130,14 +130,10 @@ def _read_header_info(r: _Reader, info: TraceDat) -> None:
 
 def _add_format(info: TraceDat, text: bytes, system: str, path: str, at: int) -> None:
     try:
-        fmt = parse_format(text.decode("utf-8", "replace"), system=system, path=path,
-                           long_size=info.long_size)
+        info.formats.add(text.decode("utf-8", "replace"), system, path=path, offset=at)
     except KmltraceError as e:
-        # one bad format costs only its own events; say where it is in the file
-        info.errors.append(InputError(f"{system}: {e.message}", path=path,
-                                      offset=at))
-        return
-    info.formats[fmt.id] = fmt
+        # one bad format costs only its own events
+        info.errors.append(e)
 
 
 def _read_ftrace_formats(r: _Reader, info: TraceDat) -> None:
@@ -176,6 +172,7 @@ def _read_header(r: _Reader, info: TraceDat) -> None:
     info.long_size = r.take(1)[0]
     if info.long_size not in (4, 8):
         raise r.fail(f"bad long size {info.long_size}", r.pos - 1)
+    info.formats.long_size = info.long_size
     info.page_size = r.u32()
     if info.page_size < 64 or info.page_size % 8 or info.page_size > (1 << 24):
         raise r.fail(f"bad page size {info.page_size}", r.pos - 4)
