@@ -154,3 +154,24 @@ def test_no_qemu_columns_no_chains():
         def metas(self, key):
             return []
     assert analyse_chains(empty, Bare()).chains == []
+
+
+def test_in_asm_block_is_kept_in_the_chain():
+    result = _run(TINY / "starvation-int-inasm.log")
+    pf = result.chains[0][0]
+    assert "0x0010010e:  50                       pushq    %rax" in pf["in_asm"]
+
+
+def test_kaslr_offset_from_the_console_applies_to_symbols(tmp_path):
+    # synthetic (labelled): an old-format RIP line with its address, 0x1000 above the link
+    # address of `starve` (0x10010e in starvation.elf), and the console's Kernel Offset line
+    path = tmp_path / "console.txt"
+    path.write_text(
+        "[    1.000000] Oops: double fault: 0000 [#1] SMP\n"
+        "[    1.000001] CPU: 0 PID: 7 Comm: kmlproc Not tainted 4.0.0-kml #1\n"
+        "[    1.000002] RIP: 0010:[<000000000010110e>]  [<000000000010110e>] 0x10110e\n"
+        "[    1.000003] RSP: 0018:0000000040001000  EFLAGS: 00010046\n"
+        "[    1.000004] Kernel Offset: 0x1000 from 0xffffffff81000000\n")
+    result = _run(path, vmlinux=str(TINY / "starvation.elf"))
+    (df,) = result.chains[0]
+    assert df["rip"] == "0x10110e" and df["symbol"] == "starve"

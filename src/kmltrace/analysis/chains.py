@@ -66,7 +66,8 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
 # -- QEMU ----------------------------------------------------------------------------------------
 
 _QEMU_COLUMNS = ("seq", "file", "line", "event", "vector", "prev_vector", "cpl", "cs", "ip", "ss",
-                 "rsp", "cr2", "error_code", "soft_int", "idt_base", "cpu", "ts_ns", "raw")
+                 "rsp", "cr2", "error_code", "soft_int", "idt_base", "cpu", "ts_ns", "raw",
+                 "in_asm")
 
 
 def _qemu_files(events: pl.LazyFrame, names: set[str]):
@@ -191,6 +192,8 @@ def _qemu_exception(row: dict, gates, symbolize, delivered: bool) -> dict:
            "source": "qemu", "file": row["file"], "line": row["line"]}
     if stack_evidence:
         out["stack_evidence"] = stack_evidence
+    if row.get("in_asm"):
+        out["in_asm"] = row["in_asm"]          # -d in_asm: the block that ran just before
     if row["repeats"] > 1:
         out["repeats"] = row["repeats"]
         out["last_line"] = row["last_line"]
@@ -480,14 +483,21 @@ def _kvm_episodes(events: pl.LazyFrame, result) -> None:
         result.chains.append(chain)
         what = (f"kvm_exit reason {row['exit_reason']}" if row["event"] == "kvm_exit"
                 else f"kvm_userspace_exit {row['exit_reason']}")
+        emulated = kvm.filter(pl.col("event") == "kvm_emulate_insn")
+        if row["ts_ns"] is not None:
+            emulated = emulated.filter(pl.col("ts_ns") <= row["ts_ns"])
+        if row["pid"] is not None:
+            emulated = emulated.filter(pl.col("pid") == row["pid"])
         result.incidents.append(Incident(
             "triple_fault",
             f"the guest CPU shut down (triple fault) as the host saw it: {what}"
             + (f" at guest rip {hexstr(row['guest_rip'])}" if row["guest_rip"] is not None else "")
-            + (f" (QEMU pid {row['pid']})" if row["pid"] is not None else ""),
+            + (f" (QEMU pid {row['pid']})" if row["pid"] is not None else "")
+            + (f"; KVM had emulated {emulated.height} guest instructions before it"
+               if emulated.height else ""),
             pid=row["pid"], comm=row["comm"], cpu=row["cpu"], ts_ns=row["ts_ns"],
             evidence=[evidence(row["file"] or "kvm", what, row["line"])],
-            extra={"chain": len(result.chains) - 1}))
+            extra={"chain": len(result.chains) - 1, "emulated_instructions": emulated.height}))
 
 
 # -- symbols -------------------------------------------------------------------------------------
