@@ -56,6 +56,10 @@ def load(targets: list[str | Path], vmlinux: str | None = None) -> Capture:
                 capture.inputs.append(Parsed(path=str(path), format="bundle", errors=[e]))
                 continue
             capture.bundles.append({**manifest, "path": str(path)})
+            # a bundle may name the ELF with its kernel's symbols (the lab's kernel.elf)
+            elf = manifest.get("vmlinux")
+            if capture.vmlinux is None and isinstance(elf, str) and (path / elf).is_file():
+                capture.vmlinux = str(path / elf)
             capture.processes.extend(bundle.read_processes(path))
             capture.inputs.extend(parsed)
         else:

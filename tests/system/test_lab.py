@@ -235,6 +235,7 @@ def test_postmortem_starvation_chain_pf_df_reset(runs):
     assert int(pf["rsp"], 16) == C["STARVE_RSP"] and int(pf["cr2"], 16) == C["STARVE_CR2"]
     assert int(pf["error_code"], 16) == C["STARVE_PF_ERROR"]
     assert pf["stack"] == "same"          # gate 14 has IST 0 in the dump's IDT
+    assert pf["symbol"] == "starve_push"  # the manifest's vmlinux: the bundle's kernel.elf
     starvation = [i for i in report["incidents"] if i["kind"] == "stack_starvation"]
     assert starvation and starvation[0]["severity"] == "critical"
 
