@@ -261,34 +261,60 @@ def _words(buf: np.ndarray) -> np.ndarray | None:
     return words
 
 
-def _numeric(buf: np.ndarray, at: np.ndarray, f: Field, size: int, signed: bool) -> np.ndarray:
-    raw = _gather_uint(buf, at, size) if at.size else np.zeros(0, np.uint64)
-    if size not in (1, 2, 4, 8):
-        return raw
-    u = raw.astype(f"u{size}")
-    return u.view(f"i{size}") if signed else u
+def _record_block(buf: np.ndarray, start: np.ndarray, nbytes: int) -> np.ndarray:
+    """The first `nbytes` (rounded up to words) of each record, as an (n, bytes) uint8 array:
+    one gather per event type, the fixed fields are then slices of it."""
+    nw = max(1, (nbytes + 3) // 4)
+    words = _words(buf)
+    if words is not None and not (start & 3).any():
+        idx = (start >> 2)[:, None] + np.arange(nw)
+        np.minimum(idx, words.size - 1, out=idx)
+        return words[idx].view(np.uint8)
+    idx = start[:, None] + np.arange(nw * 4)
+    np.clip(idx, 0, max(buf.size - 1, 0), out=idx)
+    return buf[idx] if buf.size else np.zeros(idx.shape, np.uint8)
 
 
-def _strings(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> pl.Series:
-    """Byte strings cut at the first NUL, as a String series (non-UTF-8 bytes escaped)."""
-    n = start.size
-    width = int(length.max()) if n else 0
-    if width == 0:
-        return pl.Series([""] * n, dtype=pl.String) if n < 2 else pl.repeat("", n, eager=True)
-    idx = start[:, None] + np.arange(width)
-    inside = np.arange(width) < length[:, None]
-    mat = np.where(inside, buf[np.minimum(idx, buf.size - 1)], 0).astype(np.uint8)
+def _block_field(block: np.ndarray, offset: int, size: int, count: int,
+                 signed: bool) -> np.ndarray:
+    """A numeric field (count > 1: an array) cut out of a record block."""
+    n = block.shape[0]
+    if size not in (1, 2, 4, 8) or offset + size * count > block.shape[1]:
+        return np.zeros((n, count) if count > 1 else n, np.uint64)
+    raw = np.ascontiguousarray(block[:, offset:offset + size * count])
+    values = raw.view(f"<{'i' if signed else 'u'}{size}")
+    return values if count > 1 else values.ravel()
+
+
+def _cut_strings(mat: np.ndarray) -> pl.Series:
+    """Rows of bytes cut at the first NUL, as a String series (non-UTF-8 bytes escaped)."""
+    n, width = mat.shape
+    if width == 0 or n == 0:
+        return pl.Series([""] * n, dtype=pl.String)
+    mat = np.array(mat, np.uint8, copy=True)
     after_nul = np.logical_or.accumulate(mat == 0, axis=1)
     mat[after_nul] = 0
-    non_ascii = (mat >= 0x80).any(axis=1)
-    odd = np.flatnonzero(non_ascii)
+    odd = np.flatnonzero((mat >= 0x80).any(axis=1))
+    texts = []
     if odd.size:
         texts = [bytes(mat[i]).rstrip(b"\0").decode("utf-8", "backslashreplace") for i in odd]
         mat[odd] = 0
-    series = pl.Series(np.ascontiguousarray(mat).view(f"S{width}").ravel()).cast(pl.String)
+    series = pl.Series(mat.view(f"S{width}").ravel()).cast(pl.String)
     if odd.size:
         series = series.scatter(odd, texts)
     return series
+
+
+def _strings(buf: np.ndarray, start: np.ndarray, length: np.ndarray) -> pl.Series:
+    """Variable-length byte strings at `start` of `length` bytes, cut at the first NUL."""
+    n = start.size
+    width = int(length.max()) if n else 0
+    if width == 0:
+        return pl.Series([""] * n, dtype=pl.String)
+    idx = start[:, None] + np.arange(width)
+    inside = np.arange(width) < length[:, None]
+    mat = np.where(inside, buf[np.clip(idx, 0, buf.size - 1)], 0).astype(np.uint8)
+    return _cut_strings(mat)
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
@@ -321,27 +347,46 @@ def _column_dtype(f: Field) -> pl.DataType:
     known = FIELD_COLUMNS.get(f.name)
     if known is not None:
         return known
+    if f.type == "bool":
+        return pl.Boolean
     size = f.element_size or f.size
     bits = {1: 8, 2: 16, 4: 32, 8: 64}.get(size, 64)
     return getattr(pl, f"{'Int' if f.signed else 'UInt'}{bits}")
 
 
+@dataclass
+class _Piece:
+    """One event type's values of one column: numpy (numbers, fixed arrays) or a polars
+    Series (strings, variable lists)."""
+
+    name: str
+    values: object
+    dtype: pl.DataType
+
+
 def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
-                   long_size: int) -> tuple[dict[str, pl.Series], list[pl.Expr]]:
-    """The typed columns of one event type and the expressions of its `raw` text."""
-    cols: dict[str, pl.Series] = {}
+                   long_size: int) -> tuple[list[_Piece], pl.Series]:
+    """The typed columns of one event type's records and their `raw` text."""
+    pieces: list[_Piece] = []
+    raw_cols: dict[str, object] = {}
     raw_parts: list[pl.Expr] = []
+    n = start.size
+    block = _record_block(buf, start, min(fmt.fixed_size, 1 << 16))
     end = start + length
     renames = _RENAMES.get(fmt.name, {})
-    for f in fmt.own_fields:
+    for k, f in enumerate(fmt.own_fields):
         # a field named like a core column (signal_generate's pid, comm) must not replace it
-        name = renames.get(f.name, f"target_{f.name}" if f.name in _RESERVED else f.name) \
-            if f.name in renames or f.name in _RESERVED else f.name
+        if f.name in renames:
+            name = renames[f.name]
+        else:
+            name = f"target_{f.name}" if f.name in _RESERVED else f.name
         if name is None:
             continue
+        key = f"c{k}"
+        label = pl.lit(f"{f.name}=")
         if f.dynamic or f.array_len == 0:
             if f.dynamic:
-                desc = _gather_uint(buf, start + f.offset, 4).astype(np.int64)
+                desc = _block_field(block, f.offset, 4, 1, False).astype(np.int64)
                 off = desc & 0xFFFF
                 if f.rel_loc:
                     off = off + f.offset + f.size
@@ -353,64 +398,73 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
             # never read past the record
             n_bytes = np.clip(np.minimum(n_bytes, end - at), 0, 1 << 16)
             if f.is_string or f.element_size <= 1:
-                s = _strings(buf, at, n_bytes)
+                series = _strings(buf, at, n_bytes)
                 if fmt.name == "print" and f.name == "buf":
                     # trace_marker text ends in the newline the text formats end the line with
-                    s = s.str.strip_suffix("\n")
-                cols[name] = s.alias(name)
-                raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
+                    series = series.str.strip_suffix("\n")
+                pieces.append(_Piece(name, series, pl.String))
+                raw_cols[key] = series
+                raw_parts.append(label + pl.col(key))
             else:
                 es = f.element_size
                 count = n_bytes // es
-                rows = np.repeat(np.arange(start.size), count)
+                rows = np.repeat(np.arange(n), count)
                 first = np.repeat(np.cumsum(count) - count, count)
-                k = np.arange(rows.size) - first
-                vals = _numeric(buf, np.repeat(at, count) + k * es, f, es, f.signed)
-                series = (pl.DataFrame({"r": rows, "v": vals})
-                          .group_by("r", maintain_order=True).agg("v"))
-                full = pl.DataFrame({"r": np.arange(start.size)}).join(series, on="r", how="left")
-                cols[name] = full["v"].alias(name)
-                raw_parts.append(pl.lit(f"{f.name}=[") + pl.col(name).cast(pl.List(pl.String))
+                idx = np.repeat(at, count) + (np.arange(rows.size) - first) * es
+                vals = _gather_uint(buf, idx, es)
+                grouped = (pl.DataFrame({"r": rows, "v": vals})
+                           .group_by("r", maintain_order=True).agg("v"))
+                series = pl.DataFrame({"r": np.arange(n)}).join(grouped, on="r", how="left")["v"]
+                pieces.append(_Piece(name, series, series.dtype))
+                raw_cols[key] = series
+                raw_parts.append(label + pl.lit("[") + pl.col(key).cast(pl.List(pl.String))
                                  .list.join(",") + pl.lit("]"))
             continue
+        if f.array_len and f.is_string:
+            series = _cut_strings(block[:, f.offset:f.offset + f.size])
+            pieces.append(_Piece(name, series, pl.String))
+            raw_cols[key] = series
+            raw_parts.append(label + pl.col(key))
+            continue
         if f.array_len:
-            if f.is_string:
-                cols[name] = _strings(buf, start + f.offset, np.full(start.size, f.size)).alias(name)
-                raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
-                continue
             es = f.element_size or 1
-            mat = np.stack([_numeric(buf, start + f.offset + i * es, f, es, f.signed)
-                            for i in range(f.array_len)], axis=1) if start.size else \
-                np.zeros((0, f.array_len), np.uint64)
+            count = f.array_len
+            mat = _block_field(block, f.offset, es, count, f.signed)
+            if mat.ndim == 1:
+                mat = mat[:, None]
             dtype = _column_dtype(f)
             inner = dtype.inner if isinstance(dtype, pl.List) else dtype
-            series = pl.Series(name, mat).cast(pl.List(inner))
-            cols[name] = series
-            if f.signed:
-                text = pl.col(name).cast(pl.List(pl.String)).list.join(",")
-            else:
-                text = pl.col(name).list.eval(pl.element().cast(pl.String)).list.join(",")
-            raw_parts.append(pl.lit(f"{f.name}=[") + text + pl.lit("]"))
+            pieces.append(_Piece(name, mat, pl.List(inner)))
+            texts = []
+            for j in range(mat.shape[1]):
+                raw_cols[f"{key}_{j}"] = mat[:, j]
+                texts.append(pl.col(f"{key}_{j}").cast(pl.String))
+            raw_parts.append(label + pl.lit("[") + pl.concat_str(texts, separator=",") +
+                             pl.lit("]"))
             continue
         size = f.size if f.size in (1, 2, 4, 8) else 8
-        values = _numeric(buf, start + f.offset, f, size, f.signed)
+        values = _block_field(block, f.offset, size, 1, f.signed)
         dtype = _column_dtype(f)
-        if dtype == pl.String:
-            if name == "prev_state":
-                cols[name] = _task_state(values.astype(np.int64), fmt.print_fmt).alias(name)
-            else:
-                cols[name] = pl.Series(name, values).cast(pl.String)
-            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name))
+        if name == "prev_state" and dtype == pl.String:
+            series = _task_state(values.astype(np.int64), fmt.print_fmt)
+            pieces.append(_Piece(name, series, pl.String))
+            raw_cols[key] = series
+            raw_parts.append(label + pl.col(key))
             continue
-        if f.type == "bool":
-            dtype = pl.Boolean
-        cols[name] = pl.Series(name, values).cast(dtype)
+        if dtype == pl.String:
+            dtype = pl.Int64 if f.signed else pl.UInt64
+        pieces.append(_Piece(name, values, dtype))
         if not f.signed and size == long_size:
-            cols[f"__hex_{name}"] = hex_strings(values.astype(np.uint64))
-            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(f"__hex_{name}"))
+            raw_cols[key] = hex_strings(values)
+            raw_parts.append(label + pl.col(key))
         else:
-            raw_parts.append(pl.lit(f"{f.name}=") + pl.col(name).cast(pl.String))
-    return cols, raw_parts
+            raw_cols[key] = values
+            raw_parts.append(label + pl.col(key).cast(pl.String))
+    if raw_parts:
+        raw = pl.DataFrame(raw_cols).select(pl.concat_str(raw_parts, separator=" ")).to_series()
+    else:
+        raw = pl.Series([""] * n, dtype=pl.String)
+    return pieces, raw
 
 
 # sched_switch prev_state, as the print fmt's __print_flags renders it
@@ -530,8 +584,9 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
     known = is_event & (known_ids.size > 0) & (known_ids[pos] == kind if known_ids.size else False)
     type_index = np.where(known, pos + 1, 0)
 
-    frames = []
-    row_ids = []
+    # each column is assembled once at full length, in time order, from the types' pieces
+    columns: dict[str, list] = {}
+    raws: list[tuple[np.ndarray, pl.Series]] = []
     # the rows of each event type present, from one stable sort by type
     by_type = np.argsort(type_index, kind="stable")
     type_counts = np.bincount(type_index, minlength=known_ids.size + 1)
@@ -548,42 +603,35 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
             type_index[rows] = 0
             continue
         type_names[i + 1], systems[i + 1] = fmt.name, fmt.system or None
-        # a record shorter than its format's fixed fields is damaged: fields read as far as
-        # they go (the pad keeps reads in bounds), the damage is counted
+        # a record shorter than its format's fixed fields is damaged: its fields read what
+        # follows it (reads stay inside the buffer); the damage is counted
         short = length[rows] < fmt.fixed_size
         if short.any():
             decoded.damaged_records += int(short.sum())
-        cols, raw_parts = _field_columns(big, fmt, start[rows], length[rows], long_size)
-        frame = pl.DataFrame(cols) if cols else pl.DataFrame({"__x": np.zeros(rows.size)})
-        raw_expr = pl.concat_str(raw_parts, separator=" ") if raw_parts else pl.lit("")
-        frame = frame.with_columns(raw_expr.alias("raw"))
-        frame = frame.drop([c for c in frame.columns if c.startswith("__")])
-        frames.append(frame)
-        row_ids.append(rows)
+        pieces, raw = _field_columns(big, fmt, start[rows], length[rows], long_size)
+        for piece in pieces:
+            columns.setdefault(piece.name, []).append((rows, piece))
+        raws.append((rows, raw))
     unknown = np.flatnonzero(is_event & ~known)
     if unknown.size:
-        raw = "type=" + pl.Series(kind[unknown]).cast(pl.String) + " len=" + \
-            pl.Series(length[unknown]).cast(pl.String)
-        frames.append(pl.DataFrame({"raw": raw}))
-        row_ids.append(unknown)
+        raw = pl.DataFrame({"t": kind[unknown], "l": length[unknown]}).select(
+            pl.concat_str(pl.lit("type="), pl.col("t").cast(pl.String), pl.lit(" len="),
+                          pl.col("l").cast(pl.String))).to_series()
+        raws.append((unknown, raw))
     lost_rows = np.flatnonzero(~is_event)
     if lost_rows.size:
-        counts = pl.Series("lost", lost[lost_rows])
-        counts = pl.select(pl.when(counts >= 0).then(counts)).to_series()   # -1: count unknown
-        frames.append(pl.DataFrame({
-            "lost": counts,
-            "raw": pl.select(pl.concat_str(pl.lit("LOST "), counts.cast(pl.String)
-                                           .fill_null("?"), pl.lit(" EVENTS"))).to_series()}))
-        row_ids.append(lost_rows)
-
-    if frames:
-        fields = pl.concat(frames, how="diagonal_relaxed")
-        where = np.concatenate(row_ids)
-        inverse = np.empty(n, np.int64)
-        inverse[where] = np.arange(n)
-        fields = fields[inverse]
-    else:
-        fields = pl.DataFrame()
+        counts = lost[lost_rows]
+        columns["lost"] = [(lost_rows, _Piece("lost", np.where(counts >= 0, counts, -1),
+                                              pl.Int64))]
+        raw = pl.DataFrame({"c": counts}).select(pl.concat_str(
+            pl.lit("LOST "), pl.when(pl.col("c") >= 0).then(pl.col("c").cast(pl.String))
+            .otherwise(pl.lit("?")), pl.lit(" EVENTS"))).to_series()
+        raws.append((lost_rows, raw))
+    fields = {name: _assemble(name, parts, n) for name, parts in columns.items()}
+    if "lost" in fields:
+        fields["lost"] = pl.select(pl.when(fields["lost"] >= 0).then(fields["lost"])).to_series()
+    fields["raw"] = _assemble("raw", [(rows, _Piece("raw", r, pl.String)) for rows, r in raws],
+                              n) if raws else pl.Series("raw", [None] * n, dtype=pl.String)
 
     names = pl.Series(type_names, dtype=pl.String)
     sys_names = pl.Series(systems, dtype=pl.String)
@@ -610,8 +658,66 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
         core = core.with_columns(
             pl.when(nulls.not_()).then(pl.col(c)).alias(c) for c in ("pid", "flags"))
     core = core.with_columns(_comm_expr(cmdlines), _tgid_expr(tgids))
-    decoded.events = pl.concat([core, fields], how="horizontal") if fields.width else core
+    decoded.events = core.hstack([fields[name].alias(name) for name in fields])
     return decoded
+
+
+def _assemble(name: str, parts: list, n: int) -> pl.Series:
+    """One full-length column from (rows, piece) parts; rows no part covers are null."""
+    covered = np.zeros(n, bool)
+    for rows, _ in parts:
+        covered[rows] = True
+    kinds = {"series" if isinstance(p.values, pl.Series) else "array" for _, p in parts}
+    if kinds == {"array"}:
+        first = parts[0][1]
+        dtype = FIELD_COLUMNS.get(name) or first.dtype
+        if any(p.dtype != first.dtype for _, p in parts) and name not in FIELD_COLUMNS:
+            dtype = pl.Int64
+        width = {p.values.shape[1] for _, p in parts if p.values.ndim == 2}
+        if isinstance(dtype, pl.List) or width:
+            if len(width) > 1 or any(p.values.ndim == 1 for _, p in parts):
+                kinds = {"series"}
+            else:
+                mat = np.zeros((n, width.pop()), np.result_type(*(p.values for _, p in parts)))
+                for rows, p in parts:
+                    mat[rows] = p.values
+                inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+                series = pl.Series(name, mat).cast(pl.List(inner))
+                return _null_where(series, covered)
+        if kinds == {"array"}:
+            values = np.zeros(n, np.result_type(*(p.values for _, p in parts)))
+            for rows, p in parts:
+                values[rows] = p.values
+            series = pl.Series(name, values)
+            series = series.cast(dtype, strict=False) if dtype != pl.Boolean else series != 0
+            return _null_where(series, covered)
+    # strings and variable lists: concatenate the parts, then one gather puts them in order
+    pieces = []
+    for _, p in parts:
+        values = p.values
+        if not isinstance(values, pl.Series):
+            values = pl.Series(values if values.ndim == 1 else list(values))
+        pieces.append(values)
+    dtypes = {v.dtype for v in pieces}
+    if len(dtypes) > 1:
+        pieces = [v.cast(pl.String) if not isinstance(v.dtype, pl.List)
+                  else v.cast(pl.List(pl.String)).list.join(",") for v in pieces]
+    joined = pl.concat(pieces)
+    index = np.full(n, -1, np.int64)
+    at = 0
+    for rows, p in parts:
+        index[rows] = np.arange(at, at + rows.size)
+        at += rows.size
+    idx = pl.Series(index)
+    if not covered.all():
+        idx = pl.select(pl.when(idx >= 0).then(idx)).to_series()
+    return joined.gather(idx).alias(name)
+
+
+def _null_where(series: pl.Series, covered: np.ndarray) -> pl.Series:
+    if covered.all():
+        return series
+    return pl.select(pl.when(pl.Series(covered)).then(series)).to_series().alias(series.name)
 
 
 def _comm_expr(cmdlines: dict[int, str] | None) -> pl.Expr:
