@@ -117,12 +117,14 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         lo = pages[at[:, None] + np.arange(header.commit_size)]
         lost[room] = lo.copy().view(f"<u{header.commit_size}").ravel().astype(np.int64)
 
-    wpp = header.data_size // 4
     # all data words of all pages, one row per page, plus a zero word so "the word after"
     # the last one can always be read
-    first_word = header.data_offset // 4
-    dw = np.zeros(n_pages * wpp + 1, np.uint32)
-    dw[:-1] = words[:, first_word:first_word + wpp].ravel()
+    # the pages' words in place (no copy): word k of page p's data is dw[p * wpw + k]; the
+    # word after a page's last one is the next page's first (a record cannot use it: it
+    # would run past the page and is caught as damage)
+    wpw = ps // 4
+    dw = words.ravel()[header.data_offset // 4:]
+    last = dw.size - 1
     lw = data_len // 4
 
     # walk all pages at once: iteration k finds the k-th record of every page still going.
@@ -132,13 +134,13 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     pos = np.zeros(page_idx.size, np.int64)
     damaged = np.zeros(n_pages, bool)
     while page_idx.size:
-        at = page_idx * wpp + pos
+        at = page_idx * wpw + pos
         head = dw[at]
         tl = (head & 31).astype(np.int64)
         step = np.where(tl <= 28, tl + 1, 2)
         sized = (tl == 0) | (tl == _TYPE_PADDING)
         if sized.any():
-            nxt = dw[at + 1].astype(np.int64)
+            nxt = dw[np.minimum(at + 1, last)].astype(np.int64)
             null_pad = (tl == _TYPE_PADDING) & ((head >> 5) == 0)
             step = np.where(sized, 1 + (nxt + 3) // 4, step)
             step = np.where(null_pad, _END, step)
@@ -170,11 +172,11 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         at = first[pg] + k
         rec_page[at] = pg
         rec_pos[at] = ps_
-    flat = rec_page * wpp + rec_pos
+    flat = rec_page * wpw + rec_pos
     head = dw[flat]
     r_tl = (head & 31).astype(np.int64)
     r_delta = (head >> 5).astype(np.int64)
-    r_next = dw[flat + 1].astype(np.int64)
+    r_next = dw[np.minimum(flat + 1, last)].astype(np.int64)
 
     # timestamps: cumulative deltas, restarted at each page start and absolute-time record
     is_abs = r_tl == _TYPE_TIME_STAMP
