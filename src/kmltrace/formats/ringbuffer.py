@@ -690,9 +690,11 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
             values = np.zeros(n, np.result_type(*(p.values for _, p in parts)))
             for rows, p in parts:
                 values[rows] = p.values
-            series = pl.Series(name, values)
-            series = series.cast(dtype, strict=False) if dtype != pl.Boolean else series != 0
-            return _null_where(series, covered)
+            if dtype == pl.Boolean:
+                values = values != 0
+            # a masked array becomes a column with nulls without another pass
+            series = pl.Series(name, np.ma.MaskedArray(values, mask=~covered))
+            return series.cast(dtype, strict=False) if series.dtype != dtype else series
     # strings and variable lists: concatenate the parts, then one gather puts them in order
     pieces = []
     for _, p in parts:
@@ -717,9 +719,10 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
 
 
 def _null_where(series: pl.Series, covered: np.ndarray) -> pl.Series:
+    """`series` with nulls where `covered` is False."""
     if covered.all():
         return series
-    return pl.select(pl.when(pl.Series(covered)).then(series)).to_series().alias(series.name)
+    return series.set(pl.Series(~covered), None)
 
 
 def _comm_expr(cmdlines: dict[int, str] | None) -> pl.Expr:
