@@ -126,7 +126,7 @@ def _scenarios() -> list[Scenario]:
                  reset=False, vectors=(14, 14, 14), gates={14: ist},
                  incidents=("fault_loop",), absent=("triple_fault",),
                  facts={**starve, "loop_symbol": "loop_push"},
-                 timeout=6.0, log_cap=512 << 10),
+                 timeout=10.0, log_cap=512 << 10),
     ]
 
 

@@ -53,7 +53,7 @@
 #define MSR_KERNEL_GS_BASE 0xc0000102
 
 /* fault loop: busy-wait iterations between two re-faults, so the QEMU log grows slowly */
-#define FAULT_LOOP_DELAY 20000
+#define FAULT_LOOP_DELAY 5000
 
 /* serial console (COM1) */
 #define COM1 0x3f8
