@@ -18,6 +18,7 @@ Kinds of values:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import polars as pl
@@ -156,15 +157,22 @@ def system_of(event: pl.Expr) -> pl.Expr:
     return pl.coalesce(known, syscalls)
 
 
-def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw") -> pl.LazyFrame:
-    """Add the typed field columns of every event in :data:`EVENT_FIELDS` (null elsewhere)."""
+def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
+                  sample: pl.DataFrame | None = None) -> pl.LazyFrame:
+    """Add the typed field columns of every event in :data:`EVENT_FIELDS` (null elsewhere).
+
+    With `sample` (some rows of ``event`` and ``raw`` of the same data), table entries whose
+    events are absent or whose pattern fits none of their sample rows are not run (their
+    columns are still added, as nulls): each entry costs a pass over the whole column.
+    """
+    specs = [spec for spec in EVENT_FIELDS if sample is None or _fits(spec, sample, event, raw)]
     structs = []
-    for i, spec in enumerate(EVENT_FIELDS):
+    for i, spec in enumerate(specs):
         only = pl.col(event).is_in(list(spec.events))
         structs.append(pl.when(only).then(pl.col(raw)).str.extract_groups(spec.pattern)
                        .alias(f"__fields{i}"))
     per_column: dict[str, list[pl.Expr]] = {}
-    for i, spec in enumerate(EVENT_FIELDS):
+    for i, spec in enumerate(specs):
         group = pl.col(f"__fields{i}")
         for name, kind in spec.kinds.items():
             text = group.struct.field(name)
@@ -174,8 +182,39 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw") 
         (exprs[0] if len(exprs) == 1 else pl.coalesce(exprs)).alias(column)
         for column, exprs in per_column.items()
     ]
+    # the columns of the entries not run: present, all null, so the schema does not vary
+    for spec in EVENT_FIELDS:
+        for name, kind in spec.kinds.items():
+            for column, _ in _convert(name, kind, pl.lit(None, dtype=pl.String)):
+                if column not in per_column:
+                    per_column[column] = []
+                    columns.append(pl.lit(None, dtype=_dtype(column, kind)).alias(column))
     return (events.with_columns(structs).with_columns(columns)
-            .drop([f"__fields{i}" for i in range(len(EVENT_FIELDS))]))
+            .drop([f"__fields{i}" for i in range(len(specs))]))
+
+
+def field_sample(events: pl.DataFrame, event: str = "event", per_event: int = 20) -> pl.DataFrame:
+    """A few rows of each event, for :func:`field_columns`'s `sample`."""
+    return events.group_by(event, maintain_order=True).head(per_event)
+
+
+def _fits(spec: EventFields, sample: pl.DataFrame, event: str, raw: str) -> bool:
+    texts = sample.filter(pl.col(event).is_in(list(spec.events))).get_column(raw).to_list()
+    if not texts:
+        return False
+    try:
+        regex = re.compile(spec.pattern)
+    except re.error:
+        return True     # a pattern only the Rust engine reads: run it
+    return any(t is not None and regex.search(t) for t in texts)
+
+
+def _dtype(column: str, kind: str) -> pl.DataType:
+    if kind in ("hexlist", "le_u64_bytes"):
+        return pl.List(pl.UInt64)
+    if column.endswith(SYM_SUFFIX):
+        return pl.String
+    return FIELD_COLUMNS.get(column) or CORE_COLUMNS.get(column) or pl.String
 
 
 def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:

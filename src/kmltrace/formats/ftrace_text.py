@@ -41,7 +41,10 @@ TASK_LINE_CAPTURE_RE = (r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>\d+|
                         r"\[(?P<cpu>\d+)\]\s+(?:(?P<flags>[^\s:]{3,6})\s+)?"
                         r"(?P<ts>\d+(?:\.\d+)?):\s(?P<body>.*)$")
 CPU_COLUMN_RE = r"\s\[\d+\]\s"
-HEAD_RE = r"^(?P<comm>.*)-(?P<pid>\d+)\s*(?:\(\s*(?P<tgid>\d+|-+)\))?$"
+#: Where the pid starts in "comm-pid[ (tgid)]": the last "-digits" that reaches the end.
+PID_AT_END_RE = r"-\d+\s*(?:\(\s*(?:\d+|-+)\))?\s*$"
+#: "[001] d....   323.272707" (the part before the first ": " after the comm-pid).
+STAMP_RE = r"^\[(?P<cpu>\d+)\]\s+(?:(?P<flags>[^\s:]{3,6})\s+)?(?P<ts>\d+(?:\.\d+)?)$"
 FUNCTION_RE = r"^\S+ <-\S+$"
 
 
@@ -60,59 +63,81 @@ def sniff(head: bytes) -> bool:
     return good >= max(1, (len(data) + 1) // 2)
 
 
-def task_columns(text: pl.Expr, *, strip_event_padding: bool = False) -> list[pl.Expr]:
-    """Expressions that split task lines into comm, pid, tgid, cpu, flags, ts_text, event, raw.
+def task_columns(frame: pl.LazyFrame, text: str, *,
+                 strip_event_padding: bool = False) -> pl.LazyFrame:
+    """Split the task lines in column `text` into comm, pid, tgid, cpu, flags, ts_text, event
+    and raw (null where `text` is null). Shared with trace-cmd report text (whose event names
+    are padded with spaces).
 
-    Shared with trace-cmd report text (whose event names are padded with spaces).
+    Positions are found with non-capturing searches (fast DFA scans) and the parts are cut
+    out by slicing; capture groups only run on the short pieces. Each step is its own
+    ``with_columns`` so that every intermediate is computed once.
     """
-    pos = text.str.find(CPU_COLUMN_RE)
-    head = text.str.slice(0, pos).str.strip_chars()
-    head_groups = head.str.extract_groups(HEAD_RE)
-    tail = text.str.slice(pos).str.strip_chars_start().str.splitn("]", 2)
-    after_cpu = tail.struct[1].str.strip_chars_start()
-    first = after_cpu.str.splitn(" ", 2)
-    has_flags = ~first.struct[0].str.ends_with(":")
-    stamped = pl.when(has_flags).then(first.struct[1].str.strip_chars_start()).otherwise(after_cpu)
-    ts_body = stamped.str.splitn(": ", 2)
-    body = ts_body.struct[1]
-    # the rare line with several "[digits]" (a hostile comm): the slow, exact split
-    slow = (pl.when(text.str.count_matches(CPU_COLUMN_RE) > 1).then(text)
-            .str.extract_groups(TASK_LINE_CAPTURE_RE))
-    many = slow.struct.field("pid").is_not_null()
+    line = pl.col(text)
+    col = pl.col
+    frame = frame.with_columns(
+        line.str.find(CPU_COLUMN_RE).alias("__pos"),
+        # the rare line with several "[digits]" (a hostile comm): the slow, exact split
+        (line.str.count_matches(CPU_COLUMN_RE) > 1).alias("__many"))
+    frame = frame.with_columns(
+        line.str.slice(0, col("__pos")).alias("__head"),
+        line.str.slice(col("__pos") + 1).alias("__tail"),
+        pl.when(col("__many")).then(line).str.extract_groups(TASK_LINE_CAPTURE_RE)
+        .alias("__slow"))
+    frame = frame.with_columns(
+        col("__head").str.find(PID_AT_END_RE).alias("__dash"),
+        col("__tail").str.find(": ", literal=True).alias("__colon"))
+    frame = frame.with_columns(
+        col("__head").str.slice(0, col("__dash")).str.strip_chars_start().alias("__comm"),
+        col("__head").str.slice(col("__dash") + 1).str.splitn("(", 2).alias("__ids"),
+        col("__tail").str.slice(0, col("__colon")).str.extract_groups(STAMP_RE).alias("__stamp"),
+        col("__tail").str.slice(col("__colon") + 2).alias("__body"))
+    many = col("__many") & col("__slow").struct.field("pid").is_not_null()
 
     def pick(slow_name, fast):
-        return pl.when(many).then(slow.struct.field(slow_name)).otherwise(fast)
+        return pl.when(many).then(col("__slow").struct.field(slow_name)).otherwise(fast)
 
-    body = pick("body", body)
-    event_raw = body.str.splitn(": ", 2)
-    is_function = event_raw.struct[1].is_null() & body.str.contains(FUNCTION_RE)
-    bare = event_raw.struct[1].is_null() & body.str.ends_with(":")  # an event with no fields
+    stamp = col("__stamp").struct.field
+    frame = frame.with_columns(
+        pick("comm", col("__comm")).alias("comm"),
+        pick("pid", col("__ids").struct[0].str.strip_chars()).cast(pl.Int32, strict=False)
+        .alias("pid"),
+        pick("tgid", col("__ids").struct[1].str.strip_chars(" )"))
+        .cast(pl.Int32, strict=False).alias("tgid"),
+        pick("cpu", stamp("cpu")).cast(pl.Int32, strict=False).alias("cpu"),
+        pick("flags", stamp("flags")).alias("flags"),
+        pick("ts", stamp("ts")).alias("ts_text"),
+        pick("body", col("__body")).alias("__body"),
+    )
+    frame = frame.with_columns(col("__body").str.find(": ", literal=True).alias("__split"))
+    body = col("__body")
+    no_fields = col("__split").is_null()
+    is_function = no_fields & body.str.contains(FUNCTION_RE)
+    bare = no_fields & body.str.ends_with(":")  # an event with no fields
     event = (pl.when(is_function).then(pl.lit("function"))
              .when(bare).then(body.str.strip_suffix(":"))
-             .otherwise(event_raw.struct[0]))
-    raw = (pl.when(is_function).then(body).when(bare).then(pl.lit(""))
-           .otherwise(pl.coalesce(event_raw.struct[1], pl.lit(""))))
+             .when(no_fields).then(body)
+             .otherwise(body.str.slice(0, col("__split"))))
+    raw = (pl.when(is_function).then(body).when(no_fields).then(pl.lit(""))
+           .otherwise(body.str.slice(col("__split") + 2)))
     if strip_event_padding:
         raw = raw.str.strip_chars_start()
-    return [
-        pick("comm", head_groups.struct.field("comm")).alias("comm"),
-        pick("pid", head_groups.struct.field("pid")).cast(pl.Int32, strict=False).alias("pid"),
-        pick("tgid", head_groups.struct.field("tgid")).cast(pl.Int32, strict=False).alias("tgid"),
-        pick("cpu", tail.struct[0].str.slice(1)).cast(pl.Int32, strict=False).alias("cpu"),
-        pick("flags", pl.when(has_flags).then(first.struct[0])).alias("flags"),
-        pick("ts", ts_body.struct[0]).alias("ts_text"),
-        event.alias("event"),
-        raw.alias("raw"),
-    ]
+    frame = frame.with_columns(event.alias("event"),
+                               pl.when(body.is_not_null()).then(raw).alias("raw"))
+    return frame.drop("__pos", "__many", "__head", "__tail", "__slow", "__dash", "__colon",
+                      "__comm", "__ids", "__stamp", "__body", "__split")
 
 
 def classify(text: pl.Expr, task_re: str = TASK_LINE_RE) -> pl.Expr:
     """What each line is: event, lost, comment, blank, stack (continuation), or bad."""
-    return (pl.when(text.is_null() | (text.str.strip_chars() == "")).then(pl.lit("blank"))
-            .when(text.str.starts_with("#")).then(pl.lit("comment"))
-            .when(text.str.contains(task_re)).then(pl.lit("event"))
-            .when(text.str.contains(text_lines.LOST_RE)).then(pl.lit("lost"))
-            .when(text.str.contains(text_lines.STACK_RE)).then(pl.lit("stack"))
+    is_event = text.str.contains(task_re) & ~text.str.starts_with("#")
+    # every branch of a when-chain runs on every row: the other tests see only the rest
+    other = pl.when(~is_event).then(text)
+    return (pl.when(is_event).then(pl.lit("event"))
+            .when(other.is_null() | (other.str.strip_chars() == "")).then(pl.lit("blank"))
+            .when(other.str.starts_with("#")).then(pl.lit("comment"))
+            .when(other.str.contains(text_lines.LOST_RE)).then(pl.lit("lost"))
+            .when(other.str.contains(text_lines.STACK_RE)).then(pl.lit("stack"))
             .otherwise(pl.lit("bad")))
 
 
@@ -134,8 +159,8 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
            what: str, system: pl.Expr | None = None, event_frame=normalise_events):
     """Run the line pipeline once: (events conformed or None, errors, meta).
 
-    `kind` classifies each line (see :func:`classify`); `columns(text)` splits an event
-    line's text into comm, pid, tgid, cpu, flags, ts_text, event and raw.
+    `kind` classifies each line (see :func:`classify`); `columns(frame, text)` splits the
+    event lines of column `text` into comm, pid, tgid, cpu, flags, ts_text, event and raw.
     """
     truncated = text_lines.last_line_truncated(path)
     text = pl.col("text")
@@ -145,7 +170,7 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
         lines.with_columns(kind.alias("kind"))
         .filter(pl.col("line") != (truncated or 0))
         .with_columns(pl.when(pl.col("kind") == "event").then(text).alias("etext"))
-        .with_columns(columns(pl.col("etext")))
+        .pipe(columns, "etext")
         .with_columns(
             pl.when(is_lost).then(lost_groups.struct[0].cast(pl.Int32, strict=False))
             .otherwise(pl.col("cpu")).alias("cpu"),
@@ -163,7 +188,7 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
         .otherwise(pl.col("kind")).alias("kind"))
     table = table.with_columns(
         pl.when(pl.col("kind").is_in(["bad", "stack"])).then(text).alias("text"))
-    collected = table.drop("etext").collect()
+    collected = table.drop("etext").collect(engine="streaming")
     kinds = collected.get_column("kind")
     bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
     stack_lines = int((kinds == "stack").sum())
@@ -197,8 +222,9 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
     lazy = event_frame(lazy)
     lazy = lazy.with_columns((system if system is not None
                               else fieldtable.system_of(pl.col("event"))).alias("system"))
-    lazy = fieldtable.field_columns(lazy).drop("ts_text")
-    return conform(lazy).collect(), errors, meta
+    sample = event_frame(fieldtable.field_sample(events.select("event", "raw")).lazy())
+    lazy = fieldtable.field_columns(lazy, sample=sample.collect()).drop("ts_text")
+    return conform(lazy).collect(engine="streaming"), errors, meta
 
 
 def _attach_stacks(lines: pl.DataFrame) -> pl.DataFrame:

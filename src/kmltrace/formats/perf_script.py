@@ -41,37 +41,51 @@ def sniff(head: bytes) -> bool:
     return good >= max(1, (len(data) + 1) // 2)
 
 
-def columns(text: pl.Expr) -> list[pl.Expr]:
-    pos = text.str.find(ftrace_text.CPU_COLUMN_RE)
-    head = text.str.slice(0, pos).str.strip_chars().str.extract_groups(HEAD_RE)
-    tail = text.str.slice(pos).str.strip_chars_start().str.splitn("]", 2)
-    ts_body = tail.struct[1].str.strip_chars_start().str.splitn(": ", 2)
-    body = ts_body.struct[1].str.strip_chars_start().str.replace(r"^\d+\s+", "")
-    slow = (pl.when(text.str.count_matches(ftrace_text.CPU_COLUMN_RE) > 1).then(text)
-            .str.extract_groups(PERF_LINE_CAPTURE_RE))
-    many = slow.struct.field("first").is_not_null()
+def columns(frame: pl.LazyFrame, text: str) -> pl.LazyFrame:
+    """Split the perf sample lines of column `text` (see ftrace_text.task_columns)."""
+    line = pl.col(text)
+    col = pl.col
+    frame = frame.with_columns(
+        line.str.find(ftrace_text.CPU_COLUMN_RE).alias("__pos"),
+        (line.str.count_matches(ftrace_text.CPU_COLUMN_RE) > 1).alias("__many"))
+    frame = frame.with_columns(
+        line.str.slice(0, col("__pos")).str.strip_chars().str.extract_groups(HEAD_RE)
+        .alias("__head"),
+        line.str.slice(col("__pos")).str.strip_chars_start().str.splitn("]", 2).alias("__tail"),
+        pl.when(col("__many")).then(line).str.extract_groups(PERF_LINE_CAPTURE_RE)
+        .alias("__slow"))
+    frame = frame.with_columns(
+        col("__tail").struct[1].str.strip_chars_start().str.splitn(": ", 2).alias("__ts_body"))
+    many = col("__many") & col("__slow").struct.field("first").is_not_null()
 
     def pick(slow_name, fast):
-        return pl.when(many).then(slow.struct.field(slow_name)).otherwise(fast)
+        return pl.when(many).then(col("__slow").struct.field(slow_name)).otherwise(fast)
 
-    first = pick("first", head.struct.field("first")).cast(pl.Int32, strict=False)
-    tid = pick("tid", head.struct.field("tid")).cast(pl.Int32, strict=False)
-    body = pick("body", body)
-    name_raw = body.str.splitn(": ", 2)
-    bare = name_raw.struct[1].is_null()
-    name = pl.when(bare).then(body.str.strip_suffix(":")).otherwise(name_raw.struct[0])
-    system_event = name.str.splitn(":", 2)
-    return [
-        pick("comm", head.struct.field("comm")).alias("comm"),
-        pl.coalesce(tid, first).alias("pid"),
-        pl.when(tid.is_not_null()).then(first).alias("tgid"),
-        pick("cpu", tail.struct[0].str.slice(1)).cast(pl.Int32, strict=False).alias("cpu"),
+    head = col("__head").struct.field
+    body = col("__ts_body").struct[1].str.strip_chars_start().str.replace(r"^\d+\s+", "")
+    frame = frame.with_columns(
+        pick("comm", head("comm")).alias("comm"),
+        pick("first", head("first")).cast(pl.Int32, strict=False).alias("__first"),
+        pick("tid", head("tid")).cast(pl.Int32, strict=False).alias("__tid"),
+        pick("cpu", col("__tail").struct[0].str.slice(1)).cast(pl.Int32, strict=False).alias("cpu"),
+        pick("ts", col("__ts_body").struct[0]).alias("ts_text"),
+        pick("body", body).alias("__body"),
+    )
+    frame = frame.with_columns(col("__body").str.splitn(": ", 2).alias("__name_raw"))
+    bare = col("__name_raw").struct[1].is_null()
+    name = (pl.when(bare).then(col("__body").str.strip_suffix(":"))
+            .otherwise(col("__name_raw").struct[0]))
+    frame = frame.with_columns(name.str.splitn(":", 2).alias("__system_event"))
+    return frame.with_columns(
+        pl.coalesce(col("__tid"), col("__first")).alias("pid"),
+        pl.when(col("__tid").is_not_null()).then(col("__first")).alias("tgid"),
         pl.lit(None, dtype=pl.String).alias("flags"),
-        pick("ts", ts_body.struct[0]).alias("ts_text"),
-        system_event.struct[0].alias("perf_system"),
-        system_event.struct[1].alias("event"),
-        pl.when(bare).then(pl.lit("")).otherwise(name_raw.struct[1]).alias("raw"),
-    ]
+        col("__system_event").struct[0].alias("perf_system"),
+        col("__system_event").struct[1].alias("event"),
+        pl.when(col("__body").is_null()).then(None).when(bare).then(pl.lit(""))
+        .otherwise(col("__name_raw").struct[1]).alias("raw"),
+    ).drop("__pos", "__many", "__head", "__tail", "__slow", "__ts_body", "__first", "__tid",
+           "__body", "__name_raw", "__system_event")
 
 
 def classify(text: pl.Expr) -> pl.Expr:

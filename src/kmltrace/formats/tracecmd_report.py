@@ -74,8 +74,8 @@ def parse(path: Path) -> Parsed:
     header = text.str.strip_chars().str.contains(HEADER_RE)
     kind = pl.when(header).then(pl.lit("comment")).otherwise(ftrace_text.classify(text))
 
-    def columns(text_expr):
-        return ftrace_text.task_columns(text_expr, strip_event_padding=True)
+    def columns(frame, text_name):
+        return ftrace_text.task_columns(frame, text_name, strip_event_padding=True)
 
     events, errors, meta = ftrace_text.finish(path, lines, kind, columns, source="ftrace",
                                               what="trace-cmd report", event_frame=_events)
