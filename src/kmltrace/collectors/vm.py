@@ -242,7 +242,8 @@ def run_vm(argv: list[str], bundle: Path, *, timeout: float | None = None,
                                f"{b''.join(stderr_lines).decode(errors='replace').strip() or e}")
         if result.kvm:
             try:
-                threads = [c["thread-id"] for c in qmp.command("query-cpus-fast")]
+                # the vCPU threads, and QEMU's main thread (interrupt injection from devices)
+                threads = [c["thread-id"] for c in qmp.command("query-cpus-fast")] + [proc.pid]
                 kvm_trace = _KvmTrace(threads, kvm_buffer_kb)
             except (RefusedError, QMPError, ImportError, OSError) as e:
                 result.kvm_trace = str(e)
