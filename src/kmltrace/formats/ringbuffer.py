@@ -520,7 +520,7 @@ def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
     global _FLAGS
     if _FLAGS is None:
         _FLAGS = _flag_table()
-    return _FLAGS.gather(flags.astype(np.int64) * 256 + preempt.astype(np.int64))
+    return _FLAGS.gather(flags * 256 + preempt)
 
 
 # -- the whole decode -----------------------------------------------------------------------------
@@ -557,24 +557,31 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
         parts.append((seg, recs))
     big = buf
 
-    ts = np.concatenate([r.ts for _, r in parts]) if parts else np.zeros(0, np.int64)
-    kind = np.concatenate([r.kind for _, r in parts]) if parts else np.zeros(0, np.int64)
-    start = np.concatenate([r.start for _, r in parts]) if parts else np.zeros(0, np.int64)
-    length = np.concatenate([r.length for _, r in parts]) if parts else np.zeros(0, np.int64)
-    lost = np.concatenate([r.lost for _, r in parts]) if parts else np.zeros(0, np.int64)
-    cpu = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts]) \
-        if parts else np.zeros(0, np.int32)
-    offset = np.concatenate([r.start - s.start + s.file_offset for s, r in parts]) \
-        if parts else np.zeros(0, np.int64)
+    def merged(field, dtype):
+        if not parts:
+            return np.zeros(0, dtype)
+        return np.concatenate([getattr(r, field) for _, r in parts]).astype(dtype, copy=False)
+
+    ts = merged("ts", np.int64)
     # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
     order = np.argsort(ts, kind="stable")
-    ts, kind, start, length, lost, cpu, offset = (a[order] for a in (ts, kind, start, length,
-                                                                    lost, cpu, offset))
+    ts = ts[order]
+    kind = merged("kind", np.int32)[order]
+    start = merged("start", np.int64)[order]
+    length = merged("length", np.int32)[order]
+    lost = merged("lost", np.int64)[order]
+    cpu = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts])[order] \
+        if parts else np.zeros(0, np.int32)
+    shift = np.concatenate([np.full(r.ts.size, s.file_offset - s.start, np.int64)
+                            for s, r in parts]) if parts else np.zeros(0, np.int64)
+    offset = start + shift[order]
+    del parts, order, shift
     n = ts.size
     is_event = kind >= 0
-    word0 = _gather_uint(big, np.where(is_event, start, 0), 4).astype(np.int64)
-    flags = np.where(is_event, (word0 >> 16) & 0xFF, 0)
-    preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0)
+    word0 = _gather_uint(big, np.where(is_event, start, 0), 4).astype(np.uint32)
+    flags = np.where(is_event, (word0 >> 16) & 0xFF, 0).astype(np.int32)
+    preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0).astype(np.int32)
+    del word0
     pid = _gather_uint(big, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
 
     known_ids = np.array(sorted(formats), np.int64)
@@ -584,7 +591,8 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
     pos = np.searchsorted(known_ids, kind) if known_ids.size else np.zeros(n, np.int64)
     pos = np.minimum(pos, max(known_ids.size - 1, 0))
     known = is_event & (known_ids.size > 0) & (known_ids[pos] == kind if known_ids.size else False)
-    type_index = np.where(known, pos + 1, 0)
+    type_index = np.where(known, pos + 1, 0).astype(np.int32)
+    del pos
 
     # each column is assembled once at full length, in time order, from the types' pieces
     columns: dict[str, list] = {}
@@ -675,17 +683,8 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
         dtype = FIELD_COLUMNS.get(name) or first.dtype
         if any(p.dtype != first.dtype for _, p in parts) and name not in FIELD_COLUMNS:
             dtype = pl.Int64
-        width = {p.values.shape[1] for _, p in parts if p.values.ndim == 2}
-        if isinstance(dtype, pl.List) or width:
-            if len(width) > 1 or any(p.values.ndim == 1 for _, p in parts):
-                kinds = {"series"}
-            else:
-                mat = np.zeros((n, width.pop()), np.result_type(*(p.values for _, p in parts)))
-                for rows, p in parts:
-                    mat[rows] = p.values
-                inner = dtype.inner if isinstance(dtype, pl.List) else dtype
-                series = pl.Series(name, mat).cast(pl.List(inner))
-                return _null_where(series, covered)
+        if isinstance(dtype, pl.List) or any(p.values.ndim == 2 for _, p in parts):
+            kinds = {"series"}
         if kinds == {"array"}:
             values = np.zeros(n, np.result_type(*(p.values for _, p in parts)))
             for rows, p in parts:
@@ -700,7 +699,12 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
     for _, p in parts:
         values = p.values
         if not isinstance(values, pl.Series):
-            values = pl.Series(values if values.ndim == 1 else list(values))
+            if values.ndim == 2:
+                dtype = FIELD_COLUMNS.get(name) or p.dtype
+                inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+                values = pl.Series(values).cast(pl.List(inner))
+            else:
+                values = pl.Series(values)
         pieces.append(values)
     dtypes = {v.dtype for v in pieces}
     if len(dtypes) > 1:
