@@ -119,7 +119,8 @@ def test_redzone_timer_at_cpl0_on_the_user_range_stack(runs, name):
     bundle, result = runs[name]
     assert result["end"] == "done"
     ticks = [r for r in records(bundle) if r["vector"] == C["TIMER_VECTOR"]]
-    assert len(ticks) == C["TIMER_TICKS"]
+    # at least TIMER_TICKS: one more can land between the last check and cli on a slow host
+    assert C["TIMER_TICKS"] <= len(ticks) <= C["TIMER_TICKS"] + 1
     assert all(r["cpl"] == 0 and r["rsp"] == C["REDZONE_RSP"] for r in ticks)
     assert not triple_faulted(bundle)
     check_gates_and_serial(name, bundle)
