@@ -110,7 +110,7 @@ def _run_chains(ctx, runner):
     except ImportError:
         runner.statuses.append(AnalysisStatus("chains", False, note="not available in this build"))
         return None
-    return runner.run("chains", lambda: chains.analyse_chains(ctx.events, ctx.capture))
+    return runner.run("chains", lambda: chains.analyse_chains(ctx.string_events(), ctx.capture))
 
 
 def _kernel_mode_incidents(processes: pl.DataFrame | None) -> list[Incident]:

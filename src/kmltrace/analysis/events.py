@@ -71,31 +71,55 @@ def merged_events(capture: Capture) -> pl.LazyFrame:
 
 
 def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Sort `events` and add ``row``, ``task_pid``, ``task_comm`` and ``image``."""
-    timed = events.filter(pl.col("ts_ns").is_not_null()).sort(
-        ["ts_ns", "file", "seq"], maintain_order=True)
-    untimed = events.filter(pl.col("ts_ns").is_null()).sort(["file", "seq"], maintain_order=True)
-    switches = (timed.filter(pl.col("event") == SCHED_SWITCH)
-                .select("ts_ns", "cpu", pl.col("next_pid").alias("_on_pid"),
-                        pl.col("next_comm").alias("_on_comm")))
-    if "next_pid" not in events.collect_schema().names():
+    """Sort `events` and add ``row``, ``task_pid``, ``task_comm`` and ``image``.
+
+    A table already in time order (one text trace, an ingested table) is not sorted again:
+    sorting gathers every column and is the most expensive step on large captures.
+    """
+    names = events.collect_schema().names()
+    # one cheap pass over the time column decides what work is needed
+    unsorted, untimed_rows, pidless_rows = events.select(
+        (pl.col("ts_ns").drop_nulls().diff() < 0).any().alias("unsorted"),
+        pl.col("ts_ns").is_null().sum().alias("untimed"),
+        pl.col("pid").is_null().sum().alias("pidless")).collect().row(0)
+    timed = events.filter(pl.col("ts_ns").is_not_null()) if untimed_rows else events
+    if unsorted:
+        timed = timed.sort(["ts_ns", "file", "seq"], maintain_order=True)
+    else:
+        timed = timed.set_sorted("ts_ns")
+    untimed = (events.filter(pl.col("ts_ns").is_null()).sort(["file", "seq"], maintain_order=True)
+               if untimed_rows else None)
+    if "next_pid" in names:
+        switches = (timed.filter(pl.col("event") == SCHED_SWITCH)
+                    .select("ts_ns", "cpu", pl.col("next_pid").alias("_on_pid"),
+                            pl.col("next_comm").alias("_on_comm")))
+    else:
         switches = timed.filter(pl.lit(False)).select(
             "ts_ns", "cpu", pl.col("pid").alias("_on_pid"), pl.col("comm").alias("_on_comm"))
     # the switch row itself belongs to the task leaving; `allow_exact_matches=False` keeps
     # every event at the switch's own time with the previous task
     timed = timed.join_asof(switches, on="ts_ns", by="cpu", strategy="backward",
                             allow_exact_matches=False, check_sortedness=False)
-    untimed = untimed.with_columns(pl.lit(None, dtype=pl.Int32).alias("_on_pid"),
-                                   pl.lit(None, dtype=pl.String).alias("_on_comm"))
-    out = pl.concat([timed, untimed], how="diagonal_relaxed").with_columns(
+    if untimed is not None:
+        untimed = untimed.with_columns(pl.lit(None, dtype=pl.Int32).alias("_on_pid"),
+                                       pl.lit(None, dtype=pl.String).alias("_on_comm"))
+        timed = pl.concat([timed, untimed], how="diagonal_relaxed")
+    out = timed.with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),
         pl.coalesce("pid", "_on_pid").alias("task_pid"),
-        pl.when(pl.col("pid").is_not_null()).then(pl.col("comm"))
-          .otherwise(pl.col("_on_comm")).alias("task_comm"),
+        # building a new string column is costly: only when some rows lack a pid
+        (pl.when(pl.col("pid").is_not_null()).then(pl.col("comm"))
+         .otherwise(pl.col("_on_comm")) if pidless_rows else pl.col("comm")).alias("task_comm"),
     ).drop("_on_pid", "_on_comm")
-    return out.with_columns(
-        (pl.col("event") == SCHED_PROCESS_EXEC).cast(pl.Int32).cum_sum()
-        .over("task_pid").fill_null(0).alias("image"))
+    # image = how many execs the task did before: execs are rare, so look the count up
+    # (as of each row) instead of a running sum over every row of every task
+    execs = (out.filter(pl.col("event") == SCHED_PROCESS_EXEC)
+             .select("task_pid", "row",
+                     pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over("task_pid")
+                     .alias("image")))
+    return (out.join_asof(execs, on="row", by="task_pid", strategy="backward",
+                          check_sortedness=False)
+            .with_columns(pl.col("image").fill_null(0)))
 
 
 def merge_notes(capture: Capture) -> list[MergeNote]:

@@ -159,16 +159,18 @@ def activity_counts(ctx) -> dict[tuple, dict]:
          .group_by("task_pid", "image", "id").agg(pl.len()).sort("len", descending=True)
          .collect(), "syscalls_by_id", "id")
     interrupts = events.filter(
-        (pl.col("system").is_in(list(INTERRUPT_SYSTEMS)) & pl.col("event").str.ends_with("_entry"))
+        (pl.col("system").is_in(list(INTERRUPT_SYSTEMS)) & pl.col("event").cat.ends_with("_entry"))
         | ((pl.col("event") == EXCEPTION) & (pl.col("vector") != PF_VECTOR))
         | (pl.col("event") == "hw_interrupt"))
     fill(interrupts.with_columns(
         pl.when(pl.col("event").is_in([EXCEPTION, "hw_interrupt"]))
-        .then(pl.format("{} vector {}", pl.col("event"), pl.col("vector")))
+        .then(pl.concat_str([pl.col("event"), pl.lit(" vector "),
+                             pl.col("vector").cast(pl.String)]))
         .otherwise(pl.col("event")).alias("_what"))
          .group_by("task_pid", "image", "_what").agg(pl.len()).sort("len", descending=True)
          .collect(), "interrupts", "_what")
     fill(events.filter(pl.col("event").is_in(list(SIGNAL_EVENTS)))
-         .with_columns(pl.format("{} sig {}", pl.col("event"), pl.col("sig")).alias("_what"))
+         .with_columns(pl.concat_str([pl.col("event"), pl.lit(" sig "), pl.col("sig").cast(pl.String)])
+                       .alias("_what"))
          .group_by("task_pid", "image", "_what").agg(pl.len()).collect(), "signals", "_what")
     return out

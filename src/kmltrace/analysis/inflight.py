@@ -12,7 +12,7 @@ from kmltrace.schema import SCHED_SWITCH, SYS_ENTER, SYS_EXIT
 def _pairs() -> pl.Expr:
     """Entry/exit events of interrupts and handlers (``*_entry`` / ``*_exit``)."""
     ev = pl.col("event")
-    return (ev.str.ends_with("_entry") | ev.str.ends_with("_exit")) & (ev != "sys_enter")
+    return (ev.cat.ends_with("_entry") | ev.cat.ends_with("_exit")) & (ev != "sys_enter")
 
 
 def in_flight(ctx) -> list[dict]:
@@ -36,7 +36,7 @@ def in_flight(ctx) -> list[dict]:
     open_sys = {r["task_pid"]: r for r in last_sys.iter_rows(named=True)}
     last_irq = (events.filter(_pairs()).group_by("cpu")
                 .agg(pl.col("event").last(), pl.col("ts_ns").last(), pl.col("task_pid").last())
-                .filter(pl.col("event").str.ends_with("_entry")).collect())
+                .filter(pl.col("event").cat.ends_with("_entry")).collect())
     irq = {r["cpu"]: r for r in last_irq.iter_rows(named=True)}
     for r in on_cpu.iter_rows(named=True):
         cpu, pid = r["cpu"], r["pid"]

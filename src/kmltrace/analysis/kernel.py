@@ -63,7 +63,7 @@ def kernel_info(capture, events: pl.LazyFrame | None = None) -> KernelInfo:
         if gates:
             info.ist = {int(g["vector"]): int(g.get("ist") or 0) for g in gates if "vector" in g}
             info.ist_source = "snapshot IDT"
-    if events is not None:
+    if events is not None and "raw" in events.collect_schema().names():
         console = (events.filter((pl.col("source") == "console")
                                  & pl.col("raw").str.contains(KML_BOOT_PATTERN))
                    .select("file", "line", "raw").head(1).collect())
@@ -71,6 +71,7 @@ def kernel_info(capture, events: pl.LazyFrame | None = None) -> KernelInfo:
             file, line, raw = console.row(0)
             info.kml = True
             info.kml_evidence.append(f"{file}:{line}: {raw}")
+    if events is not None:
         if info.cpus is None:
             top = events.select(pl.col("cpu").max()).collect().item()
             info.cpus = None if top is None else int(top) + 1

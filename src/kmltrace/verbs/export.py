@@ -58,7 +58,7 @@ def chrome_events(events: pl.LazyFrame) -> list[pl.DataFrame]:
         pl.col("event").shift(-1).over("tid", order_by="row").alias("_next"),
         pl.col("ts").shift(-1).over("tid", order_by="row").alias("_end"))
     slices = (calls.filter((pl.col("event") == "sys_enter") & (pl.col("_next") == "sys_exit"))
-              .select(pl.format("syscall {}", pl.col("id")).alias("name"),
+              .select(pl.concat_str([pl.lit("syscall "), pl.col("id").cast(pl.String)]).alias("name"),
                       pl.lit("syscall").alias("cat"), pl.lit("X").alias("ph"), "ts",
                       (pl.col("_end") - pl.col("ts")).alias("dur"), "pid", "tid",
                       pl.struct("id", "cpu", "file", "line").alias("args")))
