@@ -81,7 +81,9 @@ def run(name: str, accel: str = "tcg", out: Path | None = None) -> dict:
     }
     bundles.write_manifest(out, manifest)
     for error in result.errors:
-        print(f"kmltrace: lab {name}: {error}", file=sys.stderr)
+        lines = error.splitlines()
+        more = f" (+{len(lines) - 3} more lines)" if len(lines) > 3 else ""
+        print(f"kmltrace: lab {name}: {' / '.join(lines[:3])}{more}", file=sys.stderr)
     return {"bundle": str(out), "scenario": name, "accel": accel, "end": result.end,
             "qemu_stderr": result.errors,
             "files": [f["path"] for f in files], "qemu": vm.qemu_version(),
