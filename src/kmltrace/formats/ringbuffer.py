@@ -269,9 +269,12 @@ def _record_block(buf: np.ndarray, start: np.ndarray, nbytes: int) -> np.ndarray
     nw = max(1, (nbytes + 3) // 4)
     words = _words(buf)
     if words is not None and not (start & 3).any():
-        idx = (start >> 2)[:, None] + np.arange(nw)
-        np.minimum(idx, words.size - 1, out=idx)
-        return words[idx].view(np.uint8)
+        # word by word: the index array stays one column long
+        block = np.empty((start.size, nw), np.uint32)
+        first = start >> 2
+        for j in range(nw):
+            block[:, j] = words[np.minimum(first + j, words.size - 1)]
+        return block.view(np.uint8)
     idx = start[:, None] + np.arange(nw * 4)
     np.clip(idx, 0, max(buf.size - 1, 0), out=idx)
     return buf[idx] if buf.size else np.zeros(idx.shape, np.uint8)
@@ -596,6 +599,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
 
     # each column is assembled once at full length, in time order, from the types' pieces
     columns: dict[str, list] = {}
+    numeric = _NumericColumns(n)
     raws: list[tuple[np.ndarray, pl.Series]] = []
     # the rows of each event type present, from one stable sort by type
     by_type = np.argsort(type_index, kind="stable")
@@ -620,7 +624,9 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
             decoded.damaged_records += int(short.sum())
         pieces, raw = _field_columns(big, fmt, start[rows], length[rows], long_size)
         for piece in pieces:
-            columns.setdefault(piece.name, []).append((rows, piece))
+            if not numeric.put(piece, rows):
+                columns.setdefault(piece.name, []).append((rows, piece))
+        del pieces
         raws.append((rows, raw))
     unknown = np.flatnonzero(is_event & ~known)
     if unknown.size:
@@ -637,7 +643,9 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
             pl.lit("LOST "), pl.when(pl.col("c") >= 0).then(pl.col("c").cast(pl.String))
             .otherwise(pl.lit("?")), pl.lit(" EVENTS"))).to_series()
         raws.append((lost_rows, raw))
-    fields = {name: _assemble(name, parts, n) for name, parts in columns.items()}
+    fields = numeric.finish()
+    for name in list(columns):
+        fields[name] = _assemble(name, columns.pop(name), n)
     if "lost" in fields:
         fields["lost"] = pl.select(pl.when(fields["lost"] >= 0).then(fields["lost"])).to_series()
     fields["raw"] = _assemble("raw", [(rows, _Piece("raw", r, pl.String)) for rows, r in raws],
@@ -670,6 +678,49 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids)
     core = core.with_columns(_comm_expr(cmdlines), _tgid_expr(tgids))
     decoded.events = core.hstack([fields[name].alias(name) for name in fields])
     return decoded
+
+
+_NUMPY_OF = {pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.Int64: np.int64,
+             pl.UInt8: np.uint8, pl.UInt16: np.uint16, pl.UInt32: np.uint32,
+             pl.UInt64: np.uint64, pl.Boolean: np.bool_}
+
+
+class _NumericColumns:
+    """Full-length numeric columns filled type by type, so no per-type copy outlives its type."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.arrays: dict[str, tuple[np.ndarray, np.ndarray, pl.DataType]] = {}
+        self.refused: set[str] = set()
+
+    def put(self, piece: _Piece, rows: np.ndarray) -> bool:
+        values = piece.values
+        if isinstance(values, pl.Series) or values.ndim != 1 or piece.name in self.refused:
+            self.refused.add(piece.name)
+            return False
+        found = self.arrays.get(piece.name)
+        if found is None:
+            dtype = FIELD_COLUMNS.get(piece.name) or piece.dtype
+            np_dtype = _NUMPY_OF.get(dtype)
+            if np_dtype is None:
+                self.refused.add(piece.name)
+                return False
+            found = (np.zeros(self.n, np_dtype), np.zeros(self.n, bool), dtype)
+            self.arrays[piece.name] = found
+        found[0][rows] = values
+        found[1][rows] = True
+        return True
+
+    def finish(self) -> dict[str, pl.Series]:
+        out = {}
+        for name in list(self.arrays):
+            values, covered, dtype = self.arrays.pop(name)
+            # a masked array becomes a column with nulls without another pass
+            out[name] = pl.Series(name, np.ma.MaskedArray(values, mask=~covered)) \
+                if not covered.all() else pl.Series(name, values)
+            if out[name].dtype != dtype:
+                out[name] = out[name].cast(dtype)
+        return out
 
 
 def _assemble(name: str, parts: list, n: int) -> pl.Series:
