@@ -57,7 +57,9 @@ def _per_image(events: pl.LazyFrame) -> pl.DataFrame:
     ev = pl.col("event")
     pf_user = ev == PAGE_FAULT_USER
     u_clear = (pl.col("error_code") & PF_USER) == 0
-    user_range = (pl.col("ip") < USER_TOP) & (pl.col("rsp") < USER_TOP)
+    # only deliveries say at which CPL the code ran (a cpu_reset dump is the reset state)
+    delivery = ev.is_in(["exception", "hw_interrupt"])
+    user_range = delivery & (pl.col("ip") < USER_TOP) & (pl.col("rsp") < USER_TOP)
     # rows without a task (a QEMU log has no pids) form one pid-less row: its CPU context
     return (events
             .group_by("task_pid", "image").agg(
@@ -75,7 +77,7 @@ def _per_image(events: pl.LazyFrame) -> pl.DataFrame:
                 ev.is_in([SYS_ENTER, SYS_EXIT]).sum().alias("syscalls"),
                 ev.is_in(list(USER_ACTIVITY_EVENTS)).sum().alias("user_activity"),
                 ((pl.col("cpl") == 0) & user_range).sum().alias("cpl0_user_range"),
-                (pl.col("cpl") == 3).sum().alias("cpl3"),
+                (delivery & (pl.col("cpl") == 3)).sum().alias("cpl3"),
                 ((pl.col("cpumode") == "kernel") & (pl.col("ip") < USER_TOP)).sum()
                   .alias("perf_kernel_user_ip"),
                 (pl.col("cpumode") == "user").sum().alias("perf_user"),
