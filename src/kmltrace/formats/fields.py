@@ -162,8 +162,9 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
     """Add the typed field columns of every event in :data:`EVENT_FIELDS` (null elsewhere).
 
     With `sample` (some rows of ``event`` and ``raw`` of the same data), table entries whose
-    events are absent or whose pattern fits none of their sample rows are not run (their
-    columns are still added, as nulls): each entry costs a pass over the whole column.
+    events are absent or whose pattern fits none of their sample rows are not run and add no
+    columns (all-null columns would cost memory for nothing; readers of the event table must
+    not assume a field column exists, as other sources lack them too).
     """
     specs = [spec for spec in EVENT_FIELDS if sample is None or _fits(spec, sample, event, raw)]
     structs = []
@@ -182,13 +183,6 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
         (exprs[0] if len(exprs) == 1 else pl.coalesce(exprs)).alias(column)
         for column, exprs in per_column.items()
     ]
-    # the columns of the entries not run: present, all null, so the schema does not vary
-    for spec in EVENT_FIELDS:
-        for name, kind in spec.kinds.items():
-            for column, _ in _convert(name, kind, pl.lit(None, dtype=pl.String)):
-                if column not in per_column:
-                    per_column[column] = []
-                    columns.append(pl.lit(None, dtype=_dtype(column, kind)).alias(column))
     return (events.with_columns(structs).with_columns(columns)
             .drop([f"__fields{i}" for i in range(len(specs))]))
 
@@ -207,14 +201,6 @@ def _fits(spec: EventFields, sample: pl.DataFrame, event: str, raw: str) -> bool
     except re.error:
         return True     # a pattern only the Rust engine reads: run it
     return any(t is not None and regex.search(t) for t in texts)
-
-
-def _dtype(column: str, kind: str) -> pl.DataType:
-    if kind in ("hexlist", "le_u64_bytes"):
-        return pl.List(pl.UInt64)
-    if column.endswith(SYM_SUFFIX):
-        return pl.String
-    return FIELD_COLUMNS.get(column) or CORE_COLUMNS.get(column) or pl.String
 
 
 def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:

@@ -194,7 +194,7 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
     stack_lines = int((kinds == "stack").sum())
     if stack_lines:
         collected = _attach_stacks(collected)
-    events = collected.filter(pl.col("kind").is_in(["event", "lost"])).drop("text", "kind")
+    events = _event_rows(collected).drop("text", "kind")
     del collected
     meta = {
         "precision": text_lines.precision_of(events),
@@ -225,6 +225,16 @@ def finish(path: Path, lines: pl.LazyFrame, kind: pl.Expr, columns, *, source: s
     sample = event_frame(fieldtable.field_sample(events.select("event", "raw")).lazy())
     lazy = fieldtable.field_columns(lazy, sample=sample.collect()).drop("ts_text")
     return conform(lazy).collect(engine="streaming"), errors, meta
+
+
+def _event_rows(lines: pl.DataFrame) -> pl.DataFrame:
+    """The event and lost-events rows. Usually only a header precedes them: then a slice,
+    which shares the columns' memory, instead of a filtered copy."""
+    keep = lines.get_column("kind").is_in(["event", "lost"])
+    first = keep.arg_true()
+    if first.len() and first.len() == lines.height - first[0]:
+        return lines.slice(first[0])
+    return lines.filter(keep)
 
 
 def _attach_stacks(lines: pl.DataFrame) -> pl.DataFrame:

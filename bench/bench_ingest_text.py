@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Text ingestion benchmark: kmltrace's text parsers side by side with the tools that write
+the text, on one large real capture, in one run.
+
+    python3 bench/bench_ingest_text.py [--large bench/work/large] [--no-write]
+
+Input: the capture of bench/make_large_capture.py (>= 1.5 M events; regenerate it with
+``sudo python3 bench/make_large_capture.py``). Measured, each in its own process under
+``/usr/bin/time`` (wall time, CPU time, peak RSS):
+
+- kmltrace: ``parse`` of ``trace.txt`` (tracefs text), ``trace-cmd-report.txt`` and
+  ``perf-script.txt`` into the event table (polars DataFrame, all field columns typed);
+- ``trace-cmd report -i trace.dat`` writing the same text (to /dev/null);
+- ``perf script --ns -i perf.data`` writing the same text (to /dev/null).
+
+Goal (issue 2): >= 1.5 M lines/s and peak RSS < 1.5x the text's size. Results go to
+bench/results.json under "ingest_text" (only that key is rewritten), with tool versions, the
+inputs' sha256, and the machine's load average (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results.json"
+KEY = "ingest_text"
+TEXTS = ("trace.txt", "trace-cmd-report.txt", "perf-script.txt")
+
+PARSE = """
+import json, sys, time
+from pathlib import Path
+from kmltrace.formats.sniff import detect
+path = Path(sys.argv[1])
+module = detect(path)
+start = time.perf_counter()
+parsed = module.parse(path)
+elapsed = time.perf_counter() - start
+print(json.dumps({"format": parsed.format, "events": parsed.events.height,
+                  "errors": len(parsed.errors), "parse_s": elapsed,
+                  "precision": parsed.meta.get("precision"),
+                  "table_bytes": parsed.events.estimated_size()}))
+"""
+
+
+def timed(command: list[str], stdout=subprocess.PIPE) -> tuple[dict, str]:
+    """Run `command` under /usr/bin/time: wall, user, sys seconds and peak RSS (bytes)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as report:
+        proc = subprocess.run(["/usr/bin/time", "-o", report.name, "-f", "%e %U %S %M",
+                               *command], stdout=stdout, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}\n{proc.stderr[-2000:]}")
+        wall, user, system, rss_kb = report.read().split()[-4:]
+    return ({"wall_s": float(wall), "cpu_s": round(float(user) + float(system), 2),
+             "peak_rss_bytes": int(rss_kb) * 1024}, proc.stdout if stdout is subprocess.PIPE else "")
+
+
+def count_lines(path: Path) -> int:
+    count = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            count += chunk.count(b"\n")
+    return count
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version(command: list[str]) -> str:
+    try:
+        out = subprocess.run(command, capture_output=True, text=True)
+    except FileNotFoundError:
+        return "not installed"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large", type=Path, default=REPO / "bench" / "work" / "large")
+    parser.add_argument("--no-write", action="store_true", help="do not update results.json")
+    opts = parser.parse_args()
+    large = opts.large
+    missing = [n for n in (*TEXTS, "trace.dat", "perf.data") if not (large / n).exists()]
+    if missing:
+        print(f"missing in {large}: {', '.join(missing)}; run "
+              "`sudo python3 bench/make_large_capture.py` first", file=sys.stderr)
+        return 1
+    for tool in ("trace-cmd", "perf"):
+        if shutil.which(tool) is None:
+            print(f"needs {tool} on PATH", file=sys.stderr)
+            return 1
+
+    load_before = os.getloadavg()
+    results: dict = {"kmltrace": {}, "tools": {}}
+    for name in TEXTS:
+        path = large / name
+        lines = count_lines(path)
+        size = path.stat().st_size
+        usage, out = timed([sys.executable, "-c", PARSE, str(path)])
+        parsed = json.loads(out.strip().splitlines()[-1])
+        results["kmltrace"][name] = {
+            **parsed, **usage, "lines": lines, "bytes": size,
+            "lines_per_s": round(lines / usage["wall_s"]),
+            "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
+            "peak_rss_over_text": round(usage["peak_rss_bytes"] / size, 2),
+        }
+        print(f"kmltrace {name}: {lines} lines in {usage['wall_s']} s "
+              f"({lines / usage['wall_s'] / 1e6:.2f} M lines/s, cpu {usage['cpu_s']} s), "
+              f"peak RSS {usage['peak_rss_bytes'] / 2**20:.0f} MiB = "
+              f"{usage['peak_rss_bytes'] / size:.2f}x text", flush=True)
+
+    report_lines = count_lines(large / "trace-cmd-report.txt")
+    usage, _ = timed(["trace-cmd", "report", "-i", str(large / "trace.dat")],
+                     stdout=subprocess.DEVNULL)
+    results["tools"]["trace-cmd report"] = {
+        **usage, "lines": report_lines, "lines_per_s": round(report_lines / usage["wall_s"]),
+        "command": f"trace-cmd report -i {large / 'trace.dat'} > /dev/null"}
+    print(f"trace-cmd report: {report_lines} lines in {usage['wall_s']} s "
+          f"({report_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
+
+    perf_lines = count_lines(large / "perf-script.txt")
+    usage, _ = timed(["perf", "script", "--ns", "-i", str(large / "perf.data")],
+                     stdout=subprocess.DEVNULL)
+    results["tools"]["perf script"] = {
+        **usage, "lines": perf_lines, "lines_per_s": round(perf_lines / usage["wall_s"]),
+        "command": f"perf script --ns -i {large / 'perf.data'} > /dev/null"}
+    print(f"perf script: {perf_lines} lines in {usage['wall_s']} s "
+          f"({perf_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
+
+    import polars
+
+    import kmltrace
+    entry = {
+        "command": "python3 bench/bench_ingest_text.py",
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "goal": {"lines_per_s": 1_500_000, "peak_rss_over_text": 1.5},
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    "note": "shared machine: other jobs run at the same time; cpu_s is "
+                            "the process's own CPU time"},
+        "versions": {"kmltrace": kmltrace.__version__, "polars": polars.__version__,
+                     "python": platform.python_version(),
+                     "trace-cmd": version(["trace-cmd", "--version"]).strip() or
+                     version(["trace-cmd", "-h"]),
+                     "perf": version(["perf", "--version"])},
+        "inputs": {name: {"sha256": sha256(large / name), "bytes": (large / name).stat().st_size}
+                   for name in (*TEXTS, "trace.dat", "perf.data")},
+        **results,
+    }
+    ok = all(r["lines_per_s"] >= 1_500_000 and r["peak_rss_over_text"] < 1.5
+             for r in results["kmltrace"].values())
+    entry["goal_met"] = ok
+    print(json.dumps({"goal_met": ok}))
+    if not opts.no_write:
+        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        data[KEY] = entry
+        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
