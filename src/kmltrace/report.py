@@ -216,7 +216,7 @@ def render_rich(report: dict, console) -> None:
         by = f["by_class"]
         faults.add_row(t(p["pid"]), t(p.get("comm")), t(p["page_faults"]),
                        *[t(by.get(k, 0)) for k in faults_mod.FAULT_CLASSES],
-                       t(f.get("rate_per_s")), t(f.get("peak_per_s")),
+                       t(_int_or_none(f.get("rate_per_s"))), t(_int_or_none(f.get("peak_per_s"))),
                        t(f["repeated_addresses"]), t(f["stack_growth"]))
     console.print(faults)
 
@@ -236,6 +236,10 @@ def render_rich(report: dict, console) -> None:
             for e in chain)))
 
 
+def _int_or_none(value):
+    return None if value is None else int(value)
+
+
 def _md(value) -> str:
     text = safe_text("" if value is None else value)
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("`", "\\`").replace("\n", " ")
@@ -246,8 +250,12 @@ def render_markdown(report: dict) -> str:
     kernel = report.get("kernel") or {}
     lines = ["# kmltrace report", "",
              f"Kernel: {_md(kernel.get('release'))}, KML: {kernel.get('kml')}, "
-             f"CPUs: {kernel.get('cpus')}, IST layout: {_md(kernel.get('ist_source'))}", "",
-             "## Inputs", "", "| path | format | events | errors |", "|---|---|---|---|"]
+             f"CPUs: {kernel.get('cpus')}, IST layout: {_md(kernel.get('ist_source'))}", ""]
+    for note in report.get("merge", []):
+        lines += [f"{note['duplicates']} events recorded by both {_md(note['counted'])} and "
+                  f"{_md(note['dropped_from'])}: counted from {note['counted_source']} "
+                  f"(clock offset {note['clock_offset_ns']} ns from {note['anchors']} anchors)", ""]
+    lines += ["## Inputs", "", "| path | format | events | errors |", "|---|---|---|---|"]
     for i in report["inputs"]:
         lines.append(f"| {_md(i['path'])} | {_md(i['format'])} | {i['events']} | "
                      f"{_md('; '.join(i['errors']))} |")

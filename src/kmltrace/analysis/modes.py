@@ -133,8 +133,12 @@ def process_modes(ctx) -> pl.DataFrame:
         task = snap_tasks.get(pid) if last else None
         exe = (pj or {}).get("exe") or r.get("exec_file") or (task or {}).get("exe")
         comm = r.get("comm") or (pj or {}).get("comm") or (task or {}).get("comm")
-        if image == 0 and pid in fork_comm and r.get("exec_file") is None and not last:
-            comm = fork_comm[pid]   # ftrace prints the post-exec comm for pre-exec events too
+        # ftrace prints the comm known when the text was read, the post-exec one, for every
+        # event of the pid: an earlier image is named after its own program instead
+        if not last and r.get("exec_file"):
+            comm = str(r["exec_file"]).rsplit("/", 1)[-1][:15]
+        elif image == 0 and pid in fork_comm and not last:
+            comm = fork_comm[pid]
         tgid = r.get("tgid") or (pj or {}).get("tgid") or (task or {}).get("tgid")
         mode, evidence = _decide(pid, image, r, exe, comm, pj, task, parent_of,
                                  kernel_possible)
