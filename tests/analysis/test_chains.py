@@ -175,3 +175,13 @@ def test_kaslr_offset_from_the_console_applies_to_symbols(tmp_path):
     result = _run(path, vmlinux=str(TINY / "starvation.elf"))
     (df,) = result.chains[0]
     assert df["rip"] == "0x10110e" and df["symbol"] == "starve"
+
+
+def test_real_panic_then_reboot_is_a_critical_oops_without_chain():
+    result = _run(SAMPLES / "console-debian-6.1-panic" / "console.txt")
+    assert result.chains == []
+    oopses = [i for i in result.incidents if i.kind == "oops"]
+    assert [(i.severity, i.evidence[0]["line"]) for i in oopses] == [("critical", 356),
+                                                                      ("critical", 750)]
+    assert "booted again (banner at line 394)" in oopses[0].summary
+    assert oopses[0].comm == "busybox" and oopses[0].pid == 81

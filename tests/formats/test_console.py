@@ -101,3 +101,26 @@ def test_sniff_and_not_console(tmp_path):
     path.write_text("just some words\nno kernel here\n")
     parsed = parse_file(path)
     assert parsed.format == "unknown" and parsed.errors
+
+
+def test_real_debian_panic_and_reboot():
+    """sample_traces/console-debian-6.1-panic: sysrq-c panic, reboot (panic=1), second boot."""
+    parsed = parse_file(SAMPLES / "console-debian-6.1-panic" / "console.txt")
+    assert parsed.format == "console" and parsed.errors == []
+    assert parsed.meta["kernel"] == "6.1.0-56-amd64" and parsed.meta["boots"] == 2
+    rows = _rows(parsed)
+    assert [(r["event"], r["line"], r["boot_index"]) for r in rows] == [
+        ("boot", 2, 1), ("panic", 356, 1), ("kernel_offset", 391, 1),
+        ("boot", 394, 2), ("panic", 750, 2), ("kernel_offset", 789, 2)]
+    panic = rows[1]
+    assert panic["ts_ns"] == 2_951_936_000
+    assert (panic["cpu"], panic["pid"], panic["comm"]) == (0, 81, "busybox")
+    # the pt_regs printed are the user's: "RIP: 0033:0x47b7a0", "RSP: 002b:00007ffce66103d8"
+    assert (panic["cs"], panic["ip"], panic["ss"], panic["rsp"]) == (0x33, 0x47B7A0, 0x2B,
+                                                                     0x7FFCE66103D8)
+    trace = panic["call_trace"].splitlines()
+    assert trace[:3] == ["dump_stack_lvl+0x44/0x5c", "panic+0x118/0x2f4",
+                         "sysrq_handle_crash+0x16/0x20"]
+    assert trace[-1] == "entry_SYSCALL_64_after_hwframe+0x6e/0xd8" and len(trace) == 10
+    assert [r["kaslr_offset"] for r in rows if r["event"] == "kernel_offset"] == [0x1F800000,
+                                                                                0x27400000]

@@ -54,11 +54,12 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
     oops) from the QEMU, console and KVM evidence in `events`."""
     result = ChainResult()
     names = set(events.collect_schema().names())
-    symbolize = _symbolizer(capture, _kaslr_offset(events, names))
+    offsets = _kaslr_offsets(events, names)
+    symbolize = _symbolizer(capture, offsets.get("last", 0))
     gates = _idt_gates(capture)
     for frame in _qemu_files(events, names):
         _qemu_episodes(frame, gates, symbolize, result)
-    _console_episodes(events, names, symbolize, result)
+    _console_episodes(events, names, symbolize, offsets, result)
     _kvm_episodes(events, result)
     return result
 
@@ -300,12 +301,16 @@ _CONSOLE_COLUMNS = ("seq", "file", "line", "event", "vector", "cpu", "pid", "com
                     "address", "boot_index", "ts_ns", "raw", "call_trace")
 
 
-def _console_episodes(events: pl.LazyFrame, names: set[str], symbolize, result) -> None:
+def _console_episodes(events: pl.LazyFrame, names: set[str], symbolize, offsets: dict,
+                      result) -> None:
     cols = [pl.col(c) if c in names else pl.lit(None).alias(c) for c in _CONSOLE_COLUMNS]
     rows = (events.filter((pl.col("source") == "console") & pl.col("event").is_in(CONSOLE_EVENTS))
             .select(cols).sort("file", "seq").collect())
-    for _, frame in rows.group_by("file", maintain_order=True):
-        _console_file(frame.to_dicts(), symbolize, result)
+    for (file,), frame in rows.group_by("file", maintain_order=True):
+        def per_boot(ip, boot=None, _file=file):
+            offset = offsets.get((_file, boot))
+            return symbolize(ip, offset) if offset is not None else symbolize(ip)
+        _console_file(frame.to_dicts(), per_boot, result)
 
 
 def _console_file(rows: list[dict], symbolize, result) -> None:
@@ -324,7 +329,9 @@ def _console_file(rows: list[dict], symbolize, result) -> None:
             summary = (f"kernel {'panic' if row['event'] == 'panic' else 'oops'}: "
                        f"{(row['raw'] or '').strip()}" + who
                        + (f" at {row['symbol']}" if row.get("symbol") else "")
-                       + ("; the kernel panicked" if panic_after is not None else ""))
+                       + ("; the kernel panicked" if panic_after is not None else "")
+                       + (f"; the machine booted again (banner at line {reset_after['line']})"
+                          if reset_after is not None else ""))
             proof = [evidence(row["file"], row["raw"] or "", row["line"])]
             if panic_after is not None:
                 proof.append(evidence(panic_after["file"], panic_after["raw"] or "",
@@ -356,7 +363,7 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
     head = rows[i]
     guard = next((r for r in group if r["event"] == "stack_overflow"), None)
     rip = head.get("ip")
-    symbol = symbolize(rip) or _strip_len(head.get("symbol"))
+    symbol = symbolize(rip, head.get("boot_index")) or _strip_len(head.get("symbol"))
     cpl = None if head.get("cs") is None else head["cs"] & 3
     exceptions = []
     hashed = guard is not None and _hashed(guard)
@@ -502,12 +509,18 @@ def _kvm_episodes(events: pl.LazyFrame, result) -> None:
 
 # -- symbols -------------------------------------------------------------------------------------
 
-def _kaslr_offset(events: pl.LazyFrame, names: set[str]) -> int:
+def _kaslr_offsets(events: pl.LazyFrame, names: set[str]) -> dict:
+    """(console file, boot_index) -> the KASLR slide that boot printed; "last" -> the last one
+    seen (for evidence without a boot of its own, such as a QEMU log of the same run)."""
     if "kaslr_offset" not in names:
-        return 0
-    value = (events.filter(pl.col("kaslr_offset").is_not_null()).select("kaslr_offset")
-             .tail(1).collect())
-    return int(value.item()) if value.height else 0
+        return {}
+    boot = pl.col("boot_index") if "boot_index" in names else pl.lit(None, dtype=pl.Int32)
+    rows = (events.filter(pl.col("kaslr_offset").is_not_null())
+            .select("file", boot.alias("boot_index"), "kaslr_offset").collect())
+    out: dict = {(r["file"], r["boot_index"]): int(r["kaslr_offset"]) for r in rows.to_dicts()}
+    if rows.height:
+        out["last"] = int(rows["kaslr_offset"][-1])
+    return out
 
 
 def _symbolizer(capture, offset: int):
@@ -517,11 +530,12 @@ def _symbolizer(capture, offset: int):
     paths = [p for p in [getattr(capture, "vmlinux", None), *_metas(capture, "elf")] if p]
     tables = [t for t in (_symbol_table(str(p)) for p in paths) if t]
 
-    def lookup(ip):
+    def lookup(ip, slide=None):
         if ip is None:
             return None
+        offset_now = offset if slide is None else slide
         for addrs, entries in tables:
-            for candidate in ((ip - offset) & 0xFFFFFFFFFFFFFFFF, ip) if offset else (ip,):
+            for candidate in ((ip - offset_now) & 0xFFFFFFFFFFFFFFFF, ip) if offset_now else (ip,):
                 i = bisect_right(addrs, candidate) - 1
                 if i < 0:
                     continue

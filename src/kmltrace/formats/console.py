@@ -123,12 +123,14 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
         head = _head(body)
         if head is not None:
             kind, m = head
-            row = {"ts_ns": ts_ns, "event": kind, "line": number, "raw": body, "source": "console",
-                   "system": "console", "file": file}
             if kind == "boot":
                 boots += 1
+            # boot_index: which boot of this log the row belongs to (0: before any banner),
+            # so that an oops meets its own boot's KASLR offset
+            row = {"ts_ns": ts_ns, "event": kind, "line": number, "raw": body, "source": "console",
+                   "system": "console", "file": file, "boot_index": boots}
+            if kind == "boot":
                 row["kernel_release"] = m.group(1)
-                row["boot_index"] = boots
                 meta.setdefault("kernel", m.group(1))
             elif kind == "double_fault":
                 row["vector"] = DF_VECTOR
@@ -148,6 +150,8 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
             rows.append(row)
             if kind in (OOPS, "double_fault", "stack_overflow"):
                 current = row
+            elif kind == "panic" and (current is None or current["line"] < number - 40):
+                current = row          # a panic without an oops (sysrq c, BUG_ON) owns its block
             elif kind in ("boot", "halted"):
                 current = None
             continue
