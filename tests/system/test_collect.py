@@ -220,3 +220,23 @@ def test_streaming_small_buffer_loses_nothing(binaries, tmp_path):
     assert mine.filter(pl.col("event") == "sys_exit").height == calls
 
 
+
+
+def test_perf_alongside_sees_the_same_calls(binaries, tmp_path):
+    require_binary("perf")
+    calls = 3000
+    out = tmp_path / "bundle"
+    result, stderr = collect_json("--perf", "--events", "raw_syscalls:*", "-o", str(out), "--",
+                                  str(binaries["sysrate"]), "-b", str(calls))
+    pid = int(key_values(stderr)["pid"])
+    assert result["perf"] is True and (out / "perf.txt").stat().st_size > 0
+    from kmltrace.bundle import load_bundle
+    import polars as pl
+
+    _, parsed = load_bundle(out)
+    by_format = {p.format: p.events for p in parsed}
+    for fmt in ("ftrace_raw", "perf_script"):
+        events = by_format[fmt]
+        enters = events.filter((pl.col("pid") == pid) & (pl.col("event") == "sys_enter") &
+                               (pl.col("id") == GETPPID))
+        assert enters.height == calls, fmt

@@ -23,6 +23,7 @@ STARVATION_LOG = SAMPLES / "qemu-tiny" / "starvation-int.log"
 
 async def settle(app, pilot):
     await pilot.pause()
+    await app.loading_done.wait()
     await app.workers.wait_for_complete()
     await pilot.pause()
 

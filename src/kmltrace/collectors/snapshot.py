@@ -14,7 +14,9 @@ Kernel-version differences are handled by trying the newer name and falling back
 
 from __future__ import annotations
 
+import logging
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -47,6 +49,9 @@ def open_program(vmcore: str | None = None, qemu: str | None = None,
     `qemu`, or of the running kernel, with debug info from `vmlinux` or drgn's usual search.
     Raises :class:`KmltraceError` with one line that says what is missing."""
     drgn = _drgn()
+    # drgn logs its own warnings (missing modules, ignored files) on stderr: our one-line
+    # errors say the same, so keep stderr to those
+    logging.getLogger("drgn").setLevel(logging.CRITICAL)
     prog = drgn.Program()
     if vmcore is not None:
         where = str(vmcore)
@@ -82,13 +87,41 @@ def _set_core_dump(prog, path: Path) -> None:
     drgn = _drgn()
     if not path.is_file():
         raise InputError("no such file", path=str(path))
-    head = path.open("rb").read(4)
+    with path.open("rb") as f:
+        head = f.read(4)
+    shown = path
     if head == b"\x28\xb5\x2f\xfd":   # zstd: what `collect --vm` keeps; drgn reads plain files
         path = _inflate(path)
+    if head == b"\x7fELF":
+        _check_elf_complete(path)
     try:
         prog.set_core_dump(str(path))
     except (OSError, ValueError, drgn.FaultError) as e:
-        raise InputError(f"not a usable vmcore: {e}", path=str(path)) from None
+        if "unrecognized QEMU memory dump" in str(e):
+            raise InputError("QEMU memory dump without VMCOREINFO: run the guest with -device "
+                             "vmcoreinfo and load its qemu_fw_cfg module before dumping",
+                             path=str(shown)) from None
+        raise InputError(f"not a usable vmcore: {e}", path=str(shown)) from None
+
+
+def _check_elf_complete(path: Path) -> None:
+    """A truncated ELF dump: its program headers describe more bytes than the file has."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(64)
+        if len(header) < 64 or header[4] != 2:
+            return   # not ELF64: drgn says what it is
+        phoff, = struct.unpack_from("<Q", header, 32)
+        phentsize, phnum = struct.unpack_from("<HH", header, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    end = 0
+    for i in range(len(table) // phentsize if phentsize else 0):
+        _, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+        end = max(end, offset + filesz)
+    if len(table) < phentsize * phnum or end > size:
+        raise InputError(f"truncated dump: its ELF headers describe {max(end, phoff)} bytes, "
+                         f"the file has {size}", path=str(path), offset=size)
 
 
 def _inflate(path: Path) -> Path:

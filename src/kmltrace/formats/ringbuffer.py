@@ -268,13 +268,11 @@ def _record_block(buf: np.ndarray, start: np.ndarray, nbytes: int) -> np.ndarray
     one gather per event type, the fixed fields are then slices of it."""
     nw = max(1, (nbytes + 3) // 4)
     words = _words(buf)
-    if words is not None and not (start & 3).any():
-        # word by word: the index array stays one column long
-        block = np.empty((start.size, nw), np.uint32)
-        first = start >> 2
-        for j in range(nw):
-            block[:, j] = words[np.minimum(first + j, words.size - 1)]
-        return block.view(np.uint8)
+    if words is not None and words.size >= nw and not (start & 3).any():
+        # rows of a zero-copy sliding window over the words: one row gather, no index matrix
+        windows = np.lib.stride_tricks.sliding_window_view(words, nw)
+        first = np.minimum(start >> 2, words.size - nw)
+        return windows[first].view(np.uint8)
     idx = start[:, None] + np.arange(nw * 4)
     np.clip(idx, 0, max(buf.size - 1, 0), out=idx)
     return buf[idx] if buf.size else np.zeros(idx.shape, np.uint8)

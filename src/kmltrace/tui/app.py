@@ -1,6 +1,6 @@
 """The kmltrace Textual app: modes for incidents, processes, timeline, events and snapshot.
 
-Loading runs in a thread worker in stages (inputs, merged events, analysis); each stage
+Loading runs in a thread in stages (inputs, merged events, analysis); each stage
 bumps ``data_version`` and the screens redraw from ``loaded``, so the first screen is up at
 once and the event view works before the analysis of a large capture has finished.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import asyncio
+import threading
+
 from rich.text import Text
-from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.worker import Worker, WorkerState
 
 from kmltrace.output import safe_text
 from kmltrace.tui.events import EventsScreen
@@ -71,6 +72,9 @@ class KmltraceApp(App):
         self.fraction = 1.0 if loaded is not None else 0.0
         self.data_version = 0
         self.pending_jump: dict | None = None
+        self.loading_done = asyncio.Event()
+        if loaded is not None:
+            self.loading_done.set()
         for theme in THEMES:
             self.register_theme(theme)
         self.theme = DARK.name
@@ -97,25 +101,41 @@ class KmltraceApp(App):
         self.data_changed()
         self.load(self.targets)
 
-    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def load(self, targets: list[str]) -> Loaded:
+    def load(self, targets: list[str]) -> None:
+        """Load in a daemon thread (not a Textual worker: quitting must not wait for the
+        analysis of a large capture to finish)."""
+        self.loading_done = asyncio.Event()
+        threading.Thread(target=self._load_thread, args=(list(targets), self.loading_done),
+                         name="kmltrace-load", daemon=True).start()
+
+    def _load_thread(self, targets: list[str], done: asyncio.Event) -> None:
         def progress(stage: str, fraction: float, loaded: Loaded) -> None:
-            self.call_from_thread(self.loading_progress, stage, fraction, loaded)
+            self.call_from_thread(self.loading_progress, stage, fraction, loaded, done)
 
-        return load_all(targets, self.vmlinux, progress)
+        try:
+            load_all(targets, self.vmlinux, progress)
+        except Exception as e:  # reported on the screen, never raised into the terminal
+            message = f"loading failed: {type(e).__name__}: {e}"
+            try:
+                self.call_from_thread(self.loading_failed, message, done)
+            except RuntimeError:        # the app has already quit
+                pass
 
-    def loading_progress(self, stage: str, fraction: float, loaded: Loaded) -> None:
+    def loading_progress(self, stage: str, fraction: float, loaded: Loaded,
+                         done: asyncio.Event | None = None) -> None:
+        if done is not None and done is not self.loading_done:
+            return                      # a load that another target replaced
         self.stage, self.fraction, self.loaded = stage, fraction, loaded
         if stage == "done":
             for error in loaded.errors:
                 self.notify(safe_text(error), severity="error", markup=False, timeout=8)
+            self.loading_done.set()
         self.data_changed()
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR:
-            error = event.worker.error
-            self.stage, self.fraction = "failed", 1.0
-            self.report_error(f"loading failed: {type(error).__name__}: {error}")
+    def loading_failed(self, message: str, done: asyncio.Event) -> None:
+        self.stage, self.fraction = "failed", 1.0
+        self.report_error(message)
+        done.set()
 
     def data_changed(self) -> None:
         self.data_version += 1

@@ -50,7 +50,8 @@ class EventsScreen(KmlScreen):
         return self.query_one(EventTable)
 
     def show_data(self, loaded) -> None:
-        self.apply(self.filter_text)
+        # the whole table replacing its preview keeps the place the user is looking at
+        self.apply(self.filter_text, 0 if self.filter_text else self.table.cursor_row)
 
     def sync(self) -> None:
         super().sync()
@@ -62,7 +63,22 @@ class EventsScreen(KmlScreen):
         events = self.app.loaded.events
         return events if events is not None else pl.DataFrame()
 
+    def reading(self) -> bool:
+        """True while only a preview of an ingested table is shown (no filter/search yet)."""
+        if self.app.loaded.events is None and self.app.loaded.preview is not None:
+            self.app.report_error("the event table is still being read: filter, search and "
+                                  "go-to-time work once it is")
+            return True
+        return False
+
     def apply(self, text: str, cursor: int = 0) -> bool:
+        loaded = self.app.loaded
+        if loaded.events is None and loaded.preview is not None:
+            if text and self.reading():
+                return False
+            self.table.set_frame(loaded.preview, cursor)
+            self.update_count()
+            return True
         try:
             frame = apply_filter(self.all_events(), text) if text else self.all_events()
         except ValueError as e:
@@ -74,6 +90,10 @@ class EventsScreen(KmlScreen):
         return True
 
     def update_count(self) -> None:
+        if self.app.loaded.events is None and self.app.loaded.preview is not None:
+            self.query_one("#events-count", Label).update(Text(
+                f"{self.app.loaded.preview.height:,} events (reading the whole table...)"))
+            return
         total = self.all_events().height
         shown = self.table.row_count
         text = f"{shown:,} of {total:,} events" if self.filter_text else f"{total:,} events"
@@ -100,7 +120,7 @@ class EventsScreen(KmlScreen):
         self.table.focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if self.prompt_kind == "search" and event.value:
+        if self.prompt_kind == "search" and event.value and self.app.loaded.events is not None:
             self.search_text = event.value
             self.run_search(event.value, self.table.cursor_row, False)
 
@@ -109,6 +129,8 @@ class EventsScreen(KmlScreen):
         if kind == "filter":
             if not self.apply(value):
                 return
+        elif value and self.reading():
+            pass
         elif kind == "goto" and value:
             try:
                 ts = parse_time(value)
@@ -142,6 +164,8 @@ class EventsScreen(KmlScreen):
     def action_search_next(self, direction: int) -> None:
         if not self.search_text:
             self.action_prompt("search")
+            return
+        if self.reading():
             return
         start = self.table.cursor_row + direction
         self.run_search(self.search_text, start, direction < 0)

@@ -33,6 +33,24 @@ class Loaded:
     report: dict | None = None              # CONTRACT.md report object
     snapshots: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    preview: "ParquetRows | None" = None    # an ingested table's rows, before it is read
+
+
+class ParquetRows:
+    """The rows of a parquet event table read a slice at a time, so the event view can show a
+    10-million-row table at once while the whole table is still being read."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.lazy = pl.scan_parquet(self.path)
+        self.columns = self.lazy.collect_schema().names()
+        self.height = int(self.lazy.select(pl.len()).collect().item())
+
+    def slice(self, start: int, length: int) -> pl.DataFrame:
+        return self.lazy.slice(start, length).collect()
+
+    def row(self, index: int, named: bool = False):
+        return self.slice(index, 1).row(0, named=named)
 
 
 def is_parquet(path: Path) -> bool:
@@ -88,6 +106,12 @@ def load_all(targets: list[str], vmlinux: str | None = None,
     """
     loaded = Loaded(targets=list(targets))
     report = progress or (lambda *a: None)
+    tables = [t for t in targets if Path(t).is_file() and is_parquet(Path(t))]
+    if len(tables) == 1 and len(targets) == 1:
+        try:
+            loaded.preview = ParquetRows(tables[0])
+        except Exception:       # unreadable: load_capture reports it
+            pass
     report("reading inputs", 0.05, loaded)
     loaded.capture = load_capture(loaded.targets, vmlinux)
     loaded.errors.extend(str(e) for e in loaded.capture.errors)

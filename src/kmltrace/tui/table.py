@@ -133,8 +133,10 @@ class EventTable(ScrollView, can_focus=True):
         return [" ".join(self._cells(r)) for r in range(top, min(top + height, self.row_count))]
 
     def _load_page(self, row: int) -> None:
-        start = max(0, row - PAGE // 4)
-        chunk = self.frame.slice(start, PAGE)
+        # a table read from disk pays per read, not per row: fetch more at once
+        size = PAGE if isinstance(self.frame, pl.DataFrame) else PAGE * 16
+        start = max(0, row - size // 4)
+        chunk = self.frame.slice(start, size)
         names = [c for c, _, _ in self.columns]
         data = chunk.select(names).rows()
         self._page = [tuple(format_cell(n, v) for n, v in zip(names, values)) for values in data]
