@@ -413,7 +413,13 @@ class Collector:
         manifest = {"kind": "collect", "kernel": kernel, "captured": info,
                     "cpus": len(cpus)}
         writer.write_manifest(manifest)
-        decoded = self._decode(writer.path)
+        try:
+            decoded = self._decode(writer.path)
+        except Exception as e:  # noqa: BLE001 - the raw pages are saved; decoding can be redone
+            self.warn(f"the event table could not be built now ({type(e).__name__}: {e}); "
+                      f"the raw pages are saved and are decoded when the bundle is read")
+            decoded = None
+            info["decode_errors"] = [f"{type(e).__name__}: {e}"]
         if decoded is not None:
             info["events_decoded"] = decoded["events"]
             traced = decoded["traced_pids"]
