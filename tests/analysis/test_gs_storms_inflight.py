@@ -81,3 +81,12 @@ def test_missing_events_are_named():
     report = build_report(capture(frame([_fault(1)])))
     gs = next(a for a in report["analyses"] if a["name"] == "gs_write")
     assert gs["ran"] is False and gs["missing"] == ["sys_enter"]
+
+
+def test_fault_loop_on_one_cpu_is_found_while_another_cpu_works():
+    rows = []
+    for i in range(40):
+        rows.append(_fault(2 * i * US))
+        rows.append({"ts_ns": 2 * i * US + 500, "cpu": 1, "pid": 6, "event": "sys_enter", "id": 0})
+    found = incidents(build_report(capture(frame(rows))), "fault_loop")
+    assert [(i["repeats"], i["cpu"]) for i in found] == [(40, 0)]

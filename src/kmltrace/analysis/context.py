@@ -71,7 +71,13 @@ class Context:
             table = table.with_columns(
                 pl.when(pl.col("source") == "console").then(pl.col("raw")).alias("raw"))
         frame = table.collect()
-        lazy = frame.lazy()
+        # columns without a value (a trace without QEMU records has no cpl, cs, ...) are not
+        # kept as full null buffers: they come back as null literals in each query instead
+        schema = frame.schema
+        empty = [c for c in frame.columns if frame.get_column(c).null_count() == frame.height
+                 and frame.height > 0]
+        frame = frame.drop(empty)
+        lazy = frame.lazy().with_columns([pl.lit(None, dtype=schema[c]).alias(c) for c in empty])
         return cls(capture=capture, events=lazy, kernel=kernel_info(capture, lazy),
                    available_events=available_events(lazy))
 

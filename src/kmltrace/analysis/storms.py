@@ -38,10 +38,19 @@ def fault_loops(ctx) -> pl.DataFrame:
            .with_columns(pl.col("cpu").fill_null(-1).alias("_cpu"),
                          pl.when(pl.col("event") == EXCEPTION).then(pl.col("vector"))
                          .otherwise(14).alias("_vector")))
-    key = pl.struct("_fault", "event", "_vector", "ip", "fault_address", "error_code")
-    runs = seq.with_columns(
-        (key.ne_missing(key.shift(1)) | ~pl.col("_fault")).cum_sum().over("_cpu", order_by="row")
-        .alias("_run"))
+    key = ("event", "_vector", "ip", "fault_address", "error_code")
+    # a row continues the run when it is a fault identical to the previous row on its CPU
+    # (rows are in time order, so the previous row of the CPU is its shift within the group)
+    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1).over("_cpu"))
+                              for c in key])
+    continues = pl.col("_fault") & pl.col("_fault").shift(1).over("_cpu").fill_null(False) & same
+    runs = seq.with_columns(continues.alias("_continues")).with_columns(
+        (~pl.col("_continues")).cum_sum().over("_cpu").alias("_run"),
+        # a run is long enough where LOOP_MIN_REPEATS - 1 rows in a row continued it
+        (pl.col("_continues").cast(pl.Int32).rolling_sum(LOOP_MIN_REPEATS - 1).over("_cpu")
+         >= LOOP_MIN_REPEATS - 1).alias("_long"))
+    long_runs = runs.filter(pl.col("_long")).select("_cpu", "_run").unique()
+    runs = runs.join(long_runs, on=["_cpu", "_run"], how="semi")
     return (runs.filter(pl.col("_fault"))
             .group_by("_cpu", "_run").agg(
                 pl.len().alias("repeats"), pl.col("row").first(), pl.col("ts_ns").first(),

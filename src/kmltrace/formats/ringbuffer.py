@@ -367,12 +367,27 @@ class _Piece:
     dtype: pl.DataType
 
 
+# events whose unsigned longs are numbers more than addresses (sys_exit's ret is signed)
+_DECIMAL_RAW = {"sys_enter"}
+
+
+def _raw_template(parts: list[str]) -> str:
+    """Join the fields' "name={}" pieces: array elements with ",", fields with " "."""
+    out = []
+    for i, part in enumerate(parts):
+        out.append(part)
+        if i + 1 < len(parts):
+            inside_array = "[" in part and not part.endswith("]") or part == "{}"
+            out.append("," if inside_array else " ")
+    return "".join(out)
+
+
 def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
                    long_size: int) -> tuple[list[_Piece], pl.Series]:
     """The typed columns of one event type's records and their `raw` text."""
     pieces: list[_Piece] = []
     raw_cols: dict[str, object] = {}
-    raw_parts: list[pl.Expr] = []
+    raw_parts: list[tuple[str, pl.Expr]] = []   # ("name={}", value) pairs of the raw text
     n = start.size
     block = _record_block(buf, start, min(fmt.fixed_size, 1 << 16))
     end = start + length
@@ -386,7 +401,7 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
         if name is None:
             continue
         key = f"c{k}"
-        label = pl.lit(f"{f.name}=")
+        label = f"{f.name}={{}}"
         if f.dynamic or f.array_len == 0:
             if f.dynamic:
                 desc = _block_field(block, f.offset, 4, 1, False).astype(np.int64)
@@ -407,7 +422,7 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
                     series = series.str.strip_suffix("\n")
                 pieces.append(_Piece(name, series, pl.String))
                 raw_cols[key] = series
-                raw_parts.append(label + pl.col(key))
+                raw_parts.append((label, pl.col(key)))
             else:
                 es = f.element_size
                 count = n_bytes // es
@@ -420,14 +435,14 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
                 series = pl.DataFrame({"r": np.arange(n)}).join(grouped, on="r", how="left")["v"]
                 pieces.append(_Piece(name, series, series.dtype))
                 raw_cols[key] = series
-                raw_parts.append(label + pl.lit("[") + pl.col(key).cast(pl.List(pl.String))
-                                 .list.join(",") + pl.lit("]"))
+                raw_parts.append((f"{f.name}=[{{}}]",
+                                  pl.col(key).cast(pl.List(pl.String)).list.join(",")))
             continue
         if f.array_len and f.is_string:
             series = _cut_strings(block[:, f.offset:f.offset + f.size])
             pieces.append(_Piece(name, series, pl.String))
             raw_cols[key] = series
-            raw_parts.append(label + pl.col(key))
+            raw_parts.append((label, pl.col(key)))
             continue
         if f.array_len:
             es = f.element_size or 1
@@ -438,12 +453,10 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
             dtype = _column_dtype(f)
             inner = dtype.inner if isinstance(dtype, pl.List) else dtype
             pieces.append(_Piece(name, mat, pl.List(inner)))
-            texts = []
             for j in range(mat.shape[1]):
                 raw_cols[f"{key}_{j}"] = mat[:, j]
-                texts.append(pl.col(f"{key}_{j}").cast(pl.String))
-            raw_parts.append(label + pl.lit("[") + pl.concat_str(texts, separator=",") +
-                             pl.lit("]"))
+                raw_parts.append(((f"{f.name}=[" if j == 0 else "") + "{}" +
+                                  ("]" if j == mat.shape[1] - 1 else ""), pl.col(f"{key}_{j}")))
             continue
         size = f.size if f.size in (1, 2, 4, 8) else 8
         values = _block_field(block, f.offset, size, 1, f.signed)
@@ -452,19 +465,21 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
             series = _task_state(values.astype(np.int64), fmt.print_fmt)
             pieces.append(_Piece(name, series, pl.String))
             raw_cols[key] = series
-            raw_parts.append(label + pl.col(key))
+            raw_parts.append((label, pl.col(key)))
             continue
         if dtype == pl.String:
             dtype = pl.Int64 if f.signed else pl.UInt64
         pieces.append(_Piece(name, values, dtype))
-        if not f.signed and size == long_size:
+        if not f.signed and size == long_size and fmt.name not in _DECIMAL_RAW:
             raw_cols[key] = hex_strings(values)
-            raw_parts.append(label + pl.col(key))
         else:
             raw_cols[key] = values
-            raw_parts.append(label + pl.col(key).cast(pl.String))
+        raw_parts.append((label, pl.col(key)))
     if raw_parts:
-        raw = pl.DataFrame(raw_cols).select(pl.concat_str(raw_parts, separator=" ")).to_series()
+        # array elements join with ",", fields with " "
+        template = _raw_template([t for t, _ in raw_parts])
+        raw = pl.DataFrame(raw_cols).select(
+            pl.format(template, *(e for _, e in raw_parts))).to_series()
     else:
         raw = pl.Series([""] * n, dtype=pl.String)
     return pieces, raw
