@@ -311,9 +311,10 @@ def running(guest: Guest):
             vm.stop()
 
 
-def ensure_vmcore(guest: Guest, vm: RunningGuest | None = None) -> Path:
-    """The cached dump of a booted guest (taken from `vm`, or from a boot of its own)."""
-    if guest.vmcore.exists() and guest.vmcore_console.exists():
+def ensure_vmcore(guest: Guest, vm: RunningGuest | None = None, refresh: bool = False) -> Path:
+    """The cached dump of a booted guest (taken from `vm`, or from a boot of its own);
+    `refresh` replaces a cached one, so that the dump and `vm` are the same boot."""
+    if guest.vmcore.exists() and guest.vmcore_console.exists() and not refresh:
         return guest.vmcore
     if vm is None:
         with running(guest) as vm:

@@ -41,12 +41,15 @@ _HEADS: list[tuple[str, re.Pattern]] = [
     ("boot", re.compile(r"^Linux version (\S+)")),
     ("kml_boot", re.compile(r"SMEP is not enabled because it is not compatible with Kernel Mode Linux")),
     ("double_fault", re.compile(r"^(?:traps: )?PANIC: double fault, error_code: (0x[0-9a-fA-F]+)")),
+    # 4.x-5.x: "BUG: stack guard page was hit at A (stack is LO..HI)"; 6.x names the stack
+    # ("BUG: TASK stack guard page ...") and may print "(____ptrval____)" for the addresses
     ("stack_overflow", re.compile(
-        r"^BUG: stack guard page was hit at ([0-9a-fA-Fx]+) \(stack is ([0-9a-fA-Fx]+)\.\.([0-9a-fA-Fx]+)\)")),
+        r"^BUG: (?:(\w+) )?stack guard page was hit at (\S+) \(stack is (\S+?)\.\.(\S+?)\)")),
     ("panic", re.compile(r"^Kernel panic - not syncing: ?(.*)")),
     ("kernel_offset", re.compile(r"^Kernel Offset: (?:(0x[0-9a-fA-F]+) from (0x[0-9a-fA-F]+)|disabled)")),
     ("halted", re.compile(r"^(?:Machine halted\.|reboot: (?:Restarting system|Power down|System halted))")),
-    (OOPS, re.compile(r"^(?:Oops: |kernel stack overflow \(double-fault\)|BUG: (?!stack guard)|"
+    (OOPS, re.compile(r"^(?:Oops: |kernel stack overflow \(double-fault\)|stack guard page: |"
+                      r"BUG: (?!(?:\w+ )?stack guard)|"
                       r"general protection fault|kernel BUG at |Internal error: |"
                       r"unable to handle kernel |stack segment: |invalid opcode: |double fault: )")),
 ]
@@ -93,7 +96,7 @@ _SCHEMA = {
     "line": pl.Int64, "raw": pl.String, "cs": pl.UInt64, "ss": pl.UInt64, "rsp": pl.UInt64,
     "cr2": pl.UInt64, "symbol": pl.String, "stack_lo": pl.UInt64, "stack_hi": pl.UInt64,
     "kaslr_offset": pl.UInt64, "kernel_release": pl.String, "code_bytes": pl.String,
-    "call_trace": pl.String, "boot_index": pl.Int32,
+    "call_trace": pl.String, "boot_index": pl.Int32, "stack_type": pl.String,
 }
 
 
@@ -136,8 +139,9 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
                 row["vector"] = DF_VECTOR
                 row["error_code"] = int(m.group(1), 16)
             elif kind == "stack_overflow":
-                row["address"] = _num(m.group(1))
-                row["stack_lo"], row["stack_hi"] = _num(m.group(2)), _num(m.group(3))
+                row["stack_type"] = m.group(1)
+                row["address"] = _num(m.group(2))
+                row["stack_lo"], row["stack_hi"] = _num(m.group(3)), _num(m.group(4))
             elif kind == "kernel_offset":
                 row["kaslr_offset"] = int(m.group(1), 16) if m.group(1) else 0
                 meta["kaslr_offset"] = row["kaslr_offset"]
@@ -145,7 +149,7 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
                 err = _ERR_RE.search(body)
                 row["error_code"] = int(err.group(1), 16) if err else None
                 if body.startswith(("kernel stack overflow (double-fault)", "Oops: double fault",
-                                    "double fault:")):
+                                    "double fault:", "stack guard page:")):
                     row["vector"] = DF_VECTOR
             rows.append(row)
             if kind in (OOPS, "double_fault", "stack_overflow"):

@@ -513,8 +513,9 @@ def _task_state(state: np.ndarray, print_fmt: str) -> pl.Series:
 # -- the irq-info flags column --------------------------------------------------------------------
 
 def _flag_table() -> pl.Series:
-    """The 5-character latency flags for every (common_flags, preempt_count) pair."""
-    out = []
+    """The 5-character latency flags for every (common_flags, preempt_count) pair, as the
+    kernel prints them (trace_print_lat_fmt)."""
+    heads = []
     for flags in range(256):
         nmi, hard, soft, bh = flags & 0x40, flags & 0x08, flags & 0x10, flags & 0x80
         irqs = "D" if flags & 1 and bh else "d" if flags & 1 else "b" if bh else "."
@@ -522,11 +523,10 @@ def _flag_table() -> pl.Series:
                 0x04: "n", 0x20: "p", 0x02: "l"}.get(flags & 0x26, ".")
         hs = "Z" if nmi and hard else "z" if nmi else "H" if hard and soft else \
             "h" if hard else "s" if soft else "."
-        head = irqs + need + hs
-        for pc in range(256):
-            low, high = pc & 0xF, pc >> 4
-            out.append(head + (f"{low:x}" if low else ".") + (f"{high:x}" if high else "."))
-    return pl.Series(out, dtype=pl.String)
+        heads.append(irqs + need + hs)
+    tails = [(f"{pc & 0xF:x}" if pc & 0xF else ".") + (f"{pc >> 4:x}" if pc >> 4 else ".")
+             for pc in range(256)]
+    return pl.Series([h + t for h in heads for t in tails], dtype=pl.String)
 
 
 _FLAGS: pl.Series | None = None
