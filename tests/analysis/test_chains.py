@@ -101,7 +101,7 @@ def test_console_stack_guard_double_fault():
     kinds = _kinds(result)
     df_inc = kinds["double_fault"]
     assert df_inc.severity == "error" and df_inc.pid == 459 and df_inc.comm == "go-audit"
-    assert df_inc.extra["stack"] == {"lo": "0xffffc900011bc000", "hi": "0xffffc900011bffff",
+    assert df_inc.extra["stack"] == {"type": None, "lo": "0xffffc900011bc000", "hi": "0xffffc900011bffff",
                                      "guard_hit": "0xffffc900011bbff8", "hashed": False}
     assert "_raw_spin_lock_irqsave" in df_inc.summary
     assert kinds["stack_starvation"].severity == "error"

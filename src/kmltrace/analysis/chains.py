@@ -119,15 +119,20 @@ def _qemu_episodes(rows: list[dict], gates, symbolize, result: ChainResult) -> N
 
 
 def _starved(row: dict) -> str | None:
-    """'frame' when CR2 lies in the frame below RSP, 'page' when within the page below it."""
+    """Why a CPL 0 #PF could not push its frame, or None: ``frame`` when CR2 lies in the
+    frame below RSP, ``page`` when CR2 is on the page the frame's first push goes to (RSP
+    itself points into missing memory)."""
     if row.get("cpl") != 0 or row.get("vector") != PF_VECTOR:
         return None
-    rsp, cr2 = row.get("rsp"), row.get("cr2")
-    if rsp is None or cr2 is None or cr2 >= rsp:
+    return _starved_at(row.get("rsp"), row.get("cr2"))
+
+
+def _starved_at(rsp: int | None, cr2: int | None) -> str | None:
+    if rsp is None or cr2 is None:
         return None
-    if rsp - cr2 <= FRAME_BYTES:
+    if 0 < rsp - cr2 <= FRAME_BYTES:
         return "frame"
-    if rsp - cr2 <= PAGE:
+    if cr2 // PAGE == (rsp - 8) // PAGE:
         return "page"
     return None
 
@@ -165,7 +170,7 @@ def _infer_df_stack(chain: list[dict], exceptions: list[dict], triple: dict | No
     """A #DF whose delivery faulted with a #PF, at the RSP where a #PF frame push had just
     faulted, was pushed onto that same stack: its gate has no IST either."""
     first = chain[0] if chain else None
-    if triple is None or first is None or _starved(first) != "frame" or triple["vector"] != PF_VECTOR:
+    if triple is None or first is None or not _starved(first) or triple["vector"] != PF_VECTOR:
         return
     last, out = chain[-1], exceptions[len(chain) - 1]
     if last["vector"] == DF_VECTOR and out["stack"] is None and last["cpl"] == 0 \
@@ -180,7 +185,7 @@ def _qemu_exception(row: dict, gates, symbolize, delivered: bool) -> dict:
     ist = gates.get(vector) if gates else None
     stack = landing_stack(cpl, ist)
     stack_evidence = f"IDT gate {vector}: IST {ist}" if stack else None
-    if stack is None and not delivered and _starved(row) == "frame":
+    if stack is None and not delivered and _starved(row):
         stack = "same"
         stack_evidence = ("the frame push faulted at CR2, just below RSP: the CPU pushed onto "
                           "the interrupted stack (no IST, CPL 0)")
@@ -356,7 +361,8 @@ def _who(row: dict) -> str:
 
 def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) -> None:
     """A #DF reported by the kernel: the #DF handler ran (on its IST stack: IST 1 on mainline
-    and on KML alike). A ``stack guard page was hit`` line says why: a kernel stack overflow."""
+    and on KML alike). A ``stack guard page was hit`` line, or a CR2 just below RSP at CPL 0,
+    says why: the #PF before it could not push its frame."""
     group = [rows[i]] + [r for r in rows[i + 1:i + 3]
                          if r["line"] <= rows[i]["line"] + 3
                          and r["event"] in ("double_fault", "stack_overflow", "oops")]
@@ -365,23 +371,29 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
     rip = head.get("ip")
     symbol = symbolize(rip, head.get("boot_index")) or _strip_len(head.get("symbol"))
     cpl = None if head.get("cs") is None else head["cs"] & 3
+    rsp = head.get("rsp")
+    hidden = guard is not None and (guard.get("address") is None or _hashed(guard))
+    # the faulting address: the guard page hit, else the CR2 the oops printed (at die time
+    # that is the last fault's: the frame push that failed)
+    fault = guard["address"] if guard is not None and not hidden else head.get("cr2")
+    starved = _starved_at(rsp, fault) if cpl == 0 else None
     exceptions = []
-    hashed = guard is not None and _hashed(guard)
-    if guard is not None and not hashed:
-        # the #PF that the overflow raised could not be delivered: its frame went to the guard
+    if starved:
         exceptions.append({"vector": PF_VECTOR, "name": "#PF", "cpl": cpl,
                            "cs": hexstr(head.get("cs")), "rip": hexstr(rip),
-                           "rsp": hexstr(head.get("rsp")), "cr2": hexstr(guard["address"]),
+                           "rsp": hexstr(rsp), "cr2": hexstr(fault),
                            "error_code": None, "stack": "same", "symbol": symbol,
-                           "ts_ns": guard["ts_ns"], "delivered": False, "inferred": True,
-                           "stack_evidence": "the guard page below the task's stack was hit: "
-                                             "the #PF frame could not be pushed",
-                           "source": "console", "file": guard["file"], "line": guard["line"]})
+                           "ts_ns": (guard or head)["ts_ns"], "delivered": False,
+                           "inferred": True,
+                           "stack_evidence": "the fault address is just below RSP at CPL 0: the "
+                                             "#PF frame could not be pushed on that stack",
+                           "source": "console", "file": (guard or head)["file"],
+                           "line": (guard or head)["line"]})
     df_row = next((r for r in group if r["event"] == "double_fault" or (
         r["event"] == "oops" and r["vector"] == DF_VECTOR)), head)
     exceptions.append({"vector": DF_VECTOR, "name": "#DF", "cpl": cpl,
                        "cs": hexstr(head.get("cs")), "rip": hexstr(rip),
-                       "ss": hexstr(head.get("ss")), "rsp": hexstr(head.get("rsp")), "cr2": None,
+                       "ss": hexstr(head.get("ss")), "rsp": hexstr(rsp), "cr2": None,
                        "error_code": hexstr(next((r["error_code"] for r in group
                                                   if r["error_code"] is not None), None)),
                        "stack": "ist1", "symbol": symbol, "ts_ns": df_row["ts_ns"],
@@ -392,52 +404,69 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
     result.chains.append(exceptions)
     chain_no = len(result.chains) - 1
     proof = [evidence(r["file"], r["raw"] or "", r["line"]) for r in group]
-    if panic_after is not None:
-        proof.append(evidence(panic_after["file"], panic_after["raw"] or "", panic_after["line"]))
-    if reset_after is not None:
-        proof.append(evidence(reset_after["file"], reset_after["raw"] or "", reset_after["line"]))
+    for extra_row in (panic_after, reset_after):
+        if extra_row is not None:
+            proof.append(evidence(extra_row["file"], extra_row["raw"] or "", extra_row["line"]))
     stack_text = ""
     if guard is not None:
-        stack_text = (f"; kernel stack overflow: the guard page was hit at "
-                      f"{hexstr(guard['address'])}, below the task's stack "
-                      f"{hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])}"
-                      + (" (hashed %p values: the kernel hid the real addresses)" if hashed
-                         else ""))
+        kind = f"{guard['stack_type']} " if guard.get("stack_type") else ""
+        stack_text = (f"; kernel {kind}stack overflow: the guard page was hit"
+                      + (f" at {hexstr(guard['address'])}, below the stack "
+                         f"{hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])}"
+                         if not hidden else
+                         " (the kernel hid the addresses: hashed or ptrval %p)"))
+    elif starved and rsp is not None and rsp < USER_TOP:
+        stack_text = (f"; RSP {hexstr(rsp)} is a user-range stack at CPL 0 and CR2 "
+                      f"{hexstr(fault)} lies just below it")
     summary = (f"double fault{_who(head)}" + (f" at {symbol}" if symbol else "")
-               + (f", RSP {hexstr(head['rsp'])}" if head.get("rsp") is not None else "")
+               + (f", RSP {hexstr(rsp)}" if rsp is not None else "")
                + stack_text
                + ("; a reset followed (a new boot banner)" if reset_after is not None else "")
                + ("; the kernel panicked" if panic_after is not None else ""))
     extra = {"chain": chain_no}
     if guard is not None:
-        extra["stack"] = {"lo": hexstr(guard["stack_lo"]), "hi": hexstr(guard["stack_hi"]),
-                          "guard_hit": hexstr(guard["address"]), "hashed": hashed}
+        extra["stack"] = {"type": guard.get("stack_type"), "lo": hexstr(guard["stack_lo"]),
+                          "hi": hexstr(guard["stack_hi"]), "guard_hit": hexstr(guard["address"]),
+                          "hashed": hidden}
     result.incidents.append(Incident(
         "double_fault", summary, severity="critical" if reset_after is not None else "error",
         pid=head["pid"], comm=head["comm"], cpu=head["cpu"], ts_ns=head["ts_ns"],
         evidence=proof, extra=extra))
-    if guard is not None and not hashed and head.get("rsp") is not None and cpl == 0:
-        below = head["rsp"] - guard["address"]
-        if 0 < below <= FRAME_BYTES:
-            result.incidents.append(Incident(
-                "stack_starvation",
-                f"#PF at CPL 0 could not push its frame: the guard page address "
-                f"{hexstr(guard['address'])} is {below} bytes below RSP {hexstr(head['rsp'])}"
-                + _who(head) + ("; a reset followed" if reset_after is not None
-                                else "; survived as a #DF on IST 1 (the kernel oopsed)"),
-                severity="critical" if reset_after is not None else "error",
-                pid=head["pid"], comm=head["comm"], cpu=head["cpu"], ts_ns=head["ts_ns"],
-                evidence=proof,
-                explanation=(
-                    f"The kernel stack {hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])} "
-                    f"of {head.get('comm') or 'the task'} was used up: at {symbol or 'RIP'} the "
-                    f"CPU, at CPL 0, touched the guard page just below it. The page fault "
-                    "gate has no IST, so the CPU tried to push the #PF frame onto the same "
-                    "exhausted stack, which faulted again and became a double fault. Linux "
-                    "gives #DF its own IST stack, which is why this ended in an oops and not "
-                    "a silent reset. A Kernel Mode Linux process is in this position on every "
-                    "fault on its own stack: at CPL 0 with no stack switch."),
-                extra={"chain": chain_no}))
+    if starved:
+        result.incidents.append(_console_starvation(head, guard, hidden, rsp, fault, symbol,
+                                                    reset_after, proof, chain_no))
+
+
+def _console_starvation(head, guard, hidden, rsp, fault, symbol, reset_after, proof, chain_no):
+    below = rsp - fault
+    where = f"{below} bytes below" if below > 0 else "at"
+    if guard is not None:
+        what = (f"The kernel stack"
+                + (f" {hexstr(guard['stack_lo'])}..{hexstr(guard['stack_hi'])}" if not hidden
+                   else "") + f" of {head.get('comm') or 'the task'} was used up: at "
+                f"{symbol or 'RIP'} the CPU, at CPL 0, touched the guard page below it.")
+    else:
+        what = (f"At {symbol or 'RIP'} the CPU ran at CPL 0 with RSP {hexstr(rsp)}"
+                + (", a user-range address, as a Kernel Mode Linux process does"
+                   if rsp < USER_TOP else "")
+                + f", and touched {hexstr(fault)} just below it, which was not mapped.")
+    explanation = (
+        what + " The page fault gate has no IST, so the CPU tried to push the #PF frame onto "
+        "that same stack, which faulted again and became a double fault. Linux gives #DF its "
+        "own IST stack, which is why this ended in an oops and not a silent reset. A Kernel "
+        "Mode Linux process is in this position on every fault on its own stack: at CPL 0, "
+        "with no stack switch unless the gate has an IST.")
+    return Incident(
+        "stack_starvation",
+        f"#PF at CPL 0 could not push its frame: the fault address {hexstr(fault)} is {where} "
+        f"RSP {hexstr(rsp)}" + _who(head)
+        + ("; a reset followed" if reset_after is not None
+           else "; survived as a #DF on IST 1 (the kernel oopsed)"),
+        severity="critical" if reset_after is not None else "error",
+        pid=head["pid"], comm=head["comm"], cpu=head["cpu"], ts_ns=head["ts_ns"],
+        evidence=proof, explanation=explanation,
+        extra={"chain": chain_no, "rsp": hexstr(rsp), "cr2": hexstr(fault),
+               "user_range_stack": rsp < USER_TOP})
 
 
 def _hashed(guard: dict) -> bool:
