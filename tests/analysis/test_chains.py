@@ -185,3 +185,43 @@ def test_real_panic_then_reboot_is_a_critical_oops_without_chain():
                                                                       ("critical", 750)]
     assert "booted again (banner at line 394)" in oopses[0].summary
     assert oopses[0].comm == "busybox" and oopses[0].pid == 81
+
+
+LINUX = SAMPLES / "linux-6.1-double-fault"
+
+
+def test_real_linux_kml_style_push_qemu_and_console():
+    """dfmod mode=kml on Debian 6.1: CPL 0 `push` with RSP 0x40001000 (dfmod.c)."""
+    qemu = _run(LINUX / "qemu-kml.log")
+    assert [[e["name"] for e in c] for c in qemu.chains] == [["#PF", "#DF"]]
+    pf, df = qemu.chains[0]
+    assert (pf["cpl"], pf["cs"], pf["rsp"], pf["cr2"]) == (0, "0x10", "0x40001000", "0x40000ff8")
+    assert pf["rip"] == "0xffffffffc02ed07c" and pf["stack"] == "same" and df["delivered"]
+    kinds = _kinds(qemu)
+    assert set(kinds) == {"double_fault", "stack_starvation"}
+    assert kinds["stack_starvation"].severity == "error"        # survived: #DF on IST 1
+
+    console = _run(LINUX / "console-kml.txt")
+    assert [[e["name"] for e in c] for c in console.chains] == [["#PF", "#DF"]]
+    cpf, cdf = console.chains[0]
+    assert cdf["symbol"] == "kml_push+0xf [dfmod]" and cdf["stack"] == "ist1"
+    assert cpf["cr2"] == "0x40000ff8" and cpf["rsp"] == "0x40001000" and cpf["inferred"]
+    ckinds = _kinds(console)
+    assert "user-range stack at CPL 0" in ckinds["double_fault"].summary
+    assert ckinds["stack_starvation"].extra["user_range_stack"] is True
+    assert ckinds["oops"].severity == "critical"                 # it panicked
+
+
+def test_real_linux_guard_page_overflow_6_1_forms():
+    console = _run(LINUX / "console-overflow.txt")
+    kinds = _kinds(console)
+    assert kinds["double_fault"].extra["stack"]["type"] == "TASK"
+    assert kinds["double_fault"].extra["stack"]["hashed"] is True     # (____ptrval____)
+    # the oops's CR2 ffffcc64c0633ea8 is 8 bytes below RSP ffffcc64c0633eb0
+    assert kinds["stack_starvation"].extra["cr2"] == "0xffffcc64c0633ea8"
+    assert "recurse.isra.0+0x2c [dfmod]" in kinds["double_fault"].summary
+    qemu = _run(LINUX / "qemu-overflow-tail.log")
+    pf = qemu.chains[0][0]
+    # QEMU's #PF: the access at RSP itself, on the guard page: RSP points into missing memory
+    assert pf["cr2"] == pf["rsp"] == "0xffffcc64c0633eb0" and pf["stack"] == "same"
+    assert _kinds(qemu)["stack_starvation"].severity == "error"

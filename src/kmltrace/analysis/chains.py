@@ -303,7 +303,7 @@ def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no)
 
 _CONSOLE_COLUMNS = ("seq", "file", "line", "event", "vector", "cpu", "pid", "comm", "cs", "ss",
                     "ip", "rsp", "cr2", "error_code", "symbol", "stack_lo", "stack_hi",
-                    "address", "boot_index", "ts_ns", "raw", "call_trace")
+                    "address", "boot_index", "ts_ns", "raw", "call_trace", "stack_type")
 
 
 def _console_episodes(events: pl.LazyFrame, names: set[str], symbolize, offsets: dict,
