@@ -53,6 +53,9 @@ def open_program(vmcore: str | None = None, qemu: str | None = None,
     # errors say the same, so keep stderr to those
     logging.getLogger("drgn").setLevel(logging.CRITICAL)
     prog = drgn.Program()
+    # local files only: debuginfod would send the build ID to a server
+    if "standard" in getattr(prog, "registered_debug_info_finders", lambda: ())():
+        prog.set_enabled_debug_info_finders(["standard"])
     if vmcore is not None:
         where = str(vmcore)
         _set_core_dump(prog, Path(vmcore))
