@@ -158,8 +158,10 @@ def test_workload_counts_exact_and_settings_restored(binaries, tmp_path):
     before = top_level_state()
     n, m, k, p = 37, 5000, 300, 11
     out = tmp_path / "bundle"
-    result, stderr = collect_json("-o", str(out), "--", str(binaries["kmlwork"]),
-                                  str(n), str(m), str(k), str(p))
+    # through sh so the workload can find the instance's trace_marker (its phase markers)
+    result, stderr = collect_json("-o", str(out), "--", "sh", "-c",
+                                  f'exec {binaries["kmlwork"]} -m "$KMLTRACE_TRACE_MARKER" '
+                                  f'{n} {m} {k} {p}')
     assert_unchanged(before)
     assert not any(result["instance"] in name for name in os.listdir(TRACEFS / "instances"))
     work = key_values(stderr)  # the workload's own output went to stderr
@@ -169,6 +171,11 @@ def test_workload_counts_exact_and_settings_restored(binaries, tmp_path):
 
     pl, events = decoded(out)
     assert result["events"] == events.height
+    exec_ts = events.filter((pl.col("event") == "sched_process_exec") & (pl.col("pid") == pid) &
+                            (pl.col("filename") == str(binaries["kmlwork"])))["ts_ns"]
+    assert exec_ts.len() == 1  # sh exec'd into kmlwork once
+    # what sh did before that exec (it calls getppid once itself) is not the workload's
+    events = events.filter((pl.col("pid") != pid) | (pl.col("ts_ns") >= exec_ts[0]))
 
     def count(expr) -> int:
         return events.filter(expr).height
@@ -190,7 +197,13 @@ def test_workload_counts_exact_and_settings_restored(binaries, tmp_path):
     assert faults(pid, int(work["heap_lo"], 16), int(work["heap_hi"], 16)) == n
     assert faults(child, int(work["child_heap_lo"], 16), int(work["child_heap_hi"], 16)) == p
     assert count((pl.col("event") == "sched_process_fork") & (pl.col("child_pid") == child)) == 1
-    assert count((pl.col("event") == "sched_process_exec") & (pl.col("pid") == pid)) == 1
+    markers = events.filter((pl.col("event") == "print") & (pl.col("pid") == pid))
+    begin = markers.filter(pl.col("buf").str.contains("getppid begin"))["ts_ns"]
+    end = markers.filter(pl.col("buf").str.contains("getppid end"))["ts_ns"]
+    assert begin.len() == 1 and end.len() == 1
+    assert count((pl.col("pid") == pid) & (pl.col("event") == "sys_enter") &
+                 (pl.col("id") == GETPPID) & (pl.col("ts_ns") > begin[0]) &
+                 (pl.col("ts_ns") < end[0])) == m
 
     processes = json.loads((out / "processes.json").read_text())
     rows = {r["pid"]: r for r in processes}

@@ -36,6 +36,8 @@ DEFAULT_EVENTS = ["exceptions:*", "irq_vectors:*", "nmi:*", "raw_syscalls:*",
 KVM_EVENTS = ["kvm:*"]
 #: written to trace_marker; always recorded, nothing to enable
 MARKER_EVENT = "ftrace:print"
+#: the command finds our instance's trace_marker here (lines written to it are ftrace:print)
+MARKER_ENV = "KMLTRACE_TRACE_MARKER"
 #: entry-path functions worth the function tracer, when an instance may use it
 ENTRY_FUNCTION_PATTERNS = ["exc_page_fault", "exc_double_fault", "asm_exc_*", "kml_*"]
 
@@ -110,7 +112,9 @@ class GatedCommand:
     """A command forked now and held before exec until :meth:`release`, so that our
     instance can filter on its pid before it does anything."""
 
-    def __init__(self, argv: list[str], stdout: int | None = None):
+    def __init__(self, argv: list[str], stdout: int | None = None,
+                 env: dict[str, str] | None = None):
+        env = {**os.environ, **(env or {})}
         gate_r, gate_w = os.pipe()
         # closed by the exec itself (O_CLOEXEC): EOF on it tells the parent exec happened
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
@@ -127,7 +131,7 @@ class GatedCommand:
                     os.dup2(stdout, 1)
                     devnull = os.open(os.devnull, os.O_RDONLY)
                     os.dup2(devnull, 0)
-                os.execvp(argv[0], argv)
+                os.execvpe(argv[0], argv, env)
             except BaseException as e:  # noqa: BLE001 - the child must never return
                 try:
                     os.write(2, f"kmltrace: cannot run {argv[0]!r}: {e}\n".encode())
@@ -192,12 +196,13 @@ class Collector:
         self.command_proc: GatedCommand | None = None
 
     # -- the command, started blocked before exec ----------------------------------------------
-    def _start_gated(self) -> "GatedCommand":
+    def _start_gated(self, marker: Path) -> "GatedCommand":
         import shutil
         program = self.options.command[0]
         if shutil.which(program) is None:
             raise RefusedError("command not found or not executable", path=program)
-        return GatedCommand(self.options.command, self.options.command_stdout)
+        return GatedCommand(self.options.command, self.options.command_stdout,
+                            env={MARKER_ENV: str(marker)})
 
     def _release_command(self) -> None:
         if self.command_proc is not None:
@@ -227,7 +232,10 @@ class Collector:
                       f"collector that died; remove it with 'kmltrace collect --clean'")
         if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
             raise RefusedError(f"no process with pid {opts.pid}")
-        events = tracefs.resolve_events(event_spec(opts.events, opts.kvm),
+        # ftrace:print (trace_marker) is always recorded: it has nothing to enable
+        spec = [e for e in event_spec(opts.events, opts.kvm)
+                if e not in (MARKER_EVENT, "ftrace:*")]
+        events = tracefs.resolve_events(spec,
                                         tracefs.available_events(root),
                                         where=str(root / "available_events"))
         writer = BundleWriter(opts.output or default_output())
@@ -308,7 +316,7 @@ class Collector:
     def _filters(self, inst, events, watcher) -> dict:
         opts = self.options
         if opts.command:
-            self.command_proc = self._start_gated()
+            self.command_proc = self._start_gated(inst.path / "trace_marker")
             watcher.roots = [self.command_proc.pid]
             inst.write("options/event-fork", "1")
             inst.write("set_event_pid", str(self.command_proc.pid))
