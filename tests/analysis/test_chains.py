@@ -225,3 +225,16 @@ def test_real_linux_guard_page_overflow_6_1_forms():
     # QEMU's #PF: the access at RSP itself, on the guard page: RSP points into missing memory
     assert pf["cr2"] == pf["rsp"] == "0xffffcc64c0633eb0" and pf["stack"] == "same"
     assert _kinds(qemu)["stack_starvation"].severity == "error"
+
+
+def test_qemu_and_console_of_one_run_are_one_episode():
+    result = _run(LINUX / "qemu-kml.log", LINUX / "console-kml.txt")
+    assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
+    pf, df = result.chains[0]
+    assert pf["source"] == "qemu" and pf["symbol"] == "kml_push+0xf [dfmod]"
+    kinds = [i.kind for i in result.incidents]
+    assert sorted(kinds) == ["double_fault", "oops", "stack_starvation"]
+    starving = next(i for i in result.incidents if i.kind == "stack_starvation")
+    sources = {e["source"].rsplit("/", 1)[-1] for e in starving.evidence}
+    assert sources == {"qemu-kml.log", "console-kml.txt"}
+    assert (starving.pid, starving.comm) == (81, "busybox")

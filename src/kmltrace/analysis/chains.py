@@ -61,7 +61,71 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
         _qemu_episodes(frame, gates, symbolize, result)
     _console_episodes(events, names, symbolize, offsets, result)
     _kvm_episodes(events, result)
+    _merge_witnesses(result)
     return result
+
+
+_SEVERITY_RANK = {"critical": 0, "error": 1, "warning": 2, "info": 3}
+
+
+def _merge_witnesses(result: ChainResult) -> None:
+    """The same #DF seen by QEMU and by the console (same RSP, same CR2) is one episode:
+    keep QEMU's chain, give it the kernel's symbol and the task, and the console's lines as
+    more evidence of the same incidents."""
+    drop: set[int] = set()
+    for ci, chain in enumerate(result.chains):
+        if not chain or chain[-1].get("source") != "console":
+            continue
+        cdf = chain[-1]
+        cpf = chain[0] if chain[0]["vector"] == PF_VECTOR else None
+        for qi, qchain in enumerate(result.chains):
+            if qi in drop or not qchain or qchain[0].get("source") != "qemu":
+                continue
+            qdf = next((e for e in qchain if e["vector"] == DF_VECTOR), None)
+            qpf = qchain[0] if qchain[0]["vector"] == PF_VECTOR else None
+            if qdf is None or qdf["rsp"] != cdf["rsp"] or (
+                    cpf and qpf and cpf["cr2"] not in (qpf["cr2"], None)
+                    and not _starved_at(_int(cpf["rsp"]), _int(qpf["cr2"]))):
+                continue
+            for e in qchain:
+                if e.get("symbol") is None and not e.get("shutdown"):
+                    e["symbol"] = cdf.get("symbol")
+            _fold_incidents(result.incidents, ci, qi)
+            drop.add(ci)
+            break
+    if not drop:
+        return
+    renumber, kept = {}, []
+    for i, chain in enumerate(result.chains):
+        if i not in drop:
+            renumber[i] = len(kept)
+            kept.append(chain)
+    result.chains = kept
+    for incident in result.incidents:
+        if "chain" in incident.extra:
+            incident.extra["chain"] = renumber.get(incident.extra["chain"])
+
+
+def _fold_incidents(incidents: list[Incident], from_chain: int, into_chain: int) -> None:
+    for incident in [i for i in incidents if i.extra.get("chain") == from_chain]:
+        target = next((i for i in incidents if i.extra.get("chain") == into_chain
+                       and i.kind == incident.kind), None)
+        if target is None:
+            continue
+        target.evidence = target.evidence + incident.evidence
+        for key in ("pid", "comm", "cpu"):
+            if getattr(target, key) is None:
+                setattr(target, key, getattr(incident, key))
+        if _SEVERITY_RANK[incident.severity] < _SEVERITY_RANK[target.severity]:
+            target.severity = incident.severity
+        if incident.explanation and not target.explanation:
+            target.explanation = incident.explanation
+        target.summary += f" (also on the console: {incident.summary})"
+        incidents.remove(incident)
+
+
+def _int(value: str | None) -> int | None:
+    return None if value is None else int(value, 16)
 
 
 # -- QEMU ----------------------------------------------------------------------------------------
