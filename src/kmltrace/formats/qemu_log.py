@@ -116,22 +116,25 @@ def parse(path: Path) -> Parsed:
 def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
     lines = read_lines(data)
     text = pl.col("text")
-    # one regex pass tags the few kinds of line we read; most of a log (in_asm) gets null
-    tag = text.str.extract(TAG_RE, 1)
-    kind = (pl.when(tag.is_null()).then(pl.lit(None, dtype=pl.String))
-            .when(tag.str.ends_with("v=")).then(pl.lit(EXCEPTION))
+    # Most of an in_asm log is disassembly ("0x...:"), separators and blank lines: they are
+    # dropped before any regex. One regex pass then tags the lines we read; untagged lines
+    # are dropped too, and the gaps they leave in the line numbers still end a dump.
+    tag = pl.col("tag")
+    kind = (pl.when(tag.str.ends_with("v=")).then(pl.lit(EXCEPTION))
             .otherwise(tag.replace_strict(TAG_KINDS, default="dump", return_dtype=pl.String)))
-    lines = lines.with_columns(kind.alias("kind"))
     is_dump = pl.col("kind") == "dump"
-    # a dump belongs to the record line right above it: every other line starts a new "rec"
-    lines = lines.with_columns(
-        (~is_dump.fill_null(False)).cum_sum().alias("rec"),
-        # -d in_asm: a block runs from "IN:" to the blank line after it
-        (pl.col("kind").eq("in_asm").fill_null(False) | (text == "")).cum_sum().alias("seg"),
-    )
-    lines = lines.with_columns(
-        pl.when(pl.col("kind") == "in_asm").then(pl.col("seg")).forward_fill().alias("asm_seg"))
-    marked = lines.filter(pl.col("kind").is_not_null())
+    # a dump belongs to the record line right above it: any other line starts a new "rec"
+    new_rec = ~is_dump | (pl.col("line").diff().fill_null(1) != 1)
+    marked = (lines.lazy()
+              .filter(~text.str.starts_with("0x") & (text != "") & ~text.str.starts_with("----"))
+              .with_columns(text.str.extract(TAG_RE, 1).alias("tag"))
+              .filter(tag.is_not_null())
+              .with_columns(kind.alias("kind"))
+              .with_columns(new_rec.cum_sum().alias("rec"),
+                            # -d in_asm: the last block started before each line
+                            pl.when(pl.col("kind") == "in_asm").then(pl.col("line"))
+                            .forward_fill().alias("asm_start"))
+              .collect())
 
     records = marked.filter(pl.col("kind").is_in([EXCEPTION, HW_INTERRUPT, CPU_RESET,
                                                  TRIPLE_FAULT]))
@@ -173,13 +176,10 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
             .drop([f"{c}_dup" for c in twins])
 
     # the last in_asm block before each exception: only those blocks are assembled
-    wanted = records.filter(pl.col("kind") == EXCEPTION)["asm_seg"].drop_nulls().unique()
-    if wanted.len():
-        blocks = lines.join(pl.DataFrame({"seg": wanted}), on="seg", how="semi") \
-            .filter(pl.col("text") != "").group_by("seg", maintain_order=True).agg(pl.col("text").str.join("\n").alias("in_asm"))
-        records = records.join(blocks.rename({"seg": "asm_seg"}), on="asm_seg", how="left")
-    else:
-        records = records.with_columns(pl.lit(None, dtype=pl.String).alias("in_asm"))
+    wanted = records.filter(pl.col("kind") == EXCEPTION)["asm_start"].drop_nulls().unique()
+    blocks = {start: _asm_block(lines, start) for start in wanted.to_list()}
+    records = records.with_columns(pl.col("asm_start").replace_strict(
+        blocks, default=None, return_dtype=pl.String).alias("in_asm"))
 
     events = _to_events(records, file)
     errors += _completeness_errors(lines, marked, records, file)
@@ -233,22 +233,33 @@ def _to_events(records: pl.DataFrame, file: str) -> pl.DataFrame:
     )
 
 
+def _asm_block(lines: pl.DataFrame, start: int, most: int = 2000) -> str:
+    """The ``IN:`` block starting at line `start`, up to the blank line that ends it."""
+    block = lines["text"].slice(start - 1, most).to_list()
+    end = block.index("") if "" in block else len(block)
+    return "\n".join(block[:end])
+
+
 def _completeness_errors(lines: pl.DataFrame, marked: pl.DataFrame, records: pl.DataFrame,
                          file: str) -> list:
     """A log cut mid-record or starting mid-dump: say so, keep what was read."""
     errors = []
-    if lines.height == 0:
+    if lines.height == 0 or marked.height == 0:
         return errors
     dumps = marked.filter(pl.col("kind") == "dump")
-    orphan = dumps.filter(pl.col("rec") == 0)
-    if orphan.height:
+    first_rec = marked["rec"][0]
+    if marked["kind"][0] == "dump":
+        orphan = dumps.filter(pl.col("rec") == first_rec)
         errors.append(InputError(
             f"the log starts in the middle of a register dump (lines {orphan['line'][0]}-"
             f"{orphan['line'][-1]} belong to a record before the start and are ignored)",
             path=file, line=int(orphan["line"][0])))
     last = lines.tail(64).filter(pl.col("text") != "").tail(1)
-    if last.height and last["kind"][0] == "dump":
-        rec = last["rec"][0]
+    if last.height == 0:
+        return errors
+    last_row = marked.filter(pl.col("line") == last["line"][0])
+    if last_row.height and last_row["kind"][0] == "dump":
+        rec = last_row["rec"][0]
         block = dumps.filter(pl.col("rec") == rec)
         if not block["text"].str.starts_with("EFER=").any():
             head = records.filter(pl.col("rec") == rec)
