@@ -278,3 +278,15 @@ def test_valid_fuzz_seed_decodes_fully():
 @pytest.mark.parametrize("length", [0, 16, 17, 4095])
 def test_short_inputs(length):
     _check_decodes(_valid_pages()[:length])
+
+
+def test_raw_text_untyped_leaves_typed_events_without_raw():
+    p = page(0, [data_record(1, sys_enter(1, 5)), long_record(1, struct.pack(
+        "<HBBiII", 900, 0, 0, 7, (2 << 16) | 32, 0) + b"\0" * 16 + b"a\0")])
+    buf = np.frombuffer(p, np.uint8)
+    d = decode(buf, [CpuSegment(0, 0, len(p), 0, "x")], _formats(), HEADER, path="x",
+               raw_text="untyped")
+    # sys_enter's fields are all schema columns; strings_test's `rel`/`buf` are not
+    assert d.events["raw"].to_list()[0] is None
+    assert d.events["raw"].to_list()[1].startswith("name=a")
+    assert d.events["id"].to_list()[0] == 5

@@ -75,8 +75,9 @@ def _stats_lost(stats_dir: Path) -> dict[int, dict[str, int]]:
     return out
 
 
-def parse_dir(path: Path) -> Parsed:
-    """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle)."""
+def parse_dir(path: Path, raw_text: str = "all") -> Parsed:
+    """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle);
+    `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
     path = Path(path)
     if (path / "ftrace").is_dir() and not (path / "header_page").exists():
         path = path / "ftrace"
@@ -115,7 +116,7 @@ def parse_dir(path: Path) -> Parsed:
         pos += data.size
     buf = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
     decoded = decode(buf, segments, formats, header, path=str(path), long_size=long_size,
-                     cmdlines=cmdlines, tgids=tgids)
+                     cmdlines=cmdlines, tgids=tgids, raw_text=raw_text)
     # the file column names each CPU's own .raw file (offsets are within it)
     files = {s.cpu: s.label for s in segments}
     events = decoded.events.with_columns(

@@ -418,10 +418,11 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
     return info, buf, segments, data
 
 
-def parse(path: Path) -> Parsed:
+def parse(path: Path, raw_text: str = "all") -> Parsed:
+    """Decode a trace.dat; `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
     info, buf, segments, _mapping = read(path)
     decoded = decode(buf, segments, info.formats, info.header_page, path=str(path),
-                     long_size=info.long_size, cmdlines=info.cmdlines)
+                     long_size=info.long_size, cmdlines=info.cmdlines, raw_text=raw_text)
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
     clocks = [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
