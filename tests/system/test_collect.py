@@ -83,14 +83,15 @@ def key_values(text: str) -> dict[str, str]:
     return dict(line.split(" ", 1) for line in text.splitlines() if line.count(" ") == 1)
 
 
-def test_sigint_saves_a_valid_bundle_and_removes_the_instance(binaries, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_valid_bundle_and_removes_the_instance(binaries, tmp_path, sig):
     before = top_level_state()
     out = tmp_path / "bundle"
     proc = subprocess.Popen([sys.executable, "-m", "kmltrace", "collect", "--json", "-o",
                              str(out), "--", str(binaries["sysrate"]), "2000", "30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     result = json.loads(stdout)

@@ -28,6 +28,9 @@ POLL_INTERVAL = 0.02
 #: a pump that moved this much means a burst: poll again without sleeping
 BUSY_BYTES = 256 * 1024
 BUSY_INTERVAL = 0.002
+#: larger captures are not decoded at the end (decoding took ~12x the raw pages in memory:
+#: 2.4 GB for 190 MB); their event table is built when the bundle is first read
+DECODE_NOW_MAX_BYTES = 256 << 20
 PROGRESS_INTERVAL = 0.5
 
 DEFAULT_EVENTS = ["exceptions:*", "irq_vectors:*", "nmi:*", "raw_syscalls:*",
@@ -165,6 +168,12 @@ class GatedCommand:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid == self.pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         return self.returncode
 
     def terminate(self, grace: float = 3.0) -> None:
@@ -421,8 +430,12 @@ class Collector:
         manifest = {"kind": "collect", "kernel": kernel, "captured": info,
                     "cpus": len(cpus)}
         writer.write_manifest(manifest)
+        if info["bytes"] > DECODE_NOW_MAX_BYTES:
+            self.warn(f"{info['bytes'] / 1e6:.0f} MB of raw pages: the event table is not built "
+                      f"now but when the bundle is first read")
         try:
-            decoded = self._decode(writer.path)
+            decoded = self._decode(writer.path) if info["bytes"] <= DECODE_NOW_MAX_BYTES \
+                else None
         except Exception as e:  # noqa: BLE001 - the raw pages are saved; decoding can be redone
             self.warn(f"the event table could not be built now ({type(e).__name__}: {e}); "
                       f"the raw pages are saved and are decoded when the bundle is read")
