@@ -57,9 +57,14 @@ class _Runner:
         return result
 
 
-def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None = None) -> dict:
-    """The report object of CONTRACT.md for `capture` (see module docstring for extra keys)."""
-    ctx = Context.build(capture, events)
+def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None = None,
+                 unmerged: pl.LazyFrame | None = None) -> dict:
+    """The report object of CONTRACT.md for `capture` (see module docstring for extra keys).
+
+    `events` (already merged) or `unmerged` (conformed, e.g. a parquet scan) replace the
+    capture's own events, for tables larger than memory.
+    """
+    ctx = Context.build(capture, events, unmerged)
     runner = _Runner(ctx)
     incidents: list[Incident] = []
 

@@ -238,3 +238,21 @@ def test_qemu_and_console_of_one_run_are_one_episode():
     sources = {e["source"].rsplit("/", 1)[-1] for e in starving.evidence}
     assert sources == {"qemu-kml.log", "console-kml.txt"}
     assert (starving.pid, starving.comm) == (81, "busybox")
+
+
+# -- property: mutated real QEMU and console lines never make the analysis raise --------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+
+from tests.formats.test_console import _docs as console_docs  # noqa: E402
+from tests.formats.test_qemu_log import _docs as qemu_docs  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(qemu_docs, console_docs)
+def test_chains_never_raise_on_mutated_evidence(tmp_path, qemu_data, console_data):
+    (tmp_path / "q.log").write_bytes(qemu_data)
+    (tmp_path / "c.txt").write_bytes(console_data)
+    result = _run(tmp_path / "q.log", tmp_path / "c.txt")
+    for chain in result.chains:
+        assert all("vector" in e for e in chain)

@@ -124,3 +124,34 @@ def test_real_debian_panic_and_reboot():
     assert trace[-1] == "entry_SYSCALL_64_after_hwframe+0x6e/0xd8" and len(trace) == 10
     assert [r["kaslr_offset"] for r in rows if r["event"] == "kernel_offset"] == [0x1F800000,
                                                                                 0x27400000]
+
+
+# -- property: no input makes the parser raise anything but KmltraceError --------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kmltrace.errors import KmltraceError  # noqa: E402
+
+_REAL = ((PUBLIC / "go-audit-30-stack-overflow.txt").read_text().splitlines()
+         + SYNTHETIC.splitlines())
+_line = st.one_of(
+    st.sampled_from(_REAL),
+    st.builds(lambda l, i, s: l[:i] + s + l[i:], st.sampled_from(_REAL), st.integers(0, 140),
+              st.text(max_size=6)),
+    st.builds(lambda l, i: l[:i], st.sampled_from(_REAL), st.integers(0, 140)),
+)
+_docs = st.one_of(st.binary(max_size=400),
+                  st.lists(_line, max_size=30).map(lambda ls: "\n".join(ls).encode(
+                      "utf-8", "surrogatepass")))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_docs)
+def test_parse_raises_only_kmltrace_errors(tmp_path, data):
+    path = tmp_path / "fuzz.txt"
+    path.write_bytes(data)
+    try:
+        console.parse(path)
+    except KmltraceError:
+        pass

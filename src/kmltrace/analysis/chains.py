@@ -205,7 +205,7 @@ def _close_qemu(chain: list[dict], triple: dict | None, gates, symbolize, result
                 reset: dict | None = None) -> None:
     vectors = [r["vector"] for r in chain]
     starved = [r for r in chain if _starved(r)]
-    looped = chain[-1]["repeats"] >= LOOP_MIN_REPEATS
+    looped = bool(chain) and chain[-1]["repeats"] >= LOOP_MIN_REPEATS
     escalated = len(chain) > 1
     if not (triple or reset or DF_VECTOR in vectors or starved or looped or escalated):
         return                                   # delivered and handled: not an episode

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from kmltrace.analysis.events import available_events, merged_events
+from kmltrace.analysis.events import (attribute_by_columns, available_events,
+                                      unmerged_events)
 from kmltrace.analysis.kernel import KernelInfo, kernel_info
 
 #: Columns analyses read beyond the core ones; absent ones are added as nulls so that
@@ -39,6 +40,10 @@ CATEGORICAL_COLUMNS = ("source", "system", "event", "file", "comm", "task_comm",
                        "next_comm", "child_comm", "filename", "cpumode")
 
 
+#: above this many events the analysis table is not collected (see Context.build)
+IN_MEMORY_ROWS = 3_000_000
+
+
 def analysis_table(events: pl.LazyFrame, keep_raw: bool) -> pl.LazyFrame:
     """The merged events as the analyses read them: unused fields dropped, low-cardinality
     strings categorical, ``raw`` only where kept (console lines are evidence of a KML boot)."""
@@ -59,25 +64,37 @@ class Context:
     processes: pl.DataFrame | None = None      # filled by modes.process_modes
 
     @classmethod
-    def build(cls, capture, events: pl.LazyFrame | None = None) -> "Context":
-        """Merge `capture` once (or take already merged `events`) and keep it in memory."""
-        if events is None:
-            events = merged_events(capture)
+    def build(cls, capture, events: pl.LazyFrame | None = None,
+              unmerged: pl.LazyFrame | None = None) -> "Context":
+        """Merge `capture` (or take already merged `events`, or `unmerged` conformed ones).
+
+        Up to IN_MEMORY_ROWS the analysis table is collected once and kept in memory; a
+        larger one stays lazy, so that each analysis reads only its columns from the source
+        (polars streams a parquet scan) instead of holding every column of every row.
+        """
         keep_raw = any(p.format == "console" or "console" in
                        p.events.get_column("source").unique().to_list()
                        for p in capture.inputs if p.events.height)
-        table = analysis_table(events, keep_raw)
+        if events is not None:
+            table = analysis_table(events, keep_raw)
+        else:
+            raw = unmerged if unmerged is not None else unmerged_events(capture)
+            table = attribute_by_columns(analysis_table(raw, keep_raw))
         if keep_raw:
             table = table.with_columns(
                 pl.when(pl.col("source") == "console").then(pl.col("raw")).alias("raw"))
-        frame = table.collect()
-        # columns without a value (a trace without QEMU records has no cpl, cs, ...) are not
-        # kept as full null buffers: they come back as null literals in each query instead
-        schema = frame.schema
-        empty = [c for c in frame.columns if frame.get_column(c).null_count() == frame.height
-                 and frame.height > 0]
-        frame = frame.drop(empty)
-        lazy = frame.lazy().with_columns([pl.lit(None, dtype=schema[c]).alias(c) for c in empty])
+        rows = table.select(pl.len()).collect().item()
+        if rows > IN_MEMORY_ROWS:
+            lazy = table
+        else:
+            frame = table.collect()
+            # columns without a value (a trace without QEMU records has no cpl, cs, ...) are
+            # not kept as full null buffers: they come back as null literals in each query
+            schema = frame.schema
+            empty = [c for c in frame.columns
+                     if frame.height and frame.get_column(c).null_count() == frame.height]
+            lazy = frame.drop(empty).lazy().with_columns(
+                [pl.lit(None, dtype=schema[c]).alias(c) for c in empty])
         return cls(capture=capture, events=lazy, kernel=kernel_info(capture, lazy),
                    available_events=available_events(lazy))
 

@@ -63,11 +63,38 @@ def merged_events(capture: Capture) -> pl.LazyFrame:
     Timed rows come first in ``ts_ns`` order (``seq`` breaks ties within a file); rows of
     sources without time (a QEMU log) follow in their own ``seq`` order, file by file.
     """
+    return attribute(unmerged_events(capture))
+
+
+def unmerged_events(capture: Capture) -> pl.LazyFrame:
+    """All inputs' events with duplicates dropped, not yet sorted or attributed."""
     frames = _deduplicated(capture)
     if not frames:
         frames = [empty_events().lazy()]
-    events = conform(pl.concat(frames, how="diagonal_relaxed"))
-    return attribute(events)
+    return conform(pl.concat(frames, how="diagonal_relaxed"))
+
+
+#: the columns attribution reads
+ATTRIBUTION_COLUMNS = ("ts_ns", "file", "seq", "cpu", "pid", "comm", "event", "next_pid",
+                       "next_comm")
+
+
+def attribute_by_columns(events: pl.LazyFrame) -> pl.LazyFrame:
+    """:func:`attribute` computed on the few columns it needs, then put beside `events`.
+
+    When the events are already in order (one time-ordered source, an ingested table) the
+    wide table is never gathered or copied: each later query reads only its own columns
+    (from disk, for a parquet scan), which keeps a 10-million-event report in bounded memory.
+    """
+    names = events.collect_schema().names()
+    narrow = events.select([c for c in ATTRIBUTION_COLUMNS if c in names]).with_row_index("_src")
+    attr = (attribute(narrow).select("_src", "row", "task_pid", "task_comm", "image")
+            .collect())
+    in_order = bool((attr.get_column("_src").cast(pl.Int64) == attr.get_column("row")).all())
+    if in_order:
+        return pl.concat([events, attr.drop("_src").lazy()], how="horizontal")
+    return (events.with_row_index("_src").join(attr.lazy(), on="_src", how="inner")
+            .sort("row").drop("_src"))
 
 
 def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
@@ -101,8 +128,9 @@ def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
     timed = timed.join_asof(switches, on="ts_ns", by="cpu", strategy="backward",
                             allow_exact_matches=False, check_sortedness=False)
     if untimed is not None:
+        comm_dtype = events.collect_schema().get("next_comm", pl.String)
         untimed = untimed.with_columns(pl.lit(None, dtype=pl.Int32).alias("_on_pid"),
-                                       pl.lit(None, dtype=pl.String).alias("_on_comm"))
+                                       pl.lit(None, dtype=comm_dtype).alias("_on_comm"))
         timed = pl.concat([timed, untimed], how="diagonal_relaxed")
     out = timed.with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("row"),

@@ -28,6 +28,9 @@ POLL_INTERVAL = 0.02
 #: a pump that moved this much means a burst: poll again without sleeping
 BUSY_BYTES = 256 * 1024
 BUSY_INTERVAL = 0.002
+import os as _os
+USE_POLL = _os.environ.get("KMLT_POLL", "1") == "1"
+WAKE_PERCENT = int(_os.environ.get("KMLT_WAKE", "10"))
 #: larger captures are not decoded at the end (decoding took ~12x the raw pages in memory:
 #: 2.4 GB for 190 MB); their event table is built when the bundle is first read
 DECODE_NOW_MAX_BYTES = 256 << 20
@@ -268,6 +271,8 @@ class Collector:
             inst.write("tracing_on", "0")
             inst.write("buffer_size_kb", str(opts.buffer_kb))
             info["overwrite"] = inst.read("options/overwrite").strip() == "1"
+            if USE_POLL and inst.exists("buffer_percent"):
+                inst.write("buffer_percent", str(WAKE_PERCENT))
             for event in events:
                 system, name = event.split(":", 1)
                 inst.write(f"events/{system}/{name}/enable", "1")
@@ -416,8 +421,12 @@ class Collector:
                 return "command_exit"
             if opts.pid is not None and not Path(f"/proc/{opts.pid}").exists():
                 return "pid_exit"
-            # under a burst, come back to the buffers sooner
-            self.stop.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
+            # the kernel wakes us when a buffer is WAKE_PERCENT full; under a burst, come
+            # back to the buffers sooner anyway
+            if USE_POLL:
+                streamer.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
+            else:
+                self.stop.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
 
     def _write_bundle(self, writer: BundleWriter, info: dict, watcher, cpus) -> dict:
         kallsyms = writer.path / "kallsyms"

@@ -23,6 +23,8 @@ from pathlib import Path
 from kmltrace.analysis.idt import decode_gates
 from kmltrace.analysis.snapshot_checks import (KML_SYMBOLS, TIF_KU, check_snapshot, kml_evidence,
                                                task_mode)
+from kmltrace.collectors import kallsyms_snapshot
+from kmltrace.collectors.kallsyms_snapshot import use_kallsyms
 from kmltrace.errors import InputError, KmltraceError, RefusedError
 from kmltrace.output import hexstr
 
@@ -45,8 +47,10 @@ def _drgn():
 
 def open_program(vmcore: str | None = None, qemu: str | None = None,
                  vmlinux: str | None = None):
-    """A drgn ``Program`` on the kernel of `vmcore`, of the QEMU guest behind the QMP socket
-    `qemu`, or of the running kernel, with debug info from `vmlinux` or drgn's usual search.
+    """(program, limits): a drgn ``Program`` on the kernel of `vmcore`, of the QEMU guest
+    behind the QMP socket `qemu`, or of the running kernel, with debug info from `vmlinux` or
+    drgn's usual search.  Without any DWARF (and no `vmlinux` named) the program resolves
+    kallsyms only and `limits` says what is missing and how to get it.
     Raises :class:`KmltraceError` with one line that says what is missing."""
     drgn = _drgn()
     # drgn logs its own warnings (missing modules, ignored files) on stderr: our one-line
@@ -82,8 +86,19 @@ def open_program(vmcore: str | None = None, qemu: str | None = None,
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise InputError("not a Linux kernel dump: no VMCOREINFO (a QEMU guest needs "
                          "-device vmcoreinfo and the qemu_fw_cfg module loaded)", path=where)
-    _load_debug_info(prog, vmlinux, where)
-    return prog
+    try:
+        _load_debug_info(prog, vmlinux, where)
+    except NoDwarf as missing:
+        if not use_kallsyms(prog):
+            raise InputError(f"{missing.message}; kallsyms is not readable either",
+                             path=where) from None
+        return prog, [missing.message + ": snapshot from kallsyms and the hardware layouts "
+                      "only (IDT, TSS, per-CPU bases; no tasks, no exception-stack ranges)"]
+    return prog, []
+
+
+class NoDwarf(InputError):
+    """No debug info for the kernel was found (none was named)."""
 
 
 def _set_core_dump(prog, path: Path) -> None:
@@ -158,9 +173,9 @@ def _load_debug_info(prog, vmlinux: str | None, where: str) -> None:
         if vmlinux is not None:
             raise InputError(f"is not the vmlinux of this kernel ({release}: its build ID does "
                              "not match) or has no DWARF", path=str(vmlinux)) from None
-        raise InputError(f"no debug info for kernel {release}: install its debug package "
-                         f"(Debian: linux-image-{release}-dbg; Fedora: kernel-debuginfo) or "
-                         "pass --vmlinux FILE", path=where) from None
+        raise NoDwarf(f"no debug info for kernel {release}: install its debug package "
+                      f"(Debian: linux-image-{release}-dbg; Fedora: kernel-debuginfo) or "
+                      "pass --vmlinux FILE", path=where) from None
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load debug info: {e}", path=str(vmlinux or where)) from None
 
@@ -218,12 +233,7 @@ def per_cpu_gs_base(prog, cpu: int) -> int:
 def for_each_idt_gate(prog) -> list[dict]:
     """The 256 gates of ``idt_table`` as the snapshot object's ``idt`` list, each with the
     handler's symbol; decoded from the table's raw bytes by :mod:`kmltrace.analysis.idt`."""
-    from drgn import sizeof
-
-    table = prog["idt_table"]
-    # declared as an array of unknown size in some builds: IDT_ENTRIES (256) gates
-    size = 256 * sizeof(table[0])
-    gates = decode_gates(prog.read(table.address_, size))
+    gates = decode_gates(kallsyms_snapshot.idt_bytes(prog))
     for gate in gates:
         gate["symbol"] = symbol_of(prog, int(gate["handler"], 16))
     return gates
@@ -309,6 +319,15 @@ def cpu_snapshot(prog, cpu: int) -> dict:
     except (LookupError, AttributeError, _drgn().FaultError):
         pass
     return out
+
+
+def cpu_snapshot_untyped(prog, cpu: int) -> dict:
+    """:func:`cpu_snapshot` from kallsyms and the hardware TSS layout (no DWARF)."""
+    base = kallsyms_snapshot.per_cpu_offsets(prog, cpu + 1)[cpu]
+    _, tss = kallsyms_snapshot.tss_of_cpu(prog, base)
+    return {"cpu": cpu, "tss": tss,
+            "ist_mapped": [bool(int(v, 16)) and is_mapped(prog, int(v, 16)) for v in tss["ist"]],
+            "gs_base": hexstr(base)}
 
 
 # -- tasks -------------------------------------------------------------------------------------
@@ -434,16 +453,18 @@ def for_each_task_snapshot(prog, kml: bool, errors: list) -> list[dict]:
 
 # -- the whole snapshot ------------------------------------------------------------------------
 
-def take_snapshot(prog, source: str) -> dict:
+def take_snapshot(prog, source: str, limits: list[str] = ()) -> dict:
     """The snapshot object of CONTRACT.md for `prog` (see docs/snapshot.md), incidents included.
-    Reads that fail (a truncated dump) are listed under ``"errors"``; the rest is kept."""
+    Reads that fail (a truncated dump) are listed under ``"errors"``; the rest is kept.
+    With `limits` (no DWARF), only what kallsyms and the hardware layouts give."""
     drgn = _drgn()
     errors: list[str] = []
     release = kernel_release(prog)
+    typed = not limits
     cpus = []
-    for cpu in for_each_cpu(prog):
+    for cpu in for_each_cpu(prog) if typed else range(kallsyms_snapshot.nr_cpu_ids(prog)):
         try:
-            cpus.append(cpu_snapshot(prog, cpu))
+            cpus.append(cpu_snapshot(prog, cpu) if typed else cpu_snapshot_untyped(prog, cpu))
         except drgn.FaultError as e:
             errors.append(f"cpu {cpu}: cannot read {e}")
     try:
@@ -460,8 +481,10 @@ def take_snapshot(prog, source: str) -> dict:
         "source": source,
         "cpus": cpus,
         "idt": idt,
-        "tasks": for_each_task_snapshot(prog, kml, errors),
+        "tasks": for_each_task_snapshot(prog, kml, errors) if typed else [],
     }
+    if limits:
+        snapshot["limits"] = list(limits)
     snapshot["incidents"] = [i.to_json() for i in check_snapshot(snapshot)]
     if errors:
         snapshot["errors"] = errors
@@ -472,10 +495,10 @@ def snapshot(vmcore: str | None = None, qemu: str | None = None,
              vmlinux: str | None = None) -> dict:
     """Open the source and take its snapshot (see :func:`open_program`, :func:`take_snapshot`)."""
     drgn = _drgn()
-    prog = open_program(vmcore=vmcore, qemu=qemu, vmlinux=vmlinux)
+    prog, limits = open_program(vmcore=vmcore, qemu=qemu, vmlinux=vmlinux)
     source = vmcore or (f"qmp:{qemu}" if qemu else str(KCORE))
     try:
-        return take_snapshot(prog, str(source))
+        return take_snapshot(prog, str(source), limits)
     except drgn.FaultError as e:
         raise InputError(f"cannot read kernel memory (truncated or incomplete dump?): {e}",
                          path=str(vmcore or qemu or KCORE)) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,13 @@ class Streamer:
             os.write(stream.out, data)
             stream.bytes += len(data)
         return len(data)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a ring buffer reaches the instance's buffer_percent, or `timeout`."""
+        poller = select.poll()
+        for stream in self.streams:
+            poller.register(stream.source, select.POLLIN)
+        poller.poll(timeout * 1000)
 
     def drain(self) -> int:
         """After tracing stopped: move full pages, then the partly filled ones."""

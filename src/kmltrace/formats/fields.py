@@ -214,9 +214,9 @@ def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:
         return [(name, pl.when(is_hex).then(_hex(text))),
                 (name + SYM_SUFFIX, pl.when(~is_hex).then(text))]
     if kind == "hexlist":
+        # "%lx, %lx, ...": bare hex, one space after each comma (a value that is not is null)
         values = text.str.split(", ").list.eval(
-            pl.element().str.strip_chars().str.strip_prefix("0x")
-            .str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+            pl.element().str.to_integer(base=16, dtype=pl.UInt64, strict=False))
         return [(name, values)]
     if kind == "le_u64_bytes":
         # "0a, 00, ...": 48 little-endian bytes -> six UInt64

@@ -16,14 +16,17 @@ from pathlib import Path
 import polars as pl
 
 from kmltrace.formats import Parsed
-from kmltrace.formats import ftrace_text, text_lines
+from kmltrace.formats import ftrace_text, text_lines, text_pipeline
 
 NAME = "perf_script"
 
 PERF_LINE_RE = (r"^\s*.*\S\s+\d+(?:/\d+)?\s+\[\d+\]\s+\d+\.\d+:\s+(?:\d+\s+)?"
                 r"[\w.-]+:[\w.-]+:(?:\s|$)")
 PERF_LINE_CAPTURE_RE = (r"^\s*(?P<comm>.*?\S)\s+(?P<first>\d+)(?:/(?P<tid>\d+))?\s+\[(?P<cpu>\d+)\]\s+"
-                        r"(?P<ts>\d+\.\d+):\s+(?:\d+\s+)?(?P<body>[\w.-]+:[\w.-]+:(?:\s.*)?)$")
+                        r"(?P<sec>\d+)\.(?P<frac>\d+):\s+(?P<body>(?:\d+\s+)?[\w.-]+:[\w.-]+:(?:\s.*)?)$")
+#: "[000]   352.738789" (the part before the first ": " after the pid)
+STAMP_RE = r"^\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<frac>\d+)$"
+BODY_RE = r"^(?:\d+\s+)?[\w.-]+:[\w.-]+:(?:\s|$)"
 HEAD_RE = r"^(?P<comm>.*\S)\s+(?P<first>\d+)(?:/(?P<tid>\d+))?$"
 CALLCHAIN_RE = r"^\s+[0-9a-f]{4,} \S"
 
@@ -41,8 +44,8 @@ def sniff(head: bytes) -> bool:
     return good >= max(1, (len(data) + 1) // 2)
 
 
-def columns(frame: pl.LazyFrame, text: str) -> pl.LazyFrame:
-    """Split the perf sample lines of column `text` (see ftrace_text.task_columns)."""
+def split(frame: pl.LazyFrame, text: str) -> pl.LazyFrame:
+    """Split sample lines by positions (see ftrace_text.split)."""
     line = pl.col(text)
     col = pl.col
     frame = frame.with_columns(
@@ -51,58 +54,76 @@ def columns(frame: pl.LazyFrame, text: str) -> pl.LazyFrame:
     frame = frame.with_columns(
         line.str.slice(0, col("__pos")).str.strip_chars().str.extract_groups(HEAD_RE)
         .alias("__head"),
-        line.str.slice(col("__pos")).str.strip_chars_start().str.splitn("]", 2).alias("__tail"),
-        pl.when(col("__many")).then(line).str.extract_groups(PERF_LINE_CAPTURE_RE)
-        .alias("__slow"))
+        line.str.slice(col("__pos") + 1).alias("__tail"))
+    frame = frame.with_columns(col("__tail").str.find(": ", literal=True).alias("__colon"))
     frame = frame.with_columns(
-        col("__tail").struct[1].str.strip_chars_start().str.splitn(": ", 2).alias("__ts_body"))
-    many = col("__many") & col("__slow").struct.field("first").is_not_null()
-
-    def pick(slow_name, fast):
-        return pl.when(many).then(col("__slow").struct.field(slow_name)).otherwise(fast)
-
+        col("__tail").str.slice(0, col("__colon")).str.extract_groups(STAMP_RE).alias("__stamp"),
+        col("__tail").str.slice(col("__colon") + 2).str.strip_chars_start().alias("__body"))
+    # a sample line names its tracepoint "system:event:" (anchored: reads only the start)
+    frame = frame.with_columns(
+        pl.when(col("__body").str.contains(BODY_RE)).then(col("__body")).alias("__body"))
     head = col("__head").struct.field
-    body = col("__ts_body").struct[1].str.strip_chars_start().str.replace(r"^\d+\s+", "")
-    frame = frame.with_columns(
-        pick("comm", head("comm")).alias("comm"),
-        pick("first", head("first")).cast(pl.Int32, strict=False).alias("__first"),
-        pick("tid", head("tid")).cast(pl.Int32, strict=False).alias("__tid"),
-        pick("cpu", col("__tail").struct[0].str.slice(1)).cast(pl.Int32, strict=False).alias("cpu"),
-        pick("ts", col("__ts_body").struct[0]).alias("ts_text"),
-        pick("body", body).alias("__body"),
-    )
-    frame = frame.with_columns(col("__body").str.splitn(": ", 2).alias("__name_raw"))
-    bare = col("__name_raw").struct[1].is_null()
-    name = (pl.when(bare).then(col("__body").str.strip_suffix(":"))
-            .otherwise(col("__name_raw").struct[0]))
-    frame = frame.with_columns(name.str.splitn(":", 2).alias("__system_event"))
+    stamp = col("__stamp").struct.field
     return frame.with_columns(
-        pl.coalesce(col("__tid"), col("__first")).alias("pid"),
-        pl.when(col("__tid").is_not_null()).then(col("__first")).alias("tgid"),
+        head("comm").alias("comm"),
+        head("first").alias("__first"), head("tid").alias("__tid"),
+        stamp("cpu").cast(pl.Int32, strict=False).alias("cpu"),
+        stamp("sec").alias("ts_sec"), stamp("frac").alias("ts_frac"),
+    ).pipe(_ids).drop("__pos", "__head", "__tail", "__colon", "__stamp")
+
+
+def exact(frame: pl.LazyFrame, text: str) -> pl.LazyFrame:
+    groups = pl.col(text).str.extract_groups(PERF_LINE_CAPTURE_RE).struct.field
+    return frame.with_columns(
+        groups("comm").alias("comm"), groups("first").alias("__first"),
+        groups("tid").alias("__tid"),
+        groups("cpu").cast(pl.Int32, strict=False).alias("cpu"),
+        groups("sec").alias("ts_sec"), groups("frac").alias("ts_frac"),
+        groups("body").alias("__body"),
+    ).pipe(_ids)
+
+
+def _ids(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """"tid" or "pid/tid": the kernel task id is the tid (our pid), the first the tgid."""
+    first = pl.col("__first").cast(pl.Int32, strict=False)
+    tid = pl.col("__tid").cast(pl.Int32, strict=False)
+    return frame.with_columns(
+        pl.coalesce(tid, first).alias("pid"),
+        pl.when(tid.is_not_null()).then(first).alias("tgid"),
         pl.lit(None, dtype=pl.String).alias("flags"),
-        col("__system_event").struct[0].alias("perf_system"),
-        col("__system_event").struct[1].alias("event"),
-        pl.when(col("__body").is_null()).then(None).when(bare).then(pl.lit(""))
-        .otherwise(col("__name_raw").struct[1]).alias("raw"),
-    ).drop("__pos", "__many", "__head", "__tail", "__slow", "__ts_body", "__first", "__tid",
-           "__body", "__name_raw", "__system_event")
+    ).drop("__first", "__tid")
 
 
-def classify(text: pl.Expr) -> pl.Expr:
-    return (pl.when(text.is_null() | (text.str.strip_chars() == "")).then(pl.lit("blank"))
-            .when(text.str.starts_with("#")).then(pl.lit("comment"))
-            .when(text.str.contains(PERF_LINE_RE)).then(pl.lit("event"))
-            .when(text.str.contains(CALLCHAIN_RE)).then(pl.lit("stack"))
-            .when(text.str.contains(text_lines.LOST_RE)).then(pl.lit("lost"))
-            .otherwise(pl.lit("bad")))
+def body(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """``[period ]system:event: fields`` -> perf_system, event, raw."""
+    col = pl.col
+    # perf prints the period before the event when asked (-F period): rare, tested alone
+    numbered = col("__body").str.head(1).str.contains(r"^\d")
+    body_text = (pl.when(numbered).then(col("__body").str.replace(r"^\d+\s+", ""))
+                 .otherwise(col("__body")))
+    frame = frame.with_columns(body_text.alias("__body"))
+    frame = frame.with_columns(col("__body").str.find(": ", literal=True).alias("__split"))
+    bare = col("__split").is_null()
+    name = (pl.when(bare).then(col("__body").str.strip_suffix(":"))
+            .otherwise(col("__body").str.slice(0, col("__split"))))
+    frame = frame.with_columns(name.str.splitn(":", 2).alias("__name"))
+    return frame.with_columns(
+        col("__name").struct[0].alias("perf_system"),
+        col("__name").struct[1].alias("event"),
+        pl.when(bare).then(pl.lit("")).otherwise(col("__body").str.slice(col("__split") + 2))
+        .alias("raw"),
+    ).drop("__split", "__name")
+
+
+GRAMMAR = text_pipeline.Grammar(what="perf script", source="perf", split=split, exact=exact,
+                                body=body, system=pl.col("perf_system"),
+                                stack_re=f"{CALLCHAIN_RE}|{text_lines.STACK_RE}")
 
 
 def parse(path: Path) -> Parsed:
     path = Path(path)
-    events, errors, meta = ftrace_text.finish(
-        path, text_lines.scan_lines(path), classify(pl.col("text")), columns, source="perf",
-        what="perf script", system=pl.col("perf_system"), event_frame=lambda frame: frame)
+    events, errors, meta = text_pipeline.run(path, text_lines.scan_lines(path), GRAMMAR)
     if events is None:
         return Parsed(path=str(path), format=NAME, errors=errors, meta={})
-    events = events.drop("perf_system")
-    return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
+    return Parsed(path=str(path), format=NAME, events=events.drop("perf_system"),
+                  errors=errors, meta=meta)

@@ -759,6 +759,18 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
         dtype = FIELD_COLUMNS.get(name) or first.dtype
         if any(p.dtype != first.dtype for _, p in parts) and name not in FIELD_COLUMNS:
             dtype = pl.Int64
+        widths = {p.values.shape[1] if p.values.ndim == 2 else 0 for _, p in parts}
+        if len(widths) == 1 and 0 not in widths:
+            # fixed arrays (sys_enter's args): one full-length matrix, seen as lists
+            mat = np.zeros((n, widths.pop()), np.result_type(*(p.values for _, p in parts)))
+            for rows, p in parts:
+                mat[rows] = p.values
+            inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+            series = pl.Series(name, mat).cast(pl.List(inner))
+            del mat
+            if covered.all():
+                return series
+            return pl.select(pl.when(pl.Series(covered)).then(series)).to_series().alias(name)
         if isinstance(dtype, pl.List) or any(p.values.ndim == 2 for _, p in parts):
             kinds = {"series"}
         if kinds == {"array"}:

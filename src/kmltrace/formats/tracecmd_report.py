@@ -11,13 +11,14 @@ tracefs-like lines with the event name padded, prefixed by the buffer name for i
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
 import polars as pl
 
 from kmltrace.formats import Parsed
-from kmltrace.formats import ftrace_text, text_lines
+from kmltrace.formats import ftrace_text, text_lines, text_pipeline
 from kmltrace.formats.sniff import read_head
 
 NAME = "tracecmd_report"
@@ -67,18 +68,13 @@ def parse(path: Path) -> Parsed:
     head = read_head(path)
     lines = text_lines.scan_lines(path)
     names = buffer_names(head)
-    if names:
-        alternatives = "|".join(re.escape(n) for n in names)
-        lines = lines.with_columns(pl.col("text").str.replace(rf"^(?:{alternatives}): ", ""))
     text = pl.col("text")
-    header = text.str.strip_chars().str.contains(HEADER_RE)
-    kind = pl.when(header).then(pl.lit("comment")).otherwise(ftrace_text.classify(text))
-
-    def columns(frame, text_name):
-        return ftrace_text.task_columns(frame, text_name, strip_event_padding=True)
-
-    events, errors, meta = ftrace_text.finish(path, lines, kind, columns, source="ftrace",
-                                              what="trace-cmd report", event_frame=_events)
+    for name in names:   # cut "buffer: " off the lines that carry it (a slice, no regex)
+        prefix = f"{name}: "
+        lines = lines.with_columns(pl.when(text.str.starts_with(prefix))
+                                   .then(text.str.slice(len(prefix))).otherwise(text).alias("text"))
+    events, errors, meta = text_pipeline.run(path, lines, GRAMMAR,
+                                             event_frame=ftrace_text.normalise_events)
     meta.update(read_header(head))
     if names:
         meta["buffers"] = names
@@ -87,6 +83,7 @@ def parse(path: Path) -> Parsed:
     return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
 
 
-def _events(frame: pl.LazyFrame) -> pl.LazyFrame:
-    # trace-cmd names ftrace:print "print" already ("print: tracing_mark_write: text")
-    return ftrace_text.normalise_events(frame)
+# trace-cmd pads event names ("sys_enter:            NR 33 ..."): the padding is not field text
+GRAMMAR = text_pipeline.Grammar(
+    what="trace-cmd report", source="ftrace", split=ftrace_text.split, exact=ftrace_text.exact,
+    body=functools.partial(ftrace_text.body, strip_event_padding=True), header_re=HEADER_RE)
