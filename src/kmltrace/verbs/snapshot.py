@@ -94,7 +94,8 @@ def _print_summary(snap: dict, output: str | None) -> None:
     modes: dict[str, int] = {}
     for task in snap["tasks"]:
         modes[task["mode"]] = modes.get(task["mode"], 0) + 1
-    console.print(Text("tasks: " + ", ".join(f"{n} {m}" for m, n in sorted(modes.items()))))
+    console.print(Text("tasks: " + (", ".join(f"{n} {m}" for m, n in sorted(modes.items()))
+                                    or "none read")))
     for incident in snap["incidents"]:
         console.print(Text(f"{incident['severity']}: {incident['kind']}: "
                            f"{safe_text(incident['summary'])}"))
