@@ -99,6 +99,8 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "exit_code": pl.Int32,
     "exception": pl.String,
     "inj_error_code": pl.UInt64,
+    "insn": pl.String,
+    "emulate_mode": pl.String,
     # register state of exception records (qemu, console, snapshot)
     "cpl": pl.Int32,
     "cs": pl.UInt64,

@@ -256,3 +256,42 @@ def test_chains_never_raise_on_mutated_evidence(tmp_path, qemu_data, console_dat
     result = _run(tmp_path / "q.log", tmp_path / "c.txt")
     for chain in result.chains:
         assert all("vector" in e for e in chain)
+
+
+# -- the lab's bundles (sample_traces/lab-*): expected values from the lab kernel's lab.h ------
+
+import re  # noqa: E402
+
+LAB_H = (SAMPLES.parent / "src" / "kmltrace" / "lab" / "kernel" / "lab.h").read_text()
+
+
+def _define(name: str) -> int:
+    return int(re.search(rf"#define\s+{name}\s+\(?(0x[0-9a-fA-F]+|\d+)", LAB_H).group(1), 0)
+
+
+def _fresh_bundle(tmp_path, name):
+    """A copy of a lab bundle without its event cache (parsed now, by this code)."""
+    dest = tmp_path / name
+    shutil.copytree(SAMPLES / name, dest, ignore=shutil.ignore_patterns("events.*"))
+    return dest
+
+
+def test_lab_starvation_tcg_chain_and_symbols(tmp_path):
+    # lab.h: STARVE_RSP = USER_STACK_BOTTOM = USER_STACK_TOP - 0x1000, the frame below it unmapped
+    rsp = _define("USER_STACK_TOP") - 0x1000
+    result = _run(_fresh_bundle(tmp_path, "lab-starvation-tcg"))
+    (chain,) = result.chains
+    assert [e["name"] for e in chain] == ["#PF", "#DF", "#PF"]
+    assert chain[0]["rsp"] == hex(rsp) and chain[0]["cr2"] == hex(rsp - 8)
+    assert chain[0]["symbol"] == "starve_push"               # from the bundle's kernel.elf
+    assert [e["stack"] for e in chain[:2]] == ["same", "same"]   # the dump's IDT: IST 0
+    assert {i.kind: i.severity for i in result.incidents} == {
+        "triple_fault": "critical", "double_fault": "critical", "stack_starvation": "critical"}
+
+
+def test_lab_starvation_kvm_reset_from_host_tracepoints(tmp_path):
+    result = _run(_fresh_bundle(tmp_path, "lab-starvation-kvm"))
+    (incident,) = result.incidents
+    assert incident.kind == "triple_fault"
+    assert "KVM_EXIT_SHUTDOWN" in incident.summary and "`push rax`" in incident.summary
+    assert result.chains[0][-1]["symbol"] == "starve_push"

@@ -23,6 +23,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import polars as pl
 
@@ -60,7 +61,7 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
     for frame in _qemu_files(events, names):
         _qemu_episodes(frame, gates, symbolize, result)
     _console_episodes(events, names, symbolize, offsets, result)
-    _kvm_episodes(events, result)
+    _kvm_episodes(events, symbolize, result)
     _merge_witnesses(result)
     return result
 
@@ -551,7 +552,7 @@ def _strip_len(symbol: str | None) -> str | None:
 
 # -- KVM -----------------------------------------------------------------------------------------
 
-def _kvm_episodes(events: pl.LazyFrame, result) -> None:
+def _kvm_episodes(events: pl.LazyFrame, symbolize, result) -> None:
     names = set(events.collect_schema().names())
     if "event" not in names:
         return
@@ -570,14 +571,22 @@ def _kvm_episodes(events: pl.LazyFrame, result) -> None:
             before = injected.filter(pl.col("ts_ns") <= row["ts_ns"])
         if row["pid"] is not None:
             before = before.filter(pl.col("pid") == row["pid"])
+        insn = kvm_mod.last_emulated(kvm, row["ts_ns"], row["pid"])
+        guest_rip = row["guest_rip"] if row["guest_rip"] is not None else (
+            insn["rip"] if insn else None)
         chain = [{"vector": r["vector"], "name": VECTOR_NAMES.get(r["vector"]), "cpl": None,
                   "cs": None, "rip": None, "rsp": None, "cr2": None,
                   "error_code": hexstr(r["inj_error_code"]), "stack": None, "symbol": None,
                   "ts_ns": r["ts_ns"], "source": "kvm", "file": r["file"], "line": r["line"]}
                  for r in before.tail(3).iter_rows(named=True)]
+        if insn:
+            for e in chain:   # an injected exception of an emulated instruction: that rip
+                e["rip"] = e["rip"] or hexstr(insn["rip"])
+                e["symbol"] = symbolize(insn["rip"])
         chain.append({"vector": None, "name": "shutdown", "cpl": None, "cs": None,
-                      "rip": hexstr(row["guest_rip"]), "rsp": None, "cr2": None,
-                      "error_code": None, "stack": None, "symbol": None, "ts_ns": row["ts_ns"],
+                      "rip": hexstr(guest_rip), "rsp": None, "cr2": None,
+                      "error_code": None, "stack": None, "symbol": symbolize(guest_rip),
+                      "ts_ns": row["ts_ns"],
                       "shutdown": True, "source": "kvm", "file": row["file"],
                       "line": row["line"]})
         result.chains.append(chain)
@@ -594,9 +603,13 @@ def _kvm_episodes(events: pl.LazyFrame, result) -> None:
             + (f" at guest rip {hexstr(row['guest_rip'])}" if row["guest_rip"] is not None else "")
             + (f" (QEMU pid {row['pid']})" if row["pid"] is not None else "")
             + (f"; KVM had emulated {emulated.height} guest instructions before it"
-               if emulated.height else ""),
+               if emulated.height else "")
+            + (f", the last `{insn['text'] or insn['insn']}` at {hexstr(insn['rip'])}"
+               if insn else ""),
             pid=row["pid"], comm=row["comm"], cpu=row["cpu"], ts_ns=row["ts_ns"],
-            evidence=[evidence(row["file"] or "kvm", what, row["line"])],
+            evidence=[evidence(row["file"] or "kvm", what, row["line"])]
+            + ([evidence(insn["file"] or "kvm", f"kvm_emulate_insn {hexstr(insn['rip'])}: "
+                         f"{insn['insn']} ({insn['mode']})", insn["line"])] if insn else []),
             extra={"chain": len(result.chains) - 1, "emulated_instructions": emulated.height}))
 
 
@@ -620,7 +633,8 @@ def _symbolizer(capture, offset: int):
     """ip -> ``func+0xoff`` from the ELF the capture names (``--vmlinux`` or an ELF TARGET),
     undoing the KASLR slide the console printed. A small stand-in for a shared symbol
     service: swap :func:`_symbol_table` for it when there is one."""
-    paths = [p for p in [getattr(capture, "vmlinux", None), *_metas(capture, "elf")] if p]
+    paths = [p for p in [getattr(capture, "vmlinux", None), *_metas(capture, "elf"),
+                         *_bundle_elves(capture)] if p]
     tables = [t for t in (_symbol_table(str(p)) for p in paths) if t]
 
     def lookup(ip, slide=None):
@@ -638,6 +652,23 @@ def _symbolizer(capture, offset: int):
                     return f"{name}+{delta:#x}" if delta else name
         return None
     return lookup
+
+
+def _bundle_elves(capture) -> list[str]:
+    """Executable ELF files a bundle carries (a lab bundle's kernel.elf): symbols for RIP."""
+    out = []
+    for manifest in getattr(capture, "bundles", None) or []:
+        base = Path(manifest.get("path") or ".")
+        for entry in manifest.get("files") or []:
+            path = base / str(entry.get("path", ""))
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(18)
+            except OSError:
+                continue
+            if head[:4] == b"\x7fELF" and len(head) == 18 and head[16] in (2, 3):
+                out.append(str(path))
+    return out
 
 
 def _metas(capture, key: str) -> list:

@@ -30,7 +30,11 @@ _COLUMNS = {
     "exit_code": (pl.Int32, r"reason \S+ \((-?\d+)\)"),
     "exception": (pl.String, r"^(#?\w+) \(0x"),
     "inj_error_code": (pl.UInt64, r"^#?\w+ \(0x([0-9a-fA-F]+)\)"),
+    "insn": (pl.String, r"^[0-9a-fA-F]+:[0-9a-fA-F]+:([0-9a-fA-F ]*?) \("),
+    "emulate_mode": (pl.String, r"\((\w+)\)"),
 }
+#: kvm_emulate_insn prints its rip without 0x: "csbase:rip:bytes (mode)"
+_EMULATED_RIP = r"^[0-9a-fA-F]+:([0-9a-fA-F]+):"
 
 
 def kvm_rows(events: pl.LazyFrame) -> pl.DataFrame:
@@ -41,6 +45,8 @@ def kvm_rows(events: pl.LazyFrame) -> pl.DataFrame:
     for column, (dtype, regex) in _COLUMNS.items():
         from_raw = (pl.col("raw").str.extract(regex, 1) if "raw" in names
                     else pl.lit(None, dtype=pl.String))
+        if column == "guest_rip" and "raw" in names:
+            from_raw = pl.coalesce(from_raw, pl.col("raw").str.extract(_EMULATED_RIP, 1))
         if dtype == pl.UInt64:
             from_raw = from_raw.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
         else:
@@ -77,3 +83,35 @@ def exit_reason_counts(kvm: pl.DataFrame) -> dict[str, int]:
     exits = kvm.filter(pl.col("event") == "kvm_exit").group_by("exit_reason").len()
     return {r["exit_reason"] or "?": r["len"] for r in exits.sort("len", descending=True)
             .iter_rows(named=True)}
+
+
+def last_emulated(kvm: pl.DataFrame, ts_ns: int | None, pid: int | None) -> dict | None:
+    """The last instruction KVM emulated before `ts_ns` in QEMU process `pid`, disassembled
+    (capstone) when its bytes are known: ``{"rip", "insn", "mode", "text", "line", "file"}``."""
+    rows = kvm.filter(pl.col("event") == "kvm_emulate_insn")
+    if ts_ns is not None:
+        rows = rows.filter(pl.col("ts_ns") <= ts_ns)
+    if pid is not None:
+        rows = rows.filter(pl.col("pid") == pid)
+    if rows.height == 0:
+        return None
+    row = rows.tail(1).row(0, named=True)
+    return {"rip": row["guest_rip"], "insn": row["insn"], "mode": row["emulate_mode"],
+            "text": disassemble(row["insn"], row["guest_rip"], row["emulate_mode"]),
+            "line": row.get("line"), "file": row.get("file")}
+
+
+def disassemble(insn: str | None, rip: int | None, mode: str | None) -> str | None:
+    if not insn:
+        return None
+    try:
+        import capstone
+        code = bytes.fromhex(insn.replace(" ", ""))
+        bits = {"prot64": capstone.CS_MODE_64, "prot32": capstone.CS_MODE_32,
+                "prot16": capstone.CS_MODE_16, "real": capstone.CS_MODE_16,
+                "vm86": capstone.CS_MODE_16}.get(mode or "prot64", capstone.CS_MODE_64)
+        for ins in capstone.Cs(capstone.CS_ARCH_X86, bits).disasm(code, rip or 0):
+            return f"{ins.mnemonic} {ins.op_str}".strip()
+    except (ImportError, ValueError):
+        return None
+    return None

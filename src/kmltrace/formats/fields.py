@@ -111,6 +111,10 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 {"vcpu_id": "int", "guest_rip": "hex"}),
     EventFields("kvm", ("kvm_userspace_exit",), r"reason (?P<exit_reason>\S+) \((?P<exit_code>-?\d+)\)",
                 {"exit_reason": "str", "exit_code": "int"}),
+    # "0:100402:50 (prot64)": CS base, guest rip, the instruction's bytes, the CPU mode
+    EventFields("kvm", ("kvm_emulate_insn",),
+                r"^[0-9a-fA-F]+:(?P<guest_rip>[0-9a-fA-F]+):(?P<insn>[0-9a-fA-F ]*?) \((?P<emulate_mode>\w+)\)",
+                {"guest_rip": "hex", "insn": "str", "emulate_mode": "str"}),
     # "#PF (0x2)" / "#DF (0x0) [reinjected]": the vector's mnemonic and the error code
     EventFields("kvm", ("kvm_inj_exception",),
                 r"^(?P<exception>#?\w+) \(0x(?P<inj_error_code>[0-9a-fA-F]+)\)(?P<reinjected> \[reinjected\])?",
