@@ -65,6 +65,14 @@ def timed(command: list[str], stdout=subprocess.PIPE) -> tuple[dict, str]:
              "peak_rss_bytes": int(rss_kb) * 1024}, proc.stdout if stdout is subprocess.PIPE else "")
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the repository when inside it (results hold no machine paths)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
 def count_lines(path: Path) -> int:
     count = 0
     with open(path, "rb") as f:
@@ -129,7 +137,7 @@ def main() -> int:
                      stdout=subprocess.DEVNULL)
     results["tools"]["trace-cmd report"] = {
         **usage, "lines": report_lines, "lines_per_s": round(report_lines / usage["wall_s"]),
-        "command": f"trace-cmd report -i {large / 'trace.dat'} > /dev/null"}
+        "command": f"trace-cmd report -i {_shown(large / 'trace.dat')} > /dev/null"}
     print(f"trace-cmd report: {report_lines} lines in {usage['wall_s']} s "
           f"({report_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
 
@@ -138,7 +146,7 @@ def main() -> int:
                      stdout=subprocess.DEVNULL)
     results["tools"]["perf script"] = {
         **usage, "lines": perf_lines, "lines_per_s": round(perf_lines / usage["wall_s"]),
-        "command": f"perf script --ns -i {large / 'perf.data'} > /dev/null"}
+        "command": f"perf script --ns -i {_shown(large / 'perf.data')} > /dev/null"}
     print(f"perf script: {perf_lines} lines in {usage['wall_s']} s "
           f"({perf_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
 
@@ -170,7 +178,7 @@ def main() -> int:
     if not opts.no_write:
         data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         data[KEY] = entry
-        RESULTS.write_text(json.dumps(data, indent=1) + "\n")
+        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     return 0
 
 
