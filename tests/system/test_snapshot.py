@@ -285,7 +285,7 @@ def test_vmlinux_of_another_build(guest, tmp_path):
     assert "is not the vmlinux of this kernel" in line
 
 
-def test_without_dwarf_the_idt_and_tss_come_from_kallsyms(guest, snap, tmp_path):
+def test_without_dwarf_kallsyms_and_btf_give_the_same_snapshot(guest, snap, tmp_path):
     built, _ = guest
     out = tmp_path / "nodwarf.json"
     result = kmltrace("snapshot", "--vmcore", built.vmcore, "-o", out)
@@ -293,8 +293,15 @@ def test_without_dwarf_the_idt_and_tss_come_from_kallsyms(guest, snap, tmp_path)
     assert result.returncode == 0 and len(lines) == 1, result.stderr
     assert f"warning: no debug info for kernel {built.release}" in lines[0]
     assert f"linux-image-{built.release}-dbg" in lines[0]
+    assert "tasks from the kernel's BTF" in lines[0]
     partial = parse_path(out).meta["snapshot"]
-    assert partial["limits"] and partial["tasks"] == [] and partial["incidents"] == []
+    assert partial["limits"] and partial["incidents"] == []
+    # every task (all are thread-group leaders in this guest) with the same values as DWARF's,
+    # sp_mapped_below included (our page walk vs drgn's follow_phys)
+    full = by_pid(snap)
+    assert sorted(t["pid"] for t in partial["tasks"]) == sorted(full)
+    for task in partial["tasks"]:
+        assert task == {k: full[task["pid"]].get(k) for k in task}
     keys = ("vector", "handler", "selector", "type", "dpl", "present", "ist")
     assert [{k: g[k] for k in keys} for g in partial["idt"]] == \
         [{k: g[k] for k in keys} for g in snap["idt"]]

@@ -92,8 +92,8 @@ def open_program(vmcore: str | None = None, qemu: str | None = None,
         if not use_kallsyms(prog):
             raise InputError(f"{missing.message}; kallsyms is not readable either",
                              path=where) from None
-        return prog, [missing.message + ": snapshot from kallsyms and the hardware layouts "
-                      "only (IDT, TSS, per-CPU bases; no tasks, no exception-stack ranges)"]
+        return prog, [missing.message + ": IDT, TSS and per-CPU bases from kallsyms and the "
+                      "hardware layouts (no exception-stack ranges)"]
     return prog, []
 
 
@@ -481,14 +481,30 @@ def take_snapshot(prog, source: str, limits: list[str] = ()) -> dict:
         "source": source,
         "cpus": cpus,
         "idt": idt,
-        "tasks": for_each_task_snapshot(prog, kml, errors) if typed else [],
+        "tasks": (for_each_task_snapshot(prog, kml, errors) if typed
+                  else _tasks_from_btf(prog, kml, errors, limits := list(limits))),
     }
     if limits:
-        snapshot["limits"] = list(limits)
+        snapshot["limits"] = limits
     snapshot["incidents"] = [i.to_json() for i in check_snapshot(snapshot)]
     if errors:
         snapshot["errors"] = errors
     return snapshot
+
+
+def _tasks_from_btf(prog, kml: bool, errors: list, limits: list) -> list[dict]:
+    """Tasks read with the kernel's own BTF when there is no DWARF; the limits say which."""
+    from kmltrace.collectors.btf import BtfError
+
+    try:
+        btf = kallsyms_snapshot.load_btf(prog)
+        tasks = kallsyms_snapshot.for_each_task_btf(prog, btf, kml, errors, MAPPED_BELOW_LIMIT)
+    except (LookupError, BtfError, _drgn().FaultError) as e:
+        limits.append(f"no tasks: the kernel's BTF is not usable ({e})")
+        return []
+    limits.append("tasks from the kernel's BTF: thread-group leaders only, without exe, "
+                  "state, stack VMA")
+    return tasks
 
 
 def snapshot(vmcore: str | None = None, qemu: str | None = None,

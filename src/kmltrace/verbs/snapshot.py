@@ -47,8 +47,9 @@ def snapshot(vmcore, qemu, vmlinux, output, as_json):
         print_error(e)
         raise SystemExit(1) from None
     status = 0
-    for limit in snap.get("limits") or []:   # a partial snapshot is still a snapshot: exit 0
-        print_error(KmltraceError(f"warning: {limit}", path=vmcore or qemu or "/proc/kcore"))
+    if snap.get("limits"):   # a partial snapshot is still a snapshot: one warning line, exit 0
+        print_error(KmltraceError("warning: " + "; ".join(snap["limits"]),
+                                  path=vmcore or qemu or "/proc/kcore"))
     for error in snap.get("errors") or []:
         print_error(KmltraceError(error, path=vmcore or qemu or "/proc/kcore"))
         status = 1
