@@ -63,6 +63,7 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
     _console_episodes(events, names, symbolize, offsets, result)
     _kvm_episodes(events, symbolize, result)
     _merge_witnesses(result)
+    _fold_repeated_starvation(result)
     return result
 
 
@@ -105,6 +106,26 @@ def _merge_witnesses(result: ChainResult) -> None:
     for incident in result.incidents:
         if "chain" in incident.extra:
             incident.extra["chain"] = renumber.get(incident.extra["chain"])
+
+
+def _fold_repeated_starvation(result: ChainResult) -> None:
+    """One stack_starvation per stack: episodes faulting at the same RSP and CR2 (a loop that
+    moved to another instruction) add their evidence to the first one."""
+    first: dict = {}
+    for incident in list(result.incidents):
+        if incident.kind != "stack_starvation" or incident.extra.get("rsp") is None:
+            continue
+        key = (incident.extra.get("rsp"), incident.extra.get("cr2"),
+               (incident.evidence[0].get("source") if incident.evidence else None))
+        if key not in first:
+            first[key] = incident
+            continue
+        kept = first[key]
+        kept.evidence = kept.evidence + incident.evidence
+        kept.extra.setdefault("chains", [kept.extra.get("chain")]).append(incident.extra.get("chain"))
+        if _SEVERITY_RANK[incident.severity] < _SEVERITY_RANK[kept.severity]:
+            kept.severity = incident.severity
+        result.incidents.remove(incident)
 
 
 def _fold_incidents(incidents: list[Incident], from_chain: int, into_chain: int) -> None:
