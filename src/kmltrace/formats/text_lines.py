@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import re
 from pathlib import Path
 
 import polars as pl
@@ -80,42 +79,6 @@ def nul_line(path: Path) -> int | None:
         return data[:at].count(b"\n") + 1
 
 
-def timestamp_ns(ts: pl.Expr) -> pl.Expr:
-    """ "343.291437" -> 343291437000 exactly: seconds and fraction are parsed apart (no float).
-
-    A timestamp without a fraction (counter clocks) is kept as the integer it is.
-    """
-    parts = ts.str.splitn(".", 2)
-    sec = parts.struct[0].cast(pl.Int64, strict=False)
-    frac = parts.struct[1]
-    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").cast(pl.Int64, strict=False)
-    return pl.when(frac.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
-
-
-def precision_of(frame: pl.DataFrame, ts_text: str = "ts_text") -> str:
-    """ "us" or "ns" from the number of fraction digits the source printed ("counter": none)."""
-    if frame.height == 0 or ts_text not in frame.columns:
-        return "us"
-    digits = frame.select(pl.col(ts_text).str.splitn(".", 2).struct[1].str.len_chars().max()).item()
-    if digits is None:
-        return "counter"
-    return "ns" if digits > 6 else "us"
-
-
-def lost_events(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Rows (event "lost_events") for the lines that report lost events, with their count."""
-    groups = pl.col("text").str.extract_groups(LOST_RE)
-    return (
-        lines.filter(pl.col("text").str.contains(LOST_RE))
-        .select(
-            pl.col("line"),
-            groups.struct[0].cast(pl.Int32).alias("cpu"),
-            pl.coalesce(groups.struct[1], groups.struct[2]).cast(pl.Int64).alias("lost"),
-            pl.col("text").str.strip_chars().alias("raw"),
-        )
-    )
-
-
 def line_errors(path: Path, bad: pl.DataFrame, what: str) -> list[KmltraceError]:
     """Errors for lines that do not follow the grammar: the first few one by one, then a count.
 
@@ -139,12 +102,3 @@ def truncated_error(path: Path, line: int) -> KmltraceError:
 def _excerpt(text: str | None, size: int = 60) -> str:
     text = "" if text is None else text
     return repr(text if len(text) <= size else text[:size] + "...")
-
-
-def first_match(lines: list[str], pattern: str) -> re.Match | None:
-    regex = re.compile(pattern)
-    for line in lines:
-        match = regex.search(line)
-        if match:
-            return match
-    return None
