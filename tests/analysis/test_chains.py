@@ -295,3 +295,20 @@ def test_lab_starvation_kvm_reset_from_host_tracepoints(tmp_path):
     assert incident.kind == "triple_fault"
     assert "KVM_EXIT_SHUTDOWN" in incident.summary and "`push rax`" in incident.summary
     assert result.chains[0][-1]["symbol"] == "starve_push"
+
+
+def test_lab_verdicts_do_not_need_serial_or_scenario_metadata(tmp_path):
+    import json
+    full = _run(_fresh_bundle(tmp_path / "a", "lab-starvation-tcg"))
+    bare = _fresh_bundle(tmp_path / "b", "lab-starvation-tcg")
+    for name in ("console.log", "registers.txt", "qmp-events.jsonl", "PROVENANCE.md"):
+        (bare / name).unlink(missing_ok=True)
+    manifest = json.loads((bare / "bundle.json").read_text())
+    manifest.pop("lab", None)
+    manifest["files"] = [f for f in manifest["files"] if (bare / f["path"]).exists()]
+    (bare / "bundle.json").write_text(json.dumps(manifest))
+    stripped = _run(bare)
+    assert sorted((i.kind, i.severity) for i in stripped.incidents) == \
+        sorted((i.kind, i.severity) for i in full.incidents)
+    assert [[e["name"] for e in c] for c in stripped.chains] == \
+        [[e["name"] for e in c] for c in full.chains]

@@ -167,46 +167,62 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         counts[pg] += 1
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     total = int(counts.sum())
-    rec_page = np.empty(total, np.int64)
-    rec_pos = np.empty(total, np.int64)
+    rec_page = np.empty(total, np.int32)
+    rec_pos = np.empty(total, np.int32)
     for k, (pg, ps_) in enumerate(zip(it_page, it_pos)):
         at = first[pg] + k
         rec_page[at] = pg
         rec_pos[at] = ps_
-    flat = rec_page * wpw + rec_pos
+    del it_page, it_pos
+    flat = rec_page.astype(np.int64) * wpw + rec_pos
     head = dw[flat]
-    r_tl = (head & 31).astype(np.int64)
-    r_delta = (head >> 5).astype(np.int64)
-    r_next = dw[np.minimum(flat + 1, last)].astype(np.int64)
+    r_next = dw[np.minimum(flat + 1, last)]
+    del flat
+    r_tl = (head & 31).astype(np.int8)
+    d = (head >> 5).astype(np.int64)            # the time deltas, completed below
+    del head
 
     # timestamps: cumulative deltas, restarted at each page start and absolute-time record
     is_abs = r_tl == _TYPE_TIME_STAMP
-    d = np.where(r_tl == _TYPE_TIME_EXTEND, (r_next << 27) + r_delta, r_delta)
-    d = np.where(is_abs | ((r_tl == _TYPE_PADDING) & (r_delta == 0)), 0, d)
     page_start = np.zeros(total, bool)
     page_start[first[counts > 0]] = True
     resets = page_start | is_abs
-    group = np.cumsum(resets) - 1
+    del page_start
     reset_at = np.flatnonzero(resets)
-    base_vals = np.where(is_abs[reset_at], (r_next[reset_at] << 27) + r_delta[reset_at],
+    base_vals = np.where(is_abs[reset_at],
+                         (r_next[reset_at].astype(np.int64) << 27) + d[reset_at],
                          page_ts[rec_page[reset_at]].astype(np.int64))
+    extend = r_tl == _TYPE_TIME_EXTEND
+    d[extend] += r_next[extend].astype(np.int64) << 27
+    del extend
+    d[is_abs | ((r_tl == _TYPE_PADDING) & (d == 0))] = 0
+    del is_abs
+    group = np.cumsum(resets, dtype=np.int64) - 1
+    del resets
     cs = np.cumsum(d)
     base = base_vals - (cs[reset_at] - d[reset_at])
-    ts = base[group] + cs
+    del d, base_vals
+    ts = base[group]
+    ts += cs
+    del cs, group
 
     is_data = r_tl <= 28
-    data_off = header.data_offset + rec_pos * 4 + np.where(r_tl == 0, 8, 4)
-    length = np.where(r_tl == 0, r_next - 4, r_tl * 4)
-    start = seg.start + rec_page * ps + data_off
+    length = np.where(r_tl == 0, r_next.astype(np.int64) - 4, r_tl.astype(np.int64) * 4)
     # the common header (type, flags, preempt_count, pid) needs 8 bytes
     short = is_data & (length < 8)
     if short.any():
         decoded.damaged_records += int(short.sum())
         is_data &= ~short
-    d_start = start[is_data]
-    kind = (buf[d_start].astype(np.int64) | (buf[d_start + 1].astype(np.int64) << 8))
-    recs = _Records(ts=ts[is_data], kind=kind, start=d_start, length=length[is_data],
-                    lost=np.zeros(int(is_data.sum()), np.int64))
+    d_start = (seg.start + header.data_offset) + rec_page[is_data].astype(np.int64) * ps + \
+        rec_pos[is_data].astype(np.int64) * 4 + np.where(r_tl[is_data] == 0, 8, 4)
+    del r_next
+    kind = buf[d_start].astype(np.int32) | (buf[d_start + 1].astype(np.int32) << 8)
+    data_pages = rec_page[is_data]
+    del rec_page, rec_pos
+    recs = _Records(ts=ts[is_data], kind=kind, start=d_start,
+                    length=length[is_data].astype(np.int32),
+                    lost=np.zeros(int(is_data.sum()), np.int32))
+    del ts, length
 
     lost_pages = np.flatnonzero(lost != 0)
     if lost_pages.size:
@@ -217,7 +233,7 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
                           start=seg.start + lost_pages * ps, length=np.zeros(lost_pages.size, np.int64),
                           lost=lost[lost_pages])
         # order: markers sort before the records of their page
-        order_key = np.concatenate([lost_pages * 2, rec_page[is_data] * 2 + 1])
+        order_key = np.concatenate([lost_pages * 2, data_pages.astype(np.int64) * 2 + 1])
         order = np.argsort(order_key, kind="stable")
         recs = _Records(*(np.concatenate([getattr(marker, f), getattr(recs, f)])[order]
                           for f in ("ts", "kind", "start", "length", "lost")))
