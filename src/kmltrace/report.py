@@ -16,7 +16,7 @@ import importlib
 import polars as pl
 
 from kmltrace.analysis import faults as faults_mod
-from kmltrace.analysis import gs, inflight, landing, storms
+from kmltrace.analysis import gs, inflight, landing, snapshot_checks, storms
 from kmltrace.analysis.context import Context
 from kmltrace.analysis.events import merge_notes
 from kmltrace.analysis.incidents import Incident, evidence, sort_incidents
@@ -84,6 +84,7 @@ def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None 
 
     incidents += runner.run("landing", run_landing, []) or []
     incidents += landing.ist_missing_incidents(ctx)
+    incidents += snapshot_checks.snapshot_task_incidents(capture)
     incidents += runner.run("gs_write", lambda: gs.gs_incidents(ctx), []) or []
     incidents += runner.run("fault_storm", lambda: storms.storm_incidents(ctx), []) or []
     incidents += runner.run("fault_loop", lambda: storms.loop_incidents(ctx), []) or []

@@ -188,3 +188,17 @@ def _incident(kind, task, summary, ev, severity=None, explanation=None, extra=No
     return Incident(kind, summary, severity=severity, pid=task.get("pid"), comm=task.get("comm"),
                     cpu=task.get("cpu"), evidence=ev, explanation=explanation,
                     extra=extra or {})
+
+
+#: what the report takes from snapshots through this module (ist_missing and
+#: kernel_mode_process reach it through analysis/landing.py and analysis/modes.py)
+REPORT_KINDS = ("stack_starvation", "gs_write")
+
+
+def snapshot_task_incidents(capture) -> list[Incident]:
+    """The per-task incidents (starvation risk, GS base) of every snapshot among the inputs."""
+    out = []
+    for snap in capture.metas("snapshot"):
+        if isinstance(snap, dict) and snap.get("tasks"):
+            out += [i for i in check_snapshot(snap) if i.kind in REPORT_KINDS]
+    return out
