@@ -72,8 +72,8 @@ class KmltraceApp(App):
         self.fraction = 1.0 if loaded is not None else 0.0
         self.data_version = 0
         self.pending_jump: dict | None = None
-        self.loading_done = asyncio.Event()
-        if loaded is not None:
+        self.loading_done = asyncio.Event()     # replaced by each load; set when it ends
+        if loaded is not None or not self.targets:
             self.loading_done.set()
         for theme in THEMES:
             self.register_theme(theme)

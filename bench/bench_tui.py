@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""How fast ``kmltrace tui`` is on a 10-million-event capture, beside toolong on the same text.
+
+    python bench/bench_tui.py [--large bench/work/large] [--events 10000000]
+
+Input: the real capture of bench/make_large_capture.py (1.78 M events of the sample workload,
+run as root beforehand). Its event table is replicated, each copy shifted in time after the
+previous one, to --events rows (bench/work/tui/events-10M.parquet, row groups of 64 Ki rows, as
+``kmltrace ingest`` would write it), and its tracefs text likewise to the same number of event
+lines (bench/work/tui/trace-10M.txt) for toolong.
+
+Measured, each tool in its own process, with Textual's pilot (``App.run_test``):
+- kmltrace: time from start to the first screen (incidents, with the loading bar), to the event
+  view showing the first rows of the 10 M-row table, one page move (pagedown: median and max
+  of 30), a jump to the end, and the whole table read into memory;
+- toolong (its own venv under bench/work/toolong-venv, it pins an old textual): time to its
+  first screen showing lines of the same events' text, one page move, and its line index done.
+Results go to bench/results.json under the key "tui" (other keys are left alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench" / "work" / "tui"
+RESULTS = REPO / "bench" / "results.json"
+TOOLONG_VENV = REPO / "bench" / "work" / "toolong-venv"
+SIZE = (160, 48)
+PAGE_MOVES = 30
+
+
+def prepare_table(large: Path, rows: int) -> Path:
+    """The replicated event table (made once; remade when --events changes)."""
+    import polars as pl
+
+    out = WORK / f"events-{rows // 1_000_000}M.parquet"
+    if out.exists():
+        return out
+    from kmltrace.analysis.events import merged_events
+    from kmltrace.capture import load
+
+    events = merged_events(load([large / "bundle"])).collect()
+    keep = [c for c in events.columns if events[c].null_count() < events.height]
+    events = events.select(keep)
+    span = events["ts_ns"].max() - events["ts_ns"].min() + 1
+    copies = -(-rows // events.height)
+    table = pl.concat([events.with_columns(pl.col("ts_ns") + k * span,
+                                           pl.col("seq") + k * events.height)
+                       for k in range(copies)]).head(rows)
+    WORK.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    table.write_parquet(tmp, row_group_size=65536)
+    os.replace(tmp, out)
+    return out
+
+
+def prepare_text(large: Path, rows: int) -> Path:
+    """The tracefs text of the same capture, its event lines repeated to `rows` lines."""
+    out = WORK / f"trace-{rows // 1_000_000}M.txt"
+    if out.exists():
+        return out
+    lines = (large / "trace.txt").read_bytes().splitlines(keepends=True)
+    header = [line for line in lines if line.startswith(b"#")]
+    body = [line for line in lines if not line.startswith(b"#")]
+    tmp = out.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        f.writelines(header)
+        left = rows
+        while left > 0:
+            f.writelines(body[:left])
+            left -= len(body)
+    os.replace(tmp, out)
+    return out
+
+
+KMLTRACE_PROBE = r"""
+import asyncio, json, os, statistics, sys, time
+T0 = time.perf_counter()
+from kmltrace.tui.app import KmltraceApp
+from kmltrace.tui.table import EventTable
+
+async def main(path, moves):
+    out = {}
+    app = KmltraceApp([path])
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        out["first_screen_s"] = time.perf_counter() - T0
+        await pilot.press("4")
+        await pilot.pause()
+        table = app.screen.query_one(EventTable)
+        while table.row_count == 0:
+            await pilot.pause(0.01)
+        out["event_view_rows_s"] = time.perf_counter() - T0
+        out["rows"] = table.row_count
+        out["first_row"] = table.visible_text()[0]
+        times = []
+        for _ in range(moves):
+            t = time.perf_counter()
+            await pilot.press("pagedown")
+            await pilot.pause()
+            times.append(time.perf_counter() - t)
+        out["page_move_ms"] = {"median": 1000 * statistics.median(times),
+                               "max": 1000 * max(times), "n": moves}
+        out["cursor_after_moves"] = table.cursor_row
+        t = time.perf_counter()
+        await pilot.press("end")
+        await pilot.pause()
+        out["jump_to_end_ms"] = 1000 * (time.perf_counter() - t)
+        out["last_row"] = table.visible_text()[-1]
+        while app.loaded.events is None and time.perf_counter() - T0 < 600:
+            await pilot.pause(0.05)
+        out["whole_table_read_s"] = time.perf_counter() - T0
+        times = []
+        for _ in range(moves):
+            t = time.perf_counter()
+            await pilot.press("pageup")
+            await pilot.pause()
+            times.append(time.perf_counter() - t)
+        out["page_move_in_memory_ms"] = {"median": 1000 * statistics.median(times),
+                                         "max": 1000 * max(times), "n": moves}
+    print(json.dumps(out))
+    sys.stdout.flush()
+    os._exit(0)         # the analysis thread of 10 M events is not waited for
+
+SIZE = tuple(json.loads(sys.argv[3]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+TOOLONG_PROBE = r"""
+import asyncio, json, os, statistics, sys, time
+T0 = time.perf_counter()
+from toolong.ui import UI
+from toolong.log_view import LogView
+from toolong.log_lines import LogLines
+
+async def main(path, moves):
+    out = {}
+    app = UI([path], merge=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        out["first_screen_s"] = time.perf_counter() - T0
+        lines = app.screen.query_one(LogLines)
+        while lines.line_count == 0:
+            await pilot.pause(0.01)
+        out["first_lines_s"] = time.perf_counter() - T0
+        lines.focus()
+        times = []
+        for _ in range(moves):
+            t = time.perf_counter()
+            await pilot.press("pagedown")
+            await pilot.pause()
+            times.append(time.perf_counter() - t)
+        out["page_move_ms"] = {"median": 1000 * statistics.median(times),
+                               "max": 1000 * max(times), "n": moves}
+        # the scan of line breaks is done when toolong removes its progress bar
+        while app.screen.query("ScanProgressBar") and time.perf_counter() - T0 < 600:
+            await pilot.pause(0.1)
+        out["lines_indexed"] = lines.line_count
+        out["index_done_s"] = time.perf_counter() - T0
+    print(json.dumps(out))
+    sys.stdout.flush()
+    os._exit(0)
+
+SIZE = tuple(json.loads(sys.argv[3]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def run_probe(python: str, probe: str, path: Path) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([python, "-c", probe, str(path), str(PAGE_MOVES), json.dumps(SIZE)],
+                          capture_output=True, text=True, timeout=1800, cwd=WORK)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"error": proc.stderr.strip()[-2000:], "wall_s": time.perf_counter() - started}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def toolong_python() -> str | None:
+    python = TOOLONG_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(TOOLONG_VENV)], check=True)
+        proc = subprocess.run([str(python), "-m", "pip", "install", "-q", "toolong"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            print("toolong could not be installed:", proc.stderr[-500:], file=sys.stderr)
+            return None
+    return str(python)
+
+
+def package_version(python: str, name: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({name!r}))"
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() or "?"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--large", type=Path, default=REPO / "bench" / "work" / "large",
+                        help="output of bench/make_large_capture.py")
+    parser.add_argument("--events", type=int, default=10_000_000)
+    args = parser.parse_args()
+    if not (args.large / "bundle").is_dir():
+        raise SystemExit(f"{args.large}/bundle missing: run sudo python3 "
+                         "bench/make_large_capture.py first")
+    table = prepare_table(args.large, args.events)
+    text = prepare_text(args.large, args.events)
+    kml = run_probe(sys.executable, KMLTRACE_PROBE, table)
+    toolong_py = toolong_python()
+    toolong = run_probe(toolong_py, TOOLONG_PROBE, text) if toolong_py else {
+        "error": "not installed"}
+    result = {
+        "input": {"table": str(table.relative_to(REPO)), "text": str(text.relative_to(REPO)),
+                  "events": args.events,
+                  "derived_from": "bench/work/large (bench/make_large_capture.py), replicated",
+                  "sha256": {"table": sha256(table), "text": sha256(text)},
+                  "bytes": {"table": table.stat().st_size, "text": text.stat().st_size}},
+        "kmltrace": kml,
+        "toolong": toolong,
+        "goals": {"first_screen_s": 1.0, "page_move_ms": 50},
+        "versions": {"kmltrace": package_version(sys.executable, "kmltrace"),
+                     "textual": package_version(sys.executable, "textual"),
+                     "polars": package_version(sys.executable, "polars"),
+                     "toolong": package_version(toolong_py, "toolong") if toolong_py else None,
+                     "toolong_textual": package_version(toolong_py, "textual")
+                     if toolong_py else None,
+                     "python": platform.python_version(), "cpus": os.cpu_count()},
+        "terminal_size": list(SIZE),
+        "command": "python bench/bench_tui.py" + (
+            f" --events {args.events}" if args.events != 10_000_000 else ""),
+        "measured_unix": int(time.time()),
+        "note": "each tool in its own process, measured with Textual's pilot (headless); "
+                "2 shared cores, other work ran on the machine at the same time",
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["tui"] = result
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(json.dumps({"kmltrace": kml, "toolong": toolong}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
