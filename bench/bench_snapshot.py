@@ -10,6 +10,7 @@ of REPEATS, every one in a fresh child process (drgn's debug-info load included)
                   indexing the vmlinux, nothing read (the floor for any drgn tool)
   guest_memory    the vmcore format parser (IDT and TSS from IDTR/TR, no drgn, no tasks)
   snapshot_cli    kmltrace snapshot --vmcore --vmlinux --json, end to end. Goal: < 5 s.
+  snapshot_cli_no_dwarf   the same without --vmlinux: kallsyms and the kernel's BTF
 
     python3 bench/bench_snapshot.py [--repeats 3]
 """
@@ -74,6 +75,9 @@ def main() -> None:
     snap_s, out = timed([py, "-m", "kmltrace", "snapshot", "--vmcore", str(vmcore),
                          "--vmlinux", str(vmlinux), "--json"], args.repeats)
     snap = json.loads(out)
+    bare_s, bare_out = timed([py, "-m", "kmltrace", "snapshot", "--vmcore", str(vmcore), "--json"],
+                             args.repeats)
+    bare = json.loads(bare_out)
     modes: dict[str, int] = {}
     for task in snap["tasks"]:
         modes[task["mode"]] = modes.get(task["mode"], 0) + 1
@@ -85,11 +89,13 @@ def main() -> None:
                   "kernel": guest.release, "guest": f"QEMU TCG -m {fixture.GUEST_MEMORY} "
                   f"-smp {fixture.GUEST_CPUS}, made by tests/system/build_debian_guest.py"},
         "seconds": {"drgn_floor": round(floor_s, 3), "guest_memory_parse": round(memory_s, 3),
-                    "snapshot_cli": round(snap_s, 3)},
+                    "snapshot_cli": round(snap_s, 3),
+                    "snapshot_cli_no_dwarf": round(bare_s, 3)},
         "goal": "snapshot of the 128 MB guest dump, debug-info load included, < 5 s",
         "goal_met": snap_s < 5.0,
         "records": {"gates": len(snap["idt"]), "cpus": len(snap["cpus"]), "tasks": modes,
-                    "incidents": len(snap["incidents"])},
+                    "incidents": len(snap["incidents"]),
+                    "no_dwarf_tasks": len(bare["tasks"])},
         "versions": {"python": platform.python_version(), "drgn": drgn.__version__,
                      "qemu": subprocess.run(["qemu-system-x86_64", "--version"],
                                             capture_output=True, text=True).stdout.split("\n")[0]},
