@@ -24,6 +24,10 @@ FAULT_CLASSES = ("stack", "heap", "file", "kernel", "other", "unknown")
 PEAK_WINDOW_NS = 10_000_000
 INTERRUPT_SYSTEMS = ("irq_vectors", "irq")
 SIGNAL_EVENTS = ("signal_generate", "signal_deliver")
+#: what fault and delivery analyses read (selected first: a large table stays on disk)
+DELIVERY_COLUMNS = ["row", "ts_ns", "cpu", "task_pid", "task_comm", "image", "source", "file",
+                    "line", "system", "event", "vector", "ip", "address", "cr2", "error_code",
+                    "rsp", "cpl"]
 
 
 def is_fault() -> pl.Expr:
@@ -84,7 +88,7 @@ def _int(value):
 
 def classified_faults(ctx) -> pl.LazyFrame:
     """Every page fault with ``fault_address``, ``page`` and ``klass`` (see module doc)."""
-    faults = (ctx.events.filter(is_fault())
+    faults = (ctx.events.select(DELIVERY_COLUMNS).filter(is_fault())
               .with_columns(fault_address().alias("fault_address"))
               .with_columns((pl.col("fault_address") // PAGE).alias("page")))
     ranges = memory_ranges(ctx.capture)

@@ -20,7 +20,9 @@ def gs_writes(ctx) -> pl.LazyFrame:
     """sys_enter rows of arch_prctl(ARCH_SET_GS, ...), with the caller's mode."""
     modes = ctx.processes.select(pl.col("pid").alias("task_pid"), "image",
                                  pl.col("mode").alias("task_mode")).lazy()
-    return (ctx.events.filter((pl.col("event") == SYS_ENTER) & (pl.col("id") == NR_ARCH_PRCTL)
+    columns = ["row", "ts_ns", "cpu", "task_pid", "task_comm", "image", "source", "file",
+               "line", "event", "id", "args"]
+    return (ctx.events.select(columns).filter((pl.col("event") == SYS_ENTER) & (pl.col("id") == NR_ARCH_PRCTL)
                               & (pl.col("args").list.first() == ARCH_SET_GS))
             .join(modes, on=["task_pid", "image"], how="left", nulls_equal=True))
 

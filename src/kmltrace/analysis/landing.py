@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from kmltrace.analysis.faults import DELIVERY_COLUMNS
 from kmltrace.analysis.incidents import Incident, evidence
 from kmltrace.analysis.kernel import USER_TOP
 from kmltrace.analysis.stacks import ist_of_vector_expr, landing_stack_expr
@@ -31,7 +32,8 @@ def landings(ctx) -> pl.LazyFrame:
     u_set = (pl.col("error_code") & PF_USER) != 0
     delivered = (is_pf | (ev == EXCEPTION) | (ev == "hw_interrupt")
                  | ((pl.col("system") == "irq_vectors") & ev.cat.ends_with("_entry")))
-    rows = ctx.events.filter(delivered & (is_pf | pl.col("vector").is_not_null()))
+    rows = (ctx.events.select(DELIVERY_COLUMNS)
+            .filter(delivered & (is_pf | pl.col("vector").is_not_null())))
     return rows.with_columns(
         pl.when(is_pf).then(pl.lit(PF_VECTOR)).otherwise(pl.col("vector")).cast(pl.Int32)
         .alias("vector"),

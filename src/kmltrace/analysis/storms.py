@@ -31,7 +31,16 @@ def _interrupt() -> pl.Expr:
 
 def fault_loops(ctx) -> pl.DataFrame:
     """Runs of at least LOOP_MIN_REPEATS identical faults with nothing in between."""
-    seq = (ctx.events.filter(~_interrupt())
+    # a loop needs LOOP_MIN_REPEATS faults with one (cpu, ip, address, error code): most
+    # captures have none, and then no CPU needs its row-by-row sequence looked at
+    candidates = (ctx.events.filter(is_fault())
+                  .group_by(pl.col("cpu").fill_null(-1).alias("_cpu"), "ip",
+                            fault_address().alias("_a"), "error_code")
+                  .agg(pl.len().alias("_n")).filter(pl.col("_n") >= LOOP_MIN_REPEATS)
+                  .select("_cpu").unique().collect().get_column("_cpu"))
+    if not candidates.len():
+        return pl.DataFrame()
+    seq = (ctx.events.filter(~_interrupt() & pl.col("cpu").fill_null(-1).is_in(candidates.implode()))
            .select("row", "ts_ns", "cpu", "task_pid", "task_comm", "event", "vector", "ip",
                    "error_code", "file", "line", "source", fault_address().alias("fault_address"),
                    is_fault().alias("_fault"))
@@ -64,7 +73,8 @@ def fault_loops(ctx) -> pl.DataFrame:
 
 def loop_incidents(ctx) -> list[Incident]:
     out = []
-    for r in fault_loops(ctx).iter_rows(named=True):
+    loops = fault_loops(ctx)
+    for r in (loops.iter_rows(named=True) if loops.height else []):
         name = VECTOR_NAMES.get(r["vector"], f"vector {r['vector']}")
         cpu = None if r["_cpu"] < 0 else r["_cpu"]
         where = f"ip={_hex(r['ip'])} address={_hex(r['fault_address'])}"

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Benchmark of `kmltrace report` (key "report" of bench/results.json).
+
+1. The full report (merge, modes, faults, landing, gs, storms, loops, in_flight) on a
+   real-derived table of >= 10 million events: the large real capture of
+   bench/make_large_capture.py (bench/work/large/bundle, 1.78 M events of kmlwork on this
+   machine's kernel) replicated with shifted times and pids. Run in a child process so that
+   its peak memory (ru_maxrss) is its own. Goal: <= 10 s, < 2 GB.
+2. Side by side, in the same run, on the same real trace.dat (bench/work/large/trace.dat):
+   LISA 3.1's per-task page-fault summary (Trace.df_event("page_fault_user") grouped by
+   pid, in its own venv bench/work/lisa-venv) and kmltrace's full report of that file.
+   Goal: kmltrace >= 50x faster.
+
+    python3 bench/bench_report.py [--rows 10000000] [--skip-lisa]
+
+LISA's venv: python3 -m venv bench/work/lisa-venv && bench/work/lisa-venv/bin/pip install
+lisa-linux==3.1.0 'numpy<2' 'pandas<2.1' 'pyarrow<15' nest_asyncio
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+WORK = BENCH / "work"
+LARGE = WORK / "large"
+TABLE = WORK / "report-table.parquet"
+LISA_PY = WORK / "lisa-venv" / "bin" / "python"
+RESULTS = BENCH / "results.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def make_table(rows: int) -> dict:
+    """Replicate the large capture's events until `rows`; each copy later in time, pids moved."""
+    import polars as pl
+
+    from kmltrace.capture import load
+
+    capture = load([str(LARGE / "bundle")])
+    base = capture.events().collect()
+    # keep the columns the capture has data in (a replicated all-null column would only
+    # measure null buffers)
+    base = base.select([c for c in base.columns if base.get_column(c).null_count() < base.height])
+    # in time order, as `kmltrace ingest` writes an event table (the bundle has one run of
+    # pages per CPU)
+    base = base.sort("ts_ns", maintain_order=True)
+    span = base.get_column("ts_ns").max() - base.get_column("ts_ns").min() + 1_000_000_000
+    copies = -(-rows // base.height)
+    pid_cols = [c for c in ("pid", "tgid", "prev_pid", "next_pid", "parent_pid", "child_pid",
+                            "old_pid") if c in base.columns]
+    frames = []
+    for k in range(copies):
+        shift = {c: pl.when(pl.col(c) > 0).then(pl.col(c) + k * 4_000_000).otherwise(pl.col(c))
+                 .cast(base.schema[c]) for c in pid_cols}
+        frames.append(base.lazy().with_columns(ts_ns=pl.col("ts_ns") + k * span, **shift))
+    table = pl.concat(frames).head(rows).collect()
+    table.write_parquet(TABLE)
+    return {"rows": table.height, "copies": copies, "base_events": base.height,
+            "columns": table.width}
+
+
+def child_report() -> None:
+    """In the child: load the table, run the whole report, print timings as JSON."""
+    import polars as pl
+
+    from kmltrace.capture import Capture
+    from kmltrace.formats import Parsed
+    from kmltrace.report import build_report
+    from kmltrace.schema import conform
+
+    from kmltrace.schema import empty_events
+
+    t0 = time.perf_counter()
+    # the table is read lazily: each column only as the analyses need it
+    events = conform(pl.scan_parquet(TABLE))
+    rows = pl.scan_parquet(TABLE).select(pl.len()).collect().item()
+    t1 = time.perf_counter()
+    capture = Capture(inputs=[Parsed(path=str(TABLE), format="parquet", events=empty_events())])
+    report = build_report(capture, unmerged=events)
+    t2 = time.perf_counter()
+    print(json.dumps({"load_s": t1 - t0, "report_s": t2 - t1, "events": rows,
+                      "processes": len(report["processes"]),
+                      "incidents": len(report["incidents"]),
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(*args) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True,
+                         text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1]), time.perf_counter() - t0
+
+
+# -- the comparison on trace.dat ---------------------------------------------------------------
+
+LISA_SCRIPT = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from lisa.trace import Trace
+t1 = time.perf_counter()
+trace = Trace(sys.argv[1], events=["page_fault_user"], normalize_time=False)
+df = trace.df_event("page_fault_user")
+summary = df.groupby("__pid").size()
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "summary_s": t2 - t1, "faults": int(summary.sum()),
+                  "tasks": int(len(summary))}))
+"""
+
+
+def child_kmltrace_file(path: str) -> None:
+    from kmltrace.capture import load
+    from kmltrace.report import build_report
+
+    t0 = time.perf_counter()
+    capture = load([path])
+    t1 = time.perf_counter()
+    report = build_report(capture)
+    t2 = time.perf_counter()
+    # the number LISA's summary counts: exceptions:page_fault_user per task
+    faults = sum(p["user_faults"] + p["kml_faults"] for p in report["processes"])
+    print(json.dumps({"parse_s": t1 - t0, "analysis_s": t2 - t1, "report_s": t2 - t0,
+                      "page_fault_user": faults,
+                      "events": sum(i["events"] for i in report["inputs"])}))
+
+
+def lisa(path: Path) -> dict:
+    env = dict(os.environ, LISA_HOME=str(WORK / "lisa-home"))
+    (WORK / "lisa-home").mkdir(exist_ok=True)
+    out = subprocess.run([str(LISA_PY), "-c", LISA_SCRIPT, str(path)], check=True,
+                         capture_output=True, text=True, env=env, cwd=WORK)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def lisa_version() -> str:
+    out = subprocess.run([str(LISA_PY), "-c", "import importlib.metadata as m; "
+                          "print(m.version('lisa-linux'), m.version('pandas'))"],
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--child-report":
+        return child_report()
+    if len(sys.argv) > 2 and sys.argv[1] == "--child-file":
+        return child_kmltrace_file(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--skip-lisa", action="store_true")
+    args = parser.parse_args()
+    import polars as pl
+
+    import kmltrace
+
+    if not (LARGE / "bundle").is_dir():
+        sys.exit("bench/work/large is missing: run sudo python3 bench/make_large_capture.py")
+    table_info = make_table(args.rows)
+    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "kernel": platform.release()},
+              "versions": {"kmltrace": kmltrace.__version__, "polars": pl.__version__},
+              "input": {"capture": "bench/work/large/bundle (bench/make_large_capture.py)",
+                        "trace_dat_sha256": sha256(LARGE / "trace.dat"),
+                        "table_sha256": sha256(TABLE), **table_info},
+              "command": "python3 bench/bench_report.py"}
+    timings, wall = run_child("--child-report")
+    result["report_10m"] = {**timings, "total_s": timings["load_s"] + timings["report_s"],
+                            "child_wall_s": wall, "goal_s": 10, "goal_rss_mb": 2048}
+    kml, kml_wall = run_child("--child-file", str(LARGE / "trace.dat"))
+    result["trace_dat"] = {"kmltrace_full_report": {**kml, "child_wall_s": kml_wall}}
+    if not args.skip_lisa and LISA_PY.exists():
+        t0 = time.perf_counter()
+        lisa_out = lisa(LARGE / "trace.dat")
+        lisa_wall = time.perf_counter() - t0
+        result["versions"]["lisa"] = lisa_version()
+        result["trace_dat"]["lisa_page_fault_summary"] = {**lisa_out, "child_wall_s": lisa_wall}
+        result["trace_dat"]["speedup_wall"] = lisa_wall / kml_wall
+        result["trace_dat"]["goal_speedup"] = 50
+    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    data["report"] = result
+    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
