@@ -384,6 +384,8 @@ class _Piece:
     dtype: pl.DataType
 
 
+_RAW_SLICE = 1 << 18
+
 # events whose unsigned longs are numbers more than addresses (sys_exit's ret is signed)
 _DECIMAL_RAW = {"sys_enter"}
 
@@ -495,8 +497,12 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
     if raw_parts and (raw_text or not _all_typed(pieces, fmt)):
         # array elements join with ",", fields with " "
         template = _raw_template([t for t, _ in raw_parts])
-        raw = pl.DataFrame(raw_cols).select(
-            pl.format(template, *(e for _, e in raw_parts))).to_series()
+        frame = pl.DataFrame(raw_cols)
+        del raw_cols
+        text = pl.format(template, *(e for _, e in raw_parts))
+        # in slices: the per-field texts pl.format builds stay small
+        raw = pl.concat([frame.slice(at, _RAW_SLICE).select(text).to_series()
+                         for at in range(0, max(n, 1), _RAW_SLICE)], rechunk=True)
     elif raw_parts:
         raw = pl.repeat(None, n, dtype=pl.String, eager=True)
     else:
@@ -568,26 +574,29 @@ def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
 def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, EventFormat],
            header: PageHeader, *, path: str, long_size: int = 8,
            cmdlines: dict[int, str] | None = None,
-           tgids: dict[int, int] | None = None, raw_text: str = "all") -> Decoded:
+           tgids: dict[int, int] | None = None, raw_text: str = "all",
+           release=None) -> Decoded:
     """Decode the pages of `segments` (per CPU) in `buf` into one time-ordered event frame.
 
     Columns: ts_ns, cpu, pid, comm, tgid, flags, system, event, offset, raw, lost and every
     field of every event type under its own name. Damage is reported in ``errors`` and counted.
     ``raw_text="untyped"`` renders the ``raw`` text only for events with a field the schema has
     no column for (about 40% faster on a syscall-heavy capture); "all" renders it for every
-    event.
+    event. `release` is called once the pages have been read (trace.dat drops its mapping's
+    resident pages there).
     """
     if buf.dtype != np.uint8:
         raise TypeError("buf must be uint8")
     try:
         return _decode(buf, segments, formats, header, path=path, long_size=long_size,
-                       cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped")
+                       cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
+                       release=release)
     finally:
         _WORDS_CACHE[:] = [None, None]
 
 
 def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
-            raw_text) -> Decoded:
+            raw_text, release) -> Decoded:
     decoded = Decoded(events=pl.DataFrame())
     parts = []
     for seg in segments:
@@ -684,13 +693,20 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
             pl.lit("LOST "), pl.when(pl.col("c") >= 0).then(pl.col("c").cast(pl.String))
             .otherwise(pl.lit("?")), pl.lit(" EVENTS"))).to_series()
         raws.append((lost_rows, raw))
+    # the pages are no longer read: let the caller drop them, and the per-record arrays go
+    del start, length, by_type, lost
+    if release is not None:
+        release()
     fields = numeric.finish()
     for name in list(columns):
         fields[name] = _assemble(name, columns.pop(name), n)
     if "lost" in fields:
         fields["lost"] = pl.select(pl.when(fields["lost"] >= 0).then(fields["lost"])).to_series()
-    fields["raw"] = _assemble("raw", [(rows, _Piece("raw", r, pl.String)) for rows, r in raws],
-                              n) if raws else pl.Series("raw", [None] * n, dtype=pl.String)
+    raw_parts = [(rows, _Piece("raw", r, pl.String)) for rows, r in raws]
+    del raws
+    fields["raw"] = _assemble("raw", raw_parts, n) if raw_parts else \
+        pl.repeat(None, n, dtype=pl.String, eager=True)
+    del raw_parts
 
     names = pl.Series(type_names, dtype=pl.String)
     sys_names = pl.Series(systems, dtype=pl.String)
@@ -712,6 +728,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
         "offset": offset,
         "flags": _flags_column(flags, preempt),
     })
+    del flags, preempt, pid, offset, ts, cpu
     if (~is_event).any():
         nulls = pl.Series(~is_event)
         core = core.with_columns(
@@ -814,7 +831,7 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
     if len(dtypes) > 1:
         pieces = [v.cast(pl.String) if not isinstance(v.dtype, pl.List)
                   else v.cast(pl.List(pl.String)).list.join(",") for v in pieces]
-    joined = pl.concat(pieces)
+    joined = pl.concat(pieces, rechunk=False)   # no copy: the gather reads the chunks
     index = np.full(n, -1, np.int64)
     at = 0
     for rows, p in parts:

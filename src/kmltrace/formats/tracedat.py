@@ -420,9 +420,20 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
 
 def parse(path: Path, raw_text: str = "all") -> Parsed:
     """Decode a trace.dat; `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
-    info, buf, segments, _mapping = read(path)
+    info, buf, segments, mapping = read(path)
+
+    def release():
+        # the file's pages have been read: they need not stay resident
+        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
+
     decoded = decode(buf, segments, info.formats, info.header_page, path=str(path),
-                     long_size=info.long_size, cmdlines=info.cmdlines, raw_text=raw_text)
+                     long_size=info.long_size, cmdlines=info.cmdlines, raw_text=raw_text,
+                     release=release)
+    del buf
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
     clocks = [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
