@@ -111,12 +111,12 @@ def run(path: Path, lines: pl.LazyFrame, grammar: Grammar, *, event_frame=None):
     if event_frame is not None:
         frame = event_frame(frame)
     system = grammar.system if grammar.system is not None else fieldtable.system_of(pl.col("event"))
-    frame = frame.with_columns(system.alias("system"))
+    table = frame.with_columns(system.alias("system")).collect()
+    del events
     # which field-table entries fit: judged on a few rows of each event
-    sample = fieldtable.field_sample(
-        frame.select("event", "raw").collect(engine="streaming"))
-    frame = fieldtable.field_columns(frame, sample=sample)
-    return conform(frame).collect(engine="streaming"), errors, meta
+    sample = fieldtable.field_sample(table.select("event", "raw"))
+    return (conform(fieldtable.field_columns(table.lazy(), sample=sample)).collect(),
+            errors, meta)
 
 
 def _kind(text: pl.Expr, parsed: pl.Expr, header_re: str | None, stack_re: str) -> pl.Expr:
