@@ -312,3 +312,18 @@ def test_lab_verdicts_do_not_need_serial_or_scenario_metadata(tmp_path):
         sorted((i.kind, i.severity) for i in full.incidents)
     assert [[e["name"] for e in c] for c in stripped.chains] == \
         [[e["name"] for e in c] for c in full.chains]
+
+
+def test_silent_reset_on_the_console(tmp_path):
+    # synthetic (labelled): the first boot of the real Debian console, cut before its panic,
+    # followed by the second boot's banner: the machine reset without a word
+    lines = (SAMPLES / "console-debian-6.1-panic" / "console.txt").read_text().splitlines()
+    path = tmp_path / "console.txt"
+    path.write_text("\n".join(lines[:300] + lines[393:400]) + "\n")
+    result = _run(path)
+    (incident,) = [i for i in result.incidents if i.kind == "unclean_reset"]
+    assert incident.severity == "critical"
+    assert [e["line"] for e in incident.evidence] == [2, 301]
+    # the real log, where each boot panicked before the next banner: no silent reset
+    real = _run(SAMPLES / "console-debian-6.1-panic" / "console.txt")
+    assert not [i for i in real.incidents if i.kind == "unclean_reset"]

@@ -405,6 +405,7 @@ def _console_episodes(events: pl.LazyFrame, names: set[str], symbolize, offsets:
 
 
 def _console_file(rows: list[dict], symbolize, result) -> None:
+    _silent_resets(rows, result)
     for i, row in enumerate(rows):
         later = rows[i + 1:]
         reset_after = next((r for r in later if r["event"] == "boot"), None)
@@ -437,6 +438,32 @@ def _console_file(rows: list[dict], symbolize, result) -> None:
                 prev["event"] in ("double_fault", "stack_overflow")
                 or (prev["event"] == "oops" and prev["vector"] == DF_VECTOR))):
             _console_double_fault(rows, i, reset_after, panic_after, symbolize, result)
+
+
+def _silent_resets(rows: list[dict], result) -> None:
+    """A boot banner after a boot that printed no panic, oops, halt or reboot line: the
+    machine reset without a word, which is what a triple fault looks like on a console."""
+    previous = None
+    said = False
+    for row in rows:
+        if row["event"] == "boot":
+            if previous is not None and not said:
+                result.incidents.append(Incident(
+                    "unclean_reset",
+                    f"the machine booted again (line {row['line']}) and the boot before it "
+                    f"(line {previous['line']}) printed no panic, oops, halt or reboot: a silent "
+                    "reset, as a triple fault leaves it",
+                    evidence=[evidence(previous["file"], previous["raw"] or "", previous["line"]),
+                              evidence(row["file"], row["raw"] or "", row["line"])],
+                    explanation=(
+                        "A triple fault resets the CPU with no handler running, so the kernel "
+                        "prints nothing: the console just starts over. On Kernel Mode Linux the "
+                        "usual cause is a kernel-mode process whose stack cannot take a fault "
+                        "(no IST on the gate). QEMU's -d int log or the host's kvm events of "
+                        "that run would show the chain.")))
+            previous, said = row, False
+        elif row["event"] in ("panic", "oops", "halted", "double_fault", "stack_overflow"):
+            said = True
 
 
 def _who(row: dict) -> str:
