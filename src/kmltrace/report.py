@@ -207,7 +207,7 @@ def render_rich(report: dict, console) -> None:
         procs.add_column(col, overflow="fold" if col in ("comm", "exe") else "ellipsis",
                          min_width={"comm": 12, "mode": 7, "exe": 12, "syscalls": 8}.get(col))
     # the first piece of evidence, on one line (--json and --markdown have all of it)
-    procs.add_column("evidence", no_wrap=True, overflow="ellipsis", max_width=48)
+    procs.add_column("evidence", no_wrap=True, overflow="ellipsis", max_width=34)
     for p in report["processes"]:
         procs.add_row(t(p["pid"]), t(p.get("image", 0)), t(p.get("comm")), t(p.get("exe")),
                       t(p["mode"], MODE_STYLE.get(p["mode"])), t(p["page_faults"]),
