@@ -310,3 +310,17 @@ def test_without_dwarf_kallsyms_and_btf_give_the_same_snapshot(guest, snap, tmp_
     for cpu, full in zip(partial["cpus"], snap["cpus"], strict=True):
         assert {k: cpu[k] for k in ("cpu", "tss", "ist_mapped", "gs_base")} == \
             {k: full[k] for k in ("cpu", "tss", "ist_mapped", "gs_base")}
+
+
+def test_zstd_dump_as_collect_vm_keeps_it(guest, snap, tmp_path):
+    import zstandard
+
+    built, _ = guest
+    packed = tmp_path / "vmcore.elf.zst"
+    with open(built.vmcore, "rb") as src, open(packed, "wb") as dst:
+        zstandard.ZstdCompressor(level=1).copy_stream(src, dst)
+    result = kmltrace("snapshot", "--vmcore", packed, "--vmlinux", built.vmlinux, "--json")
+    assert result.returncode == 0, result.stderr
+    unpacked = json.loads(result.stdout)
+    assert unpacked["idt"] == snap["idt"] and unpacked["tasks"] == snap["tasks"]
+    assert unpacked["source"] == str(packed)
