@@ -595,6 +595,13 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
         _WORDS_CACHE[:] = [None, None]
 
 
+def _merged(parts: list, field: str, dtype) -> np.ndarray:
+    """One field of every CPU's records, CPU after CPU."""
+    if not parts:
+        return np.zeros(0, dtype)
+    return np.concatenate([getattr(r, field) for _, r in parts]).astype(dtype, copy=False)
+
+
 def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
             raw_text, release) -> Decoded:
     decoded = Decoded(events=pl.DataFrame())
@@ -608,21 +615,15 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
                              seg.file_offset, seg.label)
         recs = _walk_cpu(buf, seg, header, decoded, path)
         parts.append((seg, recs))
-    big = buf
 
-    def merged(field, dtype):
-        if not parts:
-            return np.zeros(0, dtype)
-        return np.concatenate([getattr(r, field) for _, r in parts]).astype(dtype, copy=False)
-
-    ts = merged("ts", np.int64)
+    ts = _merged(parts, "ts", np.int64)
     # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
     order = np.argsort(ts, kind="stable")
     ts = ts[order]
-    kind = merged("kind", np.int32)[order]
-    start = merged("start", np.int64)[order]
-    length = merged("length", np.int32)[order]
-    lost = merged("lost", np.int64)[order]
+    kind = _merged(parts, "kind", np.int32)[order]
+    start = _merged(parts, "start", np.int64)[order]
+    length = _merged(parts, "length", np.int32)[order]
+    lost = _merged(parts, "lost", np.int64)[order]
     cpu = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts])[order] \
         if parts else np.zeros(0, np.int32)
     shift = np.concatenate([np.full(r.ts.size, s.file_offset - s.start, np.int64)
@@ -631,11 +632,11 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
     del parts, order, shift
     n = ts.size
     is_event = kind >= 0
-    word0 = _gather_uint(big, np.where(is_event, start, 0), 4).astype(np.uint32)
+    word0 = _gather_uint(buf, np.where(is_event, start, 0), 4).astype(np.uint32)
     flags = np.where(is_event, (word0 >> 16) & 0xFF, 0).astype(np.int32)
     preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0).astype(np.int32)
     del word0
-    pid = _gather_uint(big, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
+    pid = _gather_uint(buf, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
 
     known_ids = np.array(sorted(formats), np.int64)
     # names of the types present only: the formats are parsed when first used
@@ -672,7 +673,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
         short = length[rows] < fmt.fixed_size
         if short.any():
             decoded.damaged_records += int(short.sum())
-        pieces, raw = _field_columns(big, fmt, start[rows], length[rows], long_size, raw_text)
+        pieces, raw = _field_columns(buf, fmt, start[rows], length[rows], long_size, raw_text)
         for piece in pieces:
             if not numeric.put(piece, rows):
                 columns.setdefault(piece.name, []).append((rows, piece))
