@@ -60,3 +60,17 @@ def test_wrong_shapes_are_errors(tmp_path):
     bad = dict(SNAP, idt={"14": 5})
     [error] = parse_path(write(tmp_path, bad)).errors
     assert error.message == 'snapshot "idt" is not a list of objects'
+
+
+def test_hostile_shapes_are_errors_not_tracebacks(tmp_path):
+    cases = {
+        "tasks[0].pid has the wrong type": dict(SNAP, tasks=[{"pid": "7", "mode": "kernel"}]),
+        "cpus[0].tss has the wrong type": dict(SNAP, cpus=[{"cpu": 0, "tss": "x"}]),
+        "tasks[0].sp is not a hex string": dict(SNAP, tasks=[{"pid": 7, "sp": 12}]),
+        "cpus[0].tss.ist is not a list of hex strings":
+            dict(SNAP, cpus=[{"cpu": 0, "tss": {"ist": ["0x1", None]}}]),
+        "idt[0].vector has the wrong type": dict(SNAP, idt=[{"vector": True}]),
+    }
+    for message, snap in cases.items():
+        [error] = parse_path(write(tmp_path, snap)).errors
+        assert error.message == f"snapshot {message}"
