@@ -327,3 +327,14 @@ def test_silent_reset_on_the_console(tmp_path):
     # the real log, where each boot panicked before the next banner: no silent reset
     real = _run(SAMPLES / "console-debian-6.1-panic" / "console.txt")
     assert not [i for i in real.incidents if i.kind == "unclean_reset"]
+
+
+def test_real_two_cpu_log_and_its_console():
+    result = _run(LINUX / "qemu-kml-smp2-tail.log", LINUX / "console-kml-smp2.txt")
+    assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
+    pf, df = result.chains[0]
+    assert (pf["rsp"], pf["cr2"], pf["symbol"]) == ("0x40001000", "0x40000ff8",
+                                                     "kml_push+0xf [dfmod]")
+    kinds = {i.kind: i for i in result.incidents}
+    assert kinds["stack_starvation"].cpu == 0           # "CPU: 0 PID: 87 Comm: busybox"
+    assert kinds["stack_starvation"].pid == 87
