@@ -15,6 +15,7 @@ FORMAT_MODULES: list[str] = [
     # each entry is a module of kmltrace.formats exposing NAME, sniff(head), parse(path)
     "tracedat",       # binary: magic \x17\x08Dtracing
     "guest_memory",   # binary: ELF core of dump-guest-memory (or its zstd)
+    "elf",            # binary: any other ELF (vmlinux, programs): symbols only
     "snapshot",       # JSON starting {"kernel": {...}: written by kmltrace snapshot
     "qemu_log",       # QEMU -d int,cpu_reset: before console and the loose ftrace text
     "console",        # serial console / dmesg
