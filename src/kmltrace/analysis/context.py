@@ -34,25 +34,18 @@ UNUSED_COLUMNS = {"flags", "prio", "prev_prio", "next_prio", "prev_state", "grou
                   "target_comm", "target_pid", "parent_comm", "buf", "errno", "code", "group",
                   "result", "sa_handler", "sa_flags", "old_pid", "handler", "delta_ns",
                   "handled", "parent_ip", "name", "irq", "ret_irq"}
-#: Low-cardinality strings kept as categoricals (4 bytes a row instead of 16): use
-#: ``.cat.ends_with`` etc. on them.
-CATEGORICAL_COLUMNS = ("source", "system", "event", "file", "comm", "task_comm", "prev_comm",
-                       "next_comm", "child_comm", "filename", "cpumode")
-
-
 #: above this many events the analysis table is not collected (see Context.build)
 IN_MEMORY_ROWS = 3_000_000
 
 
 def analysis_table(events: pl.LazyFrame, keep_raw: bool) -> pl.LazyFrame:
-    """The merged events as the analyses read them: unused fields dropped, low-cardinality
-    strings categorical, ``raw`` only where kept (console lines are evidence of a KML boot)."""
+    """The merged events as the analyses read them: unused fields dropped, ``raw`` only where
+    kept (console lines are evidence of a KML boot)."""
     events = with_optional_columns(events)
     names = events.collect_schema().names()
     drop = [c for c in names if c in UNUSED_COLUMNS or c.startswith("field_")
             or (c == "raw" and not keep_raw)]
-    return events.drop(drop).with_columns(
-        [pl.col(c).cast(pl.Categorical) for c in CATEGORICAL_COLUMNS if c in names])
+    return events.drop(drop)
 
 
 @dataclass
@@ -99,5 +92,9 @@ class Context:
                    available_events=available_events(lazy))
 
     def string_events(self) -> pl.LazyFrame:
-        """The events with categorical columns back as strings (for code outside analysis)."""
-        return self.events.with_columns(pl.col(pl.Categorical).cast(pl.String))
+        """The events as code outside the analysis package expects them (strings as String)."""
+        return self.events
+
+    def events_named(self, suffix: str) -> list[str]:
+        """Event names present in the capture that end with `suffix` (e.g. "_entry")."""
+        return sorted(e for e in self.available_events if ":" not in e and e.endswith(suffix))

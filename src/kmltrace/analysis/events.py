@@ -173,9 +173,17 @@ ANCHOR_AGREEMENT_NS = 1_000_000
 MATCH_TOLERANCE_NS = 3 * DEDUPE_PRECISION_NS
 
 
+_SOURCES: dict[int, tuple] = {}
+
+
 def _source(parsed) -> str:
-    sources = parsed.events.get_column("source").drop_nulls().unique().to_list()
-    return sources[0] if len(sources) == 1 else ",".join(sorted(sources)) or parsed.format
+    key = id(parsed.events)
+    cached = _SOURCES.get(key)
+    if cached is None or cached[0] is not parsed.events:
+        sources = parsed.events.get_column("source").drop_nulls().unique().to_list()
+        name = sources[0] if len(sources) == 1 else ",".join(sorted(sources)) or parsed.format
+        cached = _SOURCES[key] = (parsed.events, name)
+    return cached[1]
 
 
 def _rank(parsed) -> tuple:

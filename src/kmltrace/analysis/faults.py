@@ -163,7 +163,7 @@ def activity_counts(ctx) -> dict[tuple, dict]:
          .group_by("task_pid", "image", "id").agg(pl.len()).sort("len", descending=True)
          .collect(), "syscalls_by_id", "id")
     interrupts = events.filter(
-        (pl.col("system").is_in(list(INTERRUPT_SYSTEMS)) & pl.col("event").cat.ends_with("_entry"))
+        (pl.col("system").is_in(list(INTERRUPT_SYSTEMS)) & pl.col("event").is_in(ctx.events_named("_entry")))
         | ((pl.col("event") == EXCEPTION) & (pl.col("vector") != PF_VECTOR))
         | (pl.col("event") == "hw_interrupt"))
     fill(interrupts.with_columns(

@@ -9,10 +9,9 @@ import polars as pl
 from kmltrace.schema import SCHED_SWITCH, SYS_ENTER, SYS_EXIT
 
 
-def _pairs() -> pl.Expr:
+def _pairs(ctx) -> pl.Expr:
     """Entry/exit events of interrupts and handlers (``*_entry`` / ``*_exit``)."""
-    ev = pl.col("event")
-    return (ev.cat.ends_with("_entry") | ev.cat.ends_with("_exit")) & (ev != "sys_enter")
+    return pl.col("event").is_in(ctx.events_named("_entry") + ctx.events_named("_exit"))
 
 
 def in_flight(ctx) -> list[dict]:
@@ -34,9 +33,9 @@ def in_flight(ctx) -> list[dict]:
                                           pl.col("ts_ns").last(), pl.col("cpu").last())
                 .filter(pl.col("event") == SYS_ENTER).collect())
     open_sys = {r["task_pid"]: r for r in last_sys.iter_rows(named=True)}
-    last_irq = (events.filter(_pairs()).group_by("cpu")
+    last_irq = (events.filter(_pairs(ctx)).group_by("cpu")
                 .agg(pl.col("event").last(), pl.col("ts_ns").last(), pl.col("task_pid").last())
-                .filter(pl.col("event").cat.ends_with("_entry")).collect())
+                .filter(pl.col("event").is_in(ctx.events_named("_entry"))).collect())
     irq = {r["cpu"]: r for r in last_irq.iter_rows(named=True)}
     for r in on_cpu.iter_rows(named=True):
         cpu, pid = r["cpu"], r["pid"]

@@ -31,7 +31,7 @@ def landings(ctx) -> pl.LazyFrame:
     is_pf = ev.is_in(list(PAGE_FAULT_EVENTS))
     u_set = (pl.col("error_code") & PF_USER) != 0
     delivered = (is_pf | (ev == EXCEPTION) | (ev == "hw_interrupt")
-                 | ((pl.col("system") == "irq_vectors") & ev.cat.ends_with("_entry")))
+                 | ((pl.col("system") == "irq_vectors") & ev.is_in(ctx.events_named("_entry"))))
     rows = (ctx.events.select(DELIVERY_COLUMNS)
             .filter(delivered & (is_pf | pl.col("vector").is_not_null())))
     return rows.with_columns(
