@@ -95,3 +95,32 @@ def test_broken_field_line_names_file_and_line():
 def test_not_a_format(text):
     with pytest.raises(InputError, match="not an event format"):
         parse_format(text, path="f")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kmltrace.errors import KmltraceError  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=400))
+def test_fuzz_format_text(text):
+    # anything that is not a format is refused with the project's error, never a traceback
+    for parser in (parse_format, parse_header_page, parse_header_event):
+        try:
+            parser(text, path="fuzz")
+        except KmltraceError:
+            pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 10_000), st.characters()), max_size=8))
+def test_fuzz_mutated_real_format(changes):
+    text = list((FTRACE / "events" / "sched" / "sched_switch" / "format").read_text())
+    for at, ch in changes:
+        text[at % len(text)] = ch
+    try:
+        parse_format("".join(text), path="fuzz")
+    except KmltraceError:
+        pass

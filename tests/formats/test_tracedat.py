@@ -9,6 +9,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kmltrace.errors import KmltraceError
 
 from kmltrace.formats import tracedat
 from kmltrace.formats.sniff import parse_file
@@ -239,3 +243,22 @@ def test_format_that_does_not_parse(tmp_path, v6):
 def test_truncated_header(tmp_path):
     (err,) = parse_file(_write(tmp_path, V6.read_bytes()[:300])).errors
     assert "truncated" in err.message and err.offset is not None
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 4095), st.integers(0, 255)), min_size=1, max_size=6))
+def test_fuzz_mutated_header(tmp_path_factory, mutations):
+    """Damaged metadata (the first 4 KiB: header, options, section table) of the real v7
+    file: the parser raises nothing but the project's errors (parse_file would hide a
+    traceback as an "internal error", so the parser is called directly) and always ends."""
+    data = bytearray(V7.read_bytes())
+    for at, value in mutations:
+        data[at] = value
+    path = tmp_path_factory.mktemp("fuzz") / "fuzz.dat"
+    path.write_bytes(data)
+    try:
+        parsed = tracedat.parse(path)
+    except KmltraceError:
+        return
+    assert all(isinstance(e, KmltraceError) for e in parsed.errors)
