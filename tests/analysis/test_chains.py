@@ -338,3 +338,18 @@ def test_real_two_cpu_log_and_its_console():
     kinds = {i.kind: i for i in result.incidents}
     assert kinds["stack_starvation"].cpu == 0           # "CPU: 0 PID: 87 Comm: busybox"
     assert kinds["stack_starvation"].pid == 87
+
+
+def test_timer_interrupts_between_loop_faults_do_not_break_the_loop(tmp_path):
+    # synthetic (labelled) mix of real records: 40 identical #PF records of the fault-loop
+    # log (22 lines each from line 475), each followed by a real timer interrupt record
+    # (v=ec, 22 lines from line 3225 of the Linux log)
+    pf_lines = (TINY / "fault-loop-head.log").read_text().splitlines()
+    timer = (LINUX / "qemu-kml.log").read_text().splitlines()[3224:3246]
+    out = pf_lines[:474]
+    for k in range(40):
+        out += pf_lines[474 + 22 * k:474 + 22 * (k + 1)] + timer
+    path = tmp_path / "loop.log"
+    path.write_text("\n".join(out) + "\n")
+    result = _run(path)
+    assert len(result.chains) == 1 and result.chains[0][0]["repeats"] == 40

@@ -169,7 +169,13 @@ def _qemu_files(events: pl.LazyFrame, names: set[str]):
     if rows.height == 0:
         return
     key = pl.struct("event", "vector", "prev_vector", "cpl", "ip", "rsp", "cr2", "error_code")
+    vector = pl.col("vector")
+    # interrupts (vector >= 32) are not faults: they leave the chains, unless a fault was
+    # raised while delivering one (the next record names it as prev_vector)
+    interrupt = ((pl.col("event") == "exception") & (vector >= 32)
+                 & (pl.col("prev_vector").shift(-1).ne_missing(vector)))
     for _, frame in rows.sort("file", "seq").group_by("file", maintain_order=True):
+        frame = frame.filter(~interrupt.fill_null(False))
         runs = frame.with_columns(key.ne_missing(key.shift(1)).cum_sum().alias("_run"))
         folded = runs.group_by("_run", maintain_order=True).agg(
             pl.all().exclude("_run").first(), pl.len().alias("repeats"),
