@@ -75,6 +75,23 @@ def _stats_lost(stats_dir: Path) -> dict[int, dict[str, int]]:
     return out
 
 
+def lost_events(page_counts: int, unknown_pages: int, stats_lost: int) -> int:
+    """Events lost: the pages' stored counts; when some page could not store its count (a
+    full page), the ring buffer's own overrun + dropped counters, if larger."""
+    return max(page_counts, stats_lost) if unknown_pages else page_counts
+
+
+def stats_counts(texts: list[str]) -> dict[str, int]:
+    """Sum of the numeric lines of per-CPU ``stats`` texts (entries, overrun, ...)."""
+    out: dict[str, int] = {}
+    for text in texts:
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if value.strip().isdigit():
+                out[key.strip()] = out.get(key.strip(), 0) + int(value)
+    return out
+
+
 def parse_dir(path: Path, raw_text: str = "all") -> Parsed:
     """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle);
     `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
@@ -126,7 +143,9 @@ def parse_dir(path: Path, raw_text: str = "all") -> Parsed:
     overrun = sum(v.get("overrun", 0) for v in stats.values())
     dropped = sum(v.get("dropped events", 0) for v in stats.values())
     meta = {
-        "lost_events": decoded.lost_events,
+        "lost_events": lost_events(decoded.lost_events, decoded.lost_unknown,
+                                   overrun + dropped),
+        "lost_unknown_pages": decoded.lost_unknown,
         "precision": "ns",
         "clock": clock,
         "cpus": len(stats) or len(raws),

@@ -51,6 +51,7 @@ class Decoded:
     events: pl.DataFrame
     errors: list = field(default_factory=list)
     lost_events: int = 0
+    lost_unknown: int = 0       # pages whose missed-events count the kernel could not store
     pages: int = 0
     damaged_pages: int = 0
     damaged_records: int = 0
@@ -90,16 +91,18 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         commit = pages.view("<u8").reshape(n_pages, ps // 8)[:, header.commit_offset // 8]
     else:
         commit = words[:, header.commit_offset // 4].astype(np.uint64)
-    commit = commit.astype(np.int64)
+    # only the low 32 bits count: the kernel adds RB_MISSED_EVENTS (an int, 1 << 31) to a
+    # signed 64-bit local_t, which sign-extends it into the high half (seen on 6.18)
+    commit = (commit & np.uint64(0xFFFFFFFF)).astype(np.int64)
     data_len = commit & _COMMIT_MASK
     missed = (commit & RB_MISSED_EVENTS) != 0
     stored = (commit & RB_MISSED_STORED) != 0
 
-    bad = (data_len > header.data_size) | (commit < 0) | ((commit >> 32) != 0)
+    bad = data_len > header.data_size
     if bad.any():
         for p in np.flatnonzero(bad)[:5]:
             decoded.errors.append(InputError(
-                f"cpu{seg.cpu}: corrupt page header (commit {int(commit[p]) & 0xffffffffffffffff:#x}),"
+                f"cpu{seg.cpu}: corrupt page header (commit {int(commit[p]):#x}),"
                 f" page skipped", path=seg.label or path, offset=seg.file_offset + int(p) * ps))
         if bad.sum() > 5:
             decoded.errors.append(InputError(
@@ -228,6 +231,7 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     if lost_pages.size:
         # a marker before the page's first record, at the page's time
         decoded.lost_events += int(lost[lost_pages][lost[lost_pages] > 0].sum())
+        decoded.lost_unknown += int((lost[lost_pages] < 0).sum())
         marker = _Records(ts=page_ts[lost_pages].astype(np.int64),
                           kind=np.full(lost_pages.size, -1, np.int64),
                           start=seg.start + lost_pages * ps, length=np.zeros(lost_pages.size, np.int64),

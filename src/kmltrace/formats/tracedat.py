@@ -26,6 +26,7 @@ from kmltrace.errors import InputError, KmltraceError
 from kmltrace.formats import Parsed
 from kmltrace.formats.event_format import (FormatTable, PageHeader, parse_header_event,
                                            parse_header_page)
+from kmltrace.formats.ftrace_raw import lost_events, stats_counts
 from kmltrace.formats.ringbuffer import CpuSegment, decode
 
 NAME = "tracedat"
@@ -437,8 +438,11 @@ def parse(path: Path, raw_text: str = "all") -> Parsed:
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
     clocks = [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
+    stats = stats_counts(info.options.get("cpustat", []))
     meta = {
-        "lost_events": decoded.lost_events,
+        "lost_events": lost_events(decoded.lost_events, decoded.lost_unknown,
+                                   stats.get("overrun", 0) + stats.get("dropped events", 0)),
+        "lost_unknown_pages": decoded.lost_unknown,
         "precision": "ns",
         "clock": clocks[0] if clocks else None,
         "cpus": info.options.get("cpus", max((c for b in info.buffers for c, _, _ in b.cpus),
