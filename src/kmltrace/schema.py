@@ -164,6 +164,7 @@ INCIDENT_KINDS: dict[str, str] = {
     "fault_storm": "warning",
     "unclean_reset": "critical",
     "kernel_mode_process": "info",
+    "syscall_sites": "info",         # audit: a /trusted program enters the kernel by syscall/int 0x80
 }
 
 PROCESS_MODES = ("kernel", "user", "kthread", "unknown")
