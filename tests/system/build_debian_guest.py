@@ -38,6 +38,7 @@ DEPTH = 64
 FRAME = 1024
 READY = re.compile(rb"snapwork ready pid=(\d+) deep=(0x[0-9a-f]+) top=(0x[0-9a-f]+)")
 BOOT_TIMEOUT = 240.0
+SETTLE = 2.0
 
 SNAPWORK_C = r"""
 /* snapwork: touch a known stack depth (DEPTH frames of FRAME bytes), report where, sleep. */
@@ -260,6 +261,9 @@ class RunningGuest:
             if m:
                 self.ready = {"pid": int(m.group(1)), "deep": int(m.group(2), 16),
                               "top": int(m.group(3), 16), "line": m.group(0).decode()}
+                # the line is written just before pause(): give snapwork time to get there,
+                # or its saved registers are those of the write() (seen under load)
+                time.sleep(SETTLE)
                 return self
             time.sleep(0.2)
         self.stop()

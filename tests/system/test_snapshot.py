@@ -161,6 +161,7 @@ def test_per_cpu_base_is_what_idle_cpus_have_in_gs(snap, dumped):
 def test_workload_task(snap, workload):
     task = by_pid(snap)[workload["pid"]]
     assert (task["comm"], task["exe"], task["mode"]) == ("snapwork", "/snapwork", "user")
+    assert task["state"] == "S"   # asleep in pause()
     assert (task["cs"], task["ss"]) == ("0x33", "0x2b")
     sp, (lo, hi) = h(task["sp"]), map(h, task["stack_vma"])
     assert task["sp_in_stack_vma"] and lo <= sp < hi

@@ -110,8 +110,10 @@ def _set_core_dump(prog, path: Path) -> None:
     shown = path
     if head == b"\x28\xb5\x2f\xfd":   # zstd: what `collect --vm` keeps; drgn reads plain files
         path = _inflate(path)
+        with path.open("rb") as f:
+            head = f.read(4)
     if head == b"\x7fELF":
-        _check_elf_complete(path)
+        _check_elf_complete(path, shown)
     try:
         prog.set_core_dump(str(path))
     except (OSError, ValueError, drgn.FaultError) as e:
@@ -122,7 +124,7 @@ def _set_core_dump(prog, path: Path) -> None:
         raise InputError(f"not a usable vmcore: {e}", path=str(shown)) from None
 
 
-def _check_elf_complete(path: Path) -> None:
+def _check_elf_complete(path: Path, shown: Path) -> None:
     """A truncated ELF dump: its program headers describe more bytes than the file has."""
     size = path.stat().st_size
     with path.open("rb") as f:
@@ -131,15 +133,19 @@ def _check_elf_complete(path: Path) -> None:
             return   # not ELF64: drgn says what it is
         phoff, = struct.unpack_from("<Q", header, 32)
         phentsize, phnum = struct.unpack_from("<HH", header, 54)
+        if phentsize < 56:
+            return   # not a 64-bit program header table: drgn says what is wrong
         f.seek(phoff)
         table = f.read(phentsize * phnum)
     end = 0
-    for i in range(len(table) // phentsize if phentsize else 0):
+    for i in range(len(table) // phentsize):
         _, _, offset, _, _, filesz = struct.unpack_from("<IIQQQQ", table, i * phentsize)
         end = max(end, offset + filesz)
     if len(table) < phentsize * phnum or end > size:
+        packed = shown != path
         raise InputError(f"truncated dump: its ELF headers describe {max(end, phoff)} bytes, "
-                         f"the file has {size}", path=str(path), offset=size)
+                         f"the {'decompressed ' if packed else ''}file has {size}",
+                         path=str(shown), offset=None if packed else size)
 
 
 def _inflate(path: Path) -> Path:
