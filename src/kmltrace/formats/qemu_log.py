@@ -78,25 +78,37 @@ def sniff(head: bytes) -> bool:
     return _SNIFF_RE.search(head) is not None
 
 
-def read_lines(data: bytes) -> pl.DataFrame:
-    """One row per line (``line`` 1-based, ``text``), built by polars' CSV reader, which is
-    ~6x faster than splitting in Python; a line holding the separator byte is cut there."""
-    expected = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+MAX_BLOCK_LINES = 520
+_CSV = dict(has_header=False, separator="\x1f", quote_char=None, new_columns=["text"],
+            schema={"text": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
+            comment_prefix=None, raise_if_empty=False)
+
+
+def scan_lines(data: bytes) -> pl.LazyFrame:
+    """The file's lines as a lazy frame (``line`` 1-based, ``text``; a blank line is null),
+    read by polars' CSV reader with a separator byte logs never hold, so that filters run
+    while reading and the 95% of an in_asm log that is disassembly is never materialised.
+    A line holding that byte is cut there; if the first one does, the exact (slower)
+    Python split is used instead."""
     try:
-        frame = pl.read_csv(io.BytesIO(data), has_header=False, separator="\x1f", quote_char=None,
-                            new_columns=["text"], schema={"text": pl.String},
-                            encoding="utf8-lossy", truncate_ragged_lines=True,
-                            comment_prefix=None, raise_if_empty=False)
+        pl.read_csv(io.BytesIO(data[:data.find(b"\n") + 1 or len(data)]), **_CSV)
+        lazy = pl.scan_csv(io.BytesIO(data), row_index_name="line", row_index_offset=1, **_CSV)
+        lazy = lazy.with_columns(pl.col("line").cast(pl.Int64))
     except pl.exceptions.PolarsError:   # e.g. the separator byte in the first line
-        frame = pl.DataFrame()
-    if frame.height != expected:  # the reader skipped something: fall back to the exact split
-        text = data.decode("utf-8", "replace")
-        frame = pl.DataFrame({"text": text.split("\n")[:expected]}, schema={"text": pl.String})
-    text = pl.col("text").fill_null("")
+        lazy = read_lines(data).lazy()
     if b"\r" in data:   # a log that went through a CRLF tool
-        text = text.str.strip_suffix("\r")
-    return frame.with_columns(text).with_row_index("line", 1) \
-                .with_columns(pl.col("line").cast(pl.Int64))
+        lazy = lazy.with_columns(pl.col("text").str.strip_suffix("\r"))
+    return lazy
+
+
+def read_lines(data: bytes) -> pl.DataFrame:
+    """Every line, split exactly in Python (``line`` 1-based, ``text``)."""
+    text = data.decode("utf-8", "replace")
+    lines = text.split("\n")
+    if text.endswith("\n"):
+        lines.pop()
+    return pl.DataFrame({"text": lines}, schema={"text": pl.String}) \
+        .with_row_index("line", 1).with_columns(pl.col("line").cast(pl.Int64))
 
 
 def _hex(column: str) -> pl.Expr:
@@ -114,7 +126,7 @@ def parse(path: Path) -> Parsed:
 
 
 def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
-    lines = read_lines(data)
+    lines = scan_lines(data)
     text = pl.col("text")
     # Most of an in_asm log is disassembly ("0x...:"), separators and blank lines: they are
     # dropped before any regex. One regex pass then tags the lines we read; untagged lines
@@ -125,7 +137,7 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
     is_dump = pl.col("kind") == "dump"
     # a dump belongs to the record line right above it: any other line starts a new "rec"
     new_rec = ~is_dump | (pl.col("line").diff().fill_null(1) != 1)
-    marked = (lines.lazy()
+    marked = (lines
               .filter(~text.str.starts_with("0x") & (text != "") & ~text.str.starts_with("----"))
               .with_columns(text.str.extract(TAG_RE, 1).alias("tag"))
               .filter(tag.is_not_null())
@@ -177,12 +189,12 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
 
     # the last in_asm block before each exception: only those blocks are assembled
     wanted = records.filter(pl.col("kind") == EXCEPTION)["asm_start"].drop_nulls().unique()
-    blocks = {start: _asm_block(lines, start) for start in wanted.to_list()}
+    blocks = _asm_blocks(lines, wanted)
     records = records.with_columns(pl.col("asm_start").replace_strict(
         blocks, default=None, return_dtype=pl.String).alias("in_asm"))
 
     events = _to_events(records, file)
-    errors += _completeness_errors(lines, marked, records, file)
+    errors += _completeness_errors(data, marked, records, file)
     reset_cpus = sorted({int(c) for c in records["reset_cpu"].drop_nulls().to_list()})
     meta["cpus"] = max(reset_cpus) + 1 if reset_cpus else None
     if meta["cpus"] is None:
@@ -233,18 +245,33 @@ def _to_events(records: pl.DataFrame, file: str) -> pl.DataFrame:
     )
 
 
-def _asm_block(lines: pl.DataFrame, start: int, most: int = 2000) -> str:
-    """The ``IN:`` block starting at line `start`, up to the blank line that ends it."""
-    block = lines["text"].slice(start - 1, most).to_list()
-    end = block.index("") if "" in block else len(block)
-    return "\n".join(block[:end])
+def _asm_blocks(lines: pl.LazyFrame, starts: pl.Series) -> dict[int, str]:
+    """The ``IN:`` blocks starting at the lines `starts`, each up to the blank line that ends
+    it (one more pass over the file, only when exceptions have an in_asm block before them)."""
+    if starts.len() == 0:
+        return {}
+    text = pl.col("text")
+    first = pl.DataFrame({"start": starts.cast(pl.Int64).sort()})
+    # a translation block has at most 512 instructions: look no further than that
+    near = (first.select(pl.int_ranges("start", pl.col("start") + MAX_BLOCK_LINES))
+            .explode("start")["start"].unique())
+    rows = (lines.filter(pl.col("line").is_in(near.implode()) & text.is_not_null()
+                         & (text != ""))
+            .collect()
+            .join_asof(first, left_on="line", right_on="start", strategy="backward")
+            .filter(pl.col("start").is_not_null())
+            # a block is contiguous: the first gap (its blank line) ends it
+            .filter((pl.col("line") - pl.col("start"))
+                    == pl.int_range(pl.len()).over("start"))
+            .group_by("start").agg(text.str.join("\n")))
+    return dict(zip(rows["start"].to_list(), rows["text"].to_list()))
 
 
-def _completeness_errors(lines: pl.DataFrame, marked: pl.DataFrame, records: pl.DataFrame,
+def _completeness_errors(data: bytes, marked: pl.DataFrame, records: pl.DataFrame,
                          file: str) -> list:
     """A log cut mid-record or starting mid-dump: say so, keep what was read."""
     errors = []
-    if lines.height == 0 or marked.height == 0:
+    if marked.height == 0:
         return errors
     dumps = marked.filter(pl.col("kind") == "dump")
     first_rec = marked["rec"][0]
@@ -254,10 +281,11 @@ def _completeness_errors(lines: pl.DataFrame, marked: pl.DataFrame, records: pl.
             f"the log starts in the middle of a register dump (lines {orphan['line'][0]}-"
             f"{orphan['line'][-1]} belong to a record before the start and are ignored)",
             path=file, line=int(orphan["line"][0])))
-    last = lines.tail(64).filter(pl.col("text") != "").tail(1)
-    if last.height == 0:
-        return errors
-    last_row = marked.filter(pl.col("line") == last["line"][0])
+    end = len(data)
+    while end and data[end - 1] in b"\r\n":
+        end -= 1
+    last_line = data.count(b"\n", 0, end) + 1   # the last line that is not blank
+    last_row = marked.filter(pl.col("line") == last_line)
     if last_row.height and last_row["kind"][0] == "dump":
         rec = last_row["rec"][0]
         block = dumps.filter(pl.col("rec") == rec)
@@ -266,5 +294,5 @@ def _completeness_errors(lines: pl.DataFrame, marked: pl.DataFrame, records: pl.
             where = f" of the record at line {head['line'][0]}" if head.height else ""
             errors.append(InputError(
                 f"the log ends in the middle of a register dump{where}: registers after "
-                f"line {last['line'][0]} are missing", path=file, line=int(last["line"][0])))
+                f"line {last_line} are missing", path=file, line=last_line))
     return errors
