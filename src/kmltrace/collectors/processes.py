@@ -9,6 +9,9 @@ shows but that were gone before they could be read are counted as missed, never 
 from __future__ import annotations
 
 import os
+import socket
+import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +45,8 @@ def read_process(pid: int) -> dict | None:
     if status is None:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").strip()[:1] in ("Z", "X"):
+        return None  # exited: nothing left to read but its name
     try:
         exe = os.readlink(base / "exe")
     except OSError:
@@ -79,10 +84,31 @@ class ProcessWatcher:
     comm: str | None = None
     exclude: set[int] = field(default_factory=set)
     rows: dict[tuple[int, str | None], dict] = field(default_factory=dict)
+    #: processes of the traced tree learnt from fork notifications (ExecListener)
+    tree: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wants(self, pid: int) -> bool:
+        """Is `pid` (a process) one we trace? Used on fork/exec notifications."""
+        if pid in self.exclude:
+            return False
+        if self.roots:
+            return pid in self.tree or pid in self.roots
+        if self.comm is not None:
+            return (_read(PROC / str(pid) / "comm") or "").strip() == self.comm
+        return True
+
+    def record(self, pid: int) -> None:
+        """Read `pid` now (called the moment it forks or execs)."""
+        row = read_process(pid)
+        if row is None or (row["exe"] is None and not row["maps"]):
+            return
+        with self.lock:
+            self.rows[(pid, row["exe"])] = row
 
     def _pids(self) -> list[int]:
         if self.roots:
-            seen, todo = [], list(self.roots)
+            seen, todo = [], list(self.roots) + sorted(self.tree)
             while todo:
                 pid = todo.pop()
                 if pid in seen:
@@ -115,12 +141,94 @@ class ProcessWatcher:
                 continue
             if key in self.rows and not row["maps"]:
                 continue  # exiting: keep the maps read while it lived
-            self.rows[key] = row
+            with self.lock:
+                self.rows[key] = row
 
     def result(self) -> list[dict]:
-        return sorted(self.rows.values(), key=lambda r: (r["pid"], r["exe"] or ""))
+        """Rows by pid; a pid's rows in the order its executables were seen."""
+        with self.lock:
+            rows = list(self.rows.values())
+        return sorted(rows, key=lambda r: r["pid"])
 
     def missed(self, traced_pids: set[int]) -> list[int]:
         """Pids the trace shows executing or forked that were never read."""
-        recorded = {r["pid"] for r in self.rows.values()}
+        recorded = {r["pid"] for r in self.result()}
         return sorted(traced_pids - recorded)
+
+
+# -- the proc connector: fork and exec as they happen ----------------------------------------
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+NLMSG_DONE = 3
+PROC_EVENT_FORK, PROC_EVENT_EXEC = 1, 2
+_NLMSG = struct.Struct("=IHHII")       # nlmsghdr
+_CN_MSG = struct.Struct("=IIIIHH")     # cn_msg: idx, val, seq, ack, len, flags
+_EVENT = struct.Struct("=IIQ")         # proc_event: what, cpu, timestamp_ns
+_EVENT_AT = _NLMSG.size + _CN_MSG.size
+_DATA_AT = _EVENT_AT + _EVENT.size
+
+
+class ExecListener(threading.Thread):
+    """Reads a process the moment it forks or execs, told by the kernel's proc connector
+    (netlink, root only), so that one living a few milliseconds is still recorded. Without
+    the connector (no CONFIG_PROC_EVENTS, no permission) the watcher's polling remains."""
+
+    def __init__(self, watcher: ProcessWatcher):
+        super().__init__(name="kmltrace-exec-listener", daemon=True)
+        self.watcher = watcher
+        self.stopping = threading.Event()
+        self.sock: socket.socket | None = None
+        self.error: str | None = None
+
+    def open(self) -> bool:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+            sock.bind((0, CN_IDX_PROC))
+            op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+            sock.send(_NLMSG.pack(_NLMSG.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn)
+            sock.settimeout(0.1)
+        except OSError as e:
+            self.error = e.strerror or str(e)
+            return False
+        self.sock = sock
+        return True
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError as e:  # ENOBUFS: we fell behind; polling covers the gap
+                self.error = e.strerror or str(e)
+                continue
+            self.handle(data)
+
+    def handle(self, data: bytes) -> None:
+        if len(data) < _DATA_AT + 8:
+            return
+        what = _EVENT.unpack_from(data, _EVENT_AT)[0]
+        watcher = self.watcher
+        if what == PROC_EVENT_FORK and len(data) >= _DATA_AT + 16:
+            parent_pid, parent_tgid, child_pid, child_tgid = struct.unpack_from("=iiii", data,
+                                                                                _DATA_AT)
+            if child_pid != child_tgid:
+                return  # a new thread: its process is already known
+            if watcher.roots and (parent_tgid in watcher.tree or parent_tgid in watcher.roots):
+                watcher.tree.add(child_tgid)
+            if watcher.roots and watcher.wants(child_tgid):
+                watcher.record(child_tgid)
+        elif what == PROC_EVENT_EXEC:
+            pid, tgid = struct.unpack_from("=ii", data, _DATA_AT)
+            if watcher.wants(tgid):
+                watcher.record(tgid)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=1)
+        if self.sock is not None:
+            self.sock.close()

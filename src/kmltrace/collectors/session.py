@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kmltrace.collectors import metadata, tracefs
 from kmltrace.collectors.bundle_writer import BundleWriter, default_output
-from kmltrace.collectors.processes import ProcessWatcher
+from kmltrace.collectors.processes import ExecListener, ProcessWatcher
 from kmltrace.collectors.stream import Streamer
 from kmltrace.errors import KmltraceError, RefusedError
 
@@ -28,9 +28,8 @@ POLL_INTERVAL = 0.02
 #: a pump that moved this much means a burst: poll again without sleeping
 BUSY_BYTES = 256 * 1024
 BUSY_INTERVAL = 0.002
-import os as _os
-USE_POLL = _os.environ.get("KMLT_POLL", "1") == "1"
-WAKE_PERCENT = int(_os.environ.get("KMLT_WAKE", "10"))
+#: the kernel wakes the collector when a CPU's buffer is this full (buffer_percent)
+WAKE_PERCENT = 10
 #: larger captures are not decoded at the end (decoding took ~12x the raw pages in memory:
 #: 2.4 GB for 190 MB); their event table is built when the bundle is first read
 DECODE_NOW_MAX_BYTES = 256 << 20
@@ -271,7 +270,7 @@ class Collector:
             inst.write("tracing_on", "0")
             inst.write("buffer_size_kb", str(opts.buffer_kb))
             info["overwrite"] = inst.read("options/overwrite").strip() == "1"
-            if USE_POLL and inst.exists("buffer_percent"):
+            if inst.exists("buffer_percent"):
                 inst.write("buffer_percent", str(WAKE_PERCENT))
             for event in events:
                 system, name = event.split(":", 1)
@@ -284,6 +283,12 @@ class Collector:
             streamer = Streamer(inst.path, writer.ftrace, page_size=self._page_size(inst),
                                 cpus=cpus)
             perf = None
+            listener = ExecListener(watcher)
+            if listener.open():
+                listener.start()
+                info["process_reads"] = "at fork and exec (proc connector) and polled"
+            else:
+                info["process_reads"] = f"polled (proc connector: {listener.error})"
             try:
                 if opts.perf:
                     from kmltrace.collectors.perf import PerfRecorder
@@ -301,6 +306,7 @@ class Collector:
                 streamer.drain()
                 watcher.poll()
             finally:
+                listener.stop()
                 streamer.close()
                 if perf is not None:
                     info["perf"] = perf.stop()
@@ -423,10 +429,7 @@ class Collector:
                 return "pid_exit"
             # the kernel wakes us when a buffer is WAKE_PERCENT full; under a burst, come
             # back to the buffers sooner anyway
-            if USE_POLL:
-                streamer.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
-            else:
-                self.stop.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
+            streamer.wait(POLL_INTERVAL if moved < BUSY_BYTES else BUSY_INTERVAL)
 
     def _write_bundle(self, writer: BundleWriter, info: dict, watcher, cpus) -> dict:
         kallsyms = writer.path / "kallsyms"
