@@ -325,3 +325,19 @@ def test_zstd_dump_as_collect_vm_keeps_it(guest, snap, tmp_path):
     unpacked = json.loads(result.stdout)
     assert unpacked["idt"] == snap["idt"] and unpacked["tasks"] == snap["tasks"]
     assert unpacked["source"] == str(packed)
+
+
+def test_qemu_qmp_on_a_paused_guest(guest, snap):
+    # what `kmltrace collect --vm` leaves behind: a guest stopped, not reset
+    built, vm = guest
+    vm.qmp("stop")
+    try:
+        assert vm.qmp("query-status")["status"] == "paused"
+        result = kmltrace("snapshot", "--qemu", vm.qmp_path, "--vmlinux", built.vmlinux,
+                          "--json")
+    finally:
+        vm.qmp("cont")
+    assert result.returncode == 0, result.stderr
+    paused = json.loads(result.stdout)
+    assert paused["idt"] == snap["idt"]
+    assert by_pid(paused)[vm.ready["pid"]]["sp"] == by_pid(snap)[vm.ready["pid"]]["sp"]
