@@ -69,3 +69,16 @@ def test_synthetic_version_header_and_dropped_events(tmp_path):
     assert parsed.events["event"].to_list() == ["sys_enter", "lost_events", "sched_switch"]
     switch = parsed.events.row(2, named=True)
     assert (switch["comm"], switch["flags"], switch["next_pid"]) == ("<idle>", "d..2.", 6224)
+
+
+def test_synthetic_buffer_first_seen_after_the_head(tmp_path):
+    # synthetic: the top-level buffer's lines fill the head, an instance appears later
+    top = "            bash-6224  [000]   343.291439: sys_exit:             NR 1 = 0\n"
+    late = ("kml-late:              wl-77    [001]   344.000001: sys_enter:            "
+            "NR 110 (0, 0, 0, 0, 0, 0)\n")
+    path = tmp_path / "report.txt"
+    path.write_text("cpus=2\n" + top * 2000 + late)
+    parsed = parse_file(path)
+    assert parsed.errors == [] and parsed.meta["buffers"] == ["kml-late"]
+    row = parsed.events.row(-1, named=True)
+    assert (row["comm"], row["pid"], row["id"]) == ("wl", 77, 110)

@@ -75,6 +75,9 @@ def parse(path: Path) -> Parsed:
                                    .then(text.str.slice(len(prefix))).otherwise(text).alias("text"))
     events, errors, meta = text_pipeline.run(path, lines, GRAMMAR,
                                              event_frame=ftrace_text.normalise_events)
+    if events is not None:
+        events, late = _late_buffer_prefixes(events)
+        names = sorted(set(names) | set(late))
     meta.update(read_header(head))
     if names:
         meta["buffers"] = names
@@ -82,6 +85,23 @@ def parse(path: Path) -> Parsed:
         return Parsed(path=str(path), format=NAME, errors=errors, meta={})
     return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
 
+
+def _late_buffer_prefixes(events: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """A buffer whose first line comes after the head: its name is left at the start of the
+    comm ("name:     bash"; trace-cmd right-aligns the comm, so padding follows). Cut it."""
+    comm = pl.col("comm")
+    prefixed = comm.str.contains(LATE_PREFIX_RE)
+    late = events.filter(prefixed)
+    if late.height == 0:
+        return events, []
+    found = late.select(comm.str.extract(r"^([^\s:]+):")).to_series().unique().to_list()
+    fixed = events.with_columns(
+        pl.when(prefixed).then(comm.str.replace(r"^[^\s:]+:\s+", "")).otherwise(comm)
+        .alias("comm"))
+    return fixed, [name for name in found if name]
+
+
+LATE_PREFIX_RE = r"^[^\s:]+:\s{2,}\S"
 
 # trace-cmd pads event names ("sys_enter:            NR 33 ..."): the padding is not field text
 GRAMMAR = text_pipeline.Grammar(
