@@ -437,7 +437,9 @@ def parse(path: Path, raw_text: str = "all") -> Parsed:
     del buf
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
-    clocks = [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
+    # the clock of the buffers that hold data (an extract -B file's top buffer is empty)
+    clocks = [b.clock for b in info.buffers if b.clock and any(size for _, _, size in b.cpus)]
+    clocks = clocks or [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
     stats = stats_counts(info.options.get("cpustat", []))
     meta = {
         "lost_events": lost_events(decoded.lost_events, decoded.lost_unknown,
