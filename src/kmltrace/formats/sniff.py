@@ -14,6 +14,7 @@ from kmltrace.formats import Parsed
 FORMAT_MODULES: list[str] = [
     # each entry is a module of kmltrace.formats exposing NAME, sniff(head), parse(path)
     "tracedat",       # binary: magic \x17\x08Dtracing
+    "perf_data",      # binary: magic PERFILE2 (read through perf script)
     "guest_memory",   # binary: ELF core of dump-guest-memory (or its zstd)
     "elf",            # binary: any other ELF (vmlinux, programs): symbols only
     "snapshot",       # JSON starting {"kernel": {...}: written by kmltrace snapshot
