@@ -341,3 +341,22 @@ def test_qemu_qmp_on_a_paused_guest(guest, snap):
     paused = json.loads(result.stdout)
     assert paused["idt"] == snap["idt"]
     assert by_pid(paused)[vm.ready["pid"]]["sp"] == by_pid(snap)[vm.ready["pid"]]["sp"]
+
+
+def test_the_mainline_layout_judged_as_if_kml(snap):
+    """The real Debian snapshot with only kernel.kml flipped (derived, labelled): a KML kernel
+    with this IDT would take #PF and the timer on the process's own stack, and its IST5
+    (#VC's) is unmapped, since mainline maps the #VC stacks only under SEV-ES
+    (arch/x86/mm/cpu_entry_area.c, percpu_setup_exception_stacks)."""
+    import copy
+
+    from kmltrace.analysis.snapshot_checks import check_snapshot
+
+    as_kml = copy.deepcopy(snap)
+    as_kml["kernel"]["kml"] = True
+    incidents = check_snapshot(as_kml)
+    assert {i.kind for i in incidents} == {"ist_missing"}
+    gates = [i for i in incidents if "vectors" in i.extra]
+    assert len(gates) == 1 and {14, 0xEC} <= set(gates[0].extra["vectors"])
+    unmapped = sorted(i.cpu for i in incidents if "IST5 points to unmapped memory" in i.summary)
+    assert unmapped == list(range(fixture.GUEST_CPUS))
