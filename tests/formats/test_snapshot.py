@@ -74,3 +74,24 @@ def test_hostile_shapes_are_errors_not_tracebacks(tmp_path):
     for message, snap in cases.items():
         [error] = parse_path(write(tmp_path, snap)).errors
         assert error.message == f"snapshot {message}"
+
+
+def test_real_snapshots_of_the_debian_guest(samples):
+    """sample_traces/snapshot-debian-6.1-guest: written by kmltrace snapshot from a real dump
+    (PROVENANCE.md); snapwork's pid and frames from that boot's console line."""
+    import re
+
+    folder = samples / "snapshot-debian-6.1-guest"
+    line = (folder / "console-snapwork.txt").read_text()
+    pid, deep = (int(v, 0) for v in re.search(r"pid=(\d+) deep=(0x[0-9a-f]+)", line).groups())
+    full = parse_path(folder / "snapshot.json")
+    bare = parse_path(folder / "snapshot-no-dwarf.json")
+    assert full.format == bare.format == "snapshot" and full.errors == bare.errors == []
+    for parsed in (full, bare):
+        snap = parsed.meta["snapshot"]
+        assert len(snap["idt"]) == 256 and snap["incidents"] == []
+        assert {g["vector"]: g["ist"] for g in snap["idt"] if g["ist"]} == {1: 3, 2: 2, 8: 1, 29: 5}
+        task = {t["pid"]: t for t in snap["tasks"]}[pid]
+        assert (task["comm"], task["mode"], task["cs"]) == ("snapwork", "user", "0x33")
+        assert 0 < deep - int(task["sp"], 16) < 256
+    assert "limits" in bare.meta["snapshot"] and "limits" not in full.meta["snapshot"]
