@@ -1,12 +1,14 @@
 """Decode ftrace ring-buffer pages (trace_pipe_raw, trace.dat CPU data) into the event table.
 
-No per-event Python: a CPU's pages are one 2-D array of 32-bit words (page x word). Each word
-position gets the step to the next record *as if* a record started there (from its type_len).
-The records of all pages are then found together, one vectorised step per record index (the
-loop runs as many times as the fullest page has records, never once per record). Timestamps
-are a cumulative sum of the deltas, restarted at each page and absolute-time record. Each
-event type's fields are gathered from their fixed offsets with one vector operation per
-field, and the per-type frames are put back in time order with one gather.
+No per-event Python. A CPU's pages are one 2-D array of 32-bit words (page x word), read in
+place. All pages are walked together: iteration k finds the k-th record of every page still
+going, computing the step to the next record from the record header's type_len only where a
+record starts (the loop runs as often as the fullest page has records, ~150 for 4 KiB pages,
+never once per record). Timestamps are a cumulative sum of the deltas, restarted at each page
+header and absolute-time record. The CPUs are merged by one stable sort on time; each event
+type's records are gathered as one (records x bytes) block, every fixed field is a slice of
+it; numeric columns are filled in place at full length, string/list columns and the raw text
+are put in time order with one gather each.
 
 Record layout (kernel/trace/ring_buffer.c): header word = type_len:5 | time_delta:27.
 type_len 1..28: data of type_len*4 bytes follows; 0: the next word is the length (+4) and
