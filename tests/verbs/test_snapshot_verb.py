@@ -87,3 +87,8 @@ def test_two_sources_is_a_usage_error(tmp_path):
 def test_help_names_every_option(option):
     result = CliRunner().invoke(main, ["snapshot", "--help"])
     assert result.exit_code == 0 and option in result.stdout
+
+
+def test_vmlinux_missing(tmp_path):
+    line = one_error("--vmcore", tmp_path / "vmcore", "--vmlinux", tmp_path / "vmlinux")
+    assert line == f"kmltrace: {tmp_path / 'vmlinux'}: no such file"

@@ -53,6 +53,8 @@ def open_program(vmcore: str | None = None, qemu: str | None = None,
     kallsyms only and `limits` says what is missing and how to get it.
     Raises :class:`KmltraceError` with one line that says what is missing."""
     drgn = _drgn()
+    if vmlinux is not None and not Path(vmlinux).is_file():
+        raise InputError("no such file", path=str(vmlinux))
     # drgn logs its own warnings (missing modules, ignored files) on stderr: our one-line
     # errors say the same, so keep stderr to those
     logging.getLogger("drgn").setLevel(logging.CRITICAL)
@@ -170,8 +172,6 @@ def _load_debug_info(prog, vmlinux: str | None, where: str) -> None:
     release = _vmcoreinfo_release(prog)
     try:
         if vmlinux is not None:
-            if not Path(vmlinux).is_file():
-                raise InputError("no such file", path=str(vmlinux))
             prog.load_debug_info([str(vmlinux)], main=True)
         else:
             prog.load_debug_info(main=True, default=False)
