@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from kmltrace.analysis.incidents import Incident, evidence
+from kmltrace.output import hexstr
 from kmltrace.schema import VECTOR_NAMES
 
 KVM_EVENTS = ("kvm_exit", "kvm_entry", "kvm_inj_exception", "kvm_userspace_exit",
@@ -115,3 +117,66 @@ def disassemble(insn: str | None, rip: int | None, mode: str | None) -> str | No
     except (ImportError, ValueError):
         return None
     return None
+
+
+# -- chains: a guest CPU shutdown as the host saw it ---------------------------------------
+
+def kvm_episodes(events: pl.LazyFrame, symbolize, result) -> None:
+    names = set(events.collect_schema().names())
+    if "event" not in names:
+        return
+    kvm = kvm_rows(events)
+    if kvm.height == 0:
+        return
+    downs = shutdowns(kvm).sort("ts_ns", "seq", nulls_last=True)
+    injected = injections(kvm)
+    last_ts = None
+    for row in downs.iter_rows(named=True):
+        if last_ts is not None and row["ts_ns"] is not None and row["ts_ns"] - last_ts < 1_000_000:
+            continue                 # the kvm_exit and the kvm_userspace_exit of one shutdown
+        last_ts = row["ts_ns"]
+        before = injected
+        if row["ts_ns"] is not None:
+            before = injected.filter(pl.col("ts_ns") <= row["ts_ns"])
+        if row["pid"] is not None:
+            before = before.filter(pl.col("pid") == row["pid"])
+        insn = last_emulated(kvm, row["ts_ns"], row["pid"])
+        guest_rip = row["guest_rip"] if row["guest_rip"] is not None else (
+            insn["rip"] if insn else None)
+        chain = [{"vector": r["vector"], "name": VECTOR_NAMES.get(r["vector"]), "cpl": None,
+                  "cs": None, "rip": None, "rsp": None, "cr2": None,
+                  "error_code": hexstr(r["inj_error_code"]), "stack": None, "symbol": None,
+                  "ts_ns": r["ts_ns"], "source": "kvm", "file": r["file"], "line": r["line"]}
+                 for r in before.tail(3).iter_rows(named=True)]
+        if insn:
+            for e in chain:   # an injected exception of an emulated instruction: that rip
+                e["rip"] = e["rip"] or hexstr(insn["rip"])
+                e["symbol"] = symbolize(insn["rip"])
+        chain.append({"vector": None, "name": "shutdown", "cpl": None, "cs": None,
+                      "rip": hexstr(guest_rip), "rsp": None, "cr2": None,
+                      "error_code": None, "stack": None, "symbol": symbolize(guest_rip),
+                      "ts_ns": row["ts_ns"],
+                      "shutdown": True, "source": "kvm", "file": row["file"],
+                      "line": row["line"]})
+        result.chains.append(chain)
+        what = (f"kvm_exit reason {row['exit_reason']}" if row["event"] == "kvm_exit"
+                else f"kvm_userspace_exit {row['exit_reason']}")
+        emulated = kvm.filter(pl.col("event") == "kvm_emulate_insn")
+        if row["ts_ns"] is not None:
+            emulated = emulated.filter(pl.col("ts_ns") <= row["ts_ns"])
+        if row["pid"] is not None:
+            emulated = emulated.filter(pl.col("pid") == row["pid"])
+        result.incidents.append(Incident(
+            "triple_fault",
+            f"the guest CPU shut down (triple fault) as the host saw it: {what}"
+            + (f" at guest rip {hexstr(row['guest_rip'])}" if row["guest_rip"] is not None else "")
+            + (f" (QEMU pid {row['pid']})" if row["pid"] is not None else "")
+            + (f"; KVM had emulated {emulated.height} guest instructions before it"
+               if emulated.height else "")
+            + (f", the last `{insn['text'] or insn['insn']}` at {hexstr(insn['rip'])}"
+               if insn else ""),
+            pid=row["pid"], comm=row["comm"], cpu=row["cpu"], ts_ns=row["ts_ns"],
+            evidence=[evidence(row["file"] or "kvm", what, row["line"])]
+            + ([evidence(insn["file"] or "kvm", f"kvm_emulate_insn {hexstr(insn['rip'])}: "
+                         f"{insn['insn']} ({insn['mode']})", insn["line"])] if insn else []),
+            extra={"chain": len(result.chains) - 1, "emulated_instructions": emulated.height}))

@@ -79,6 +79,9 @@ def sniff(head: bytes) -> bool:
 
 
 MAX_BLOCK_LINES = 520
+#: magic numbers polars' CSV reader decompresses on its own (zstd, gzip, zlib)
+_COMPRESSED_MAGIC = (b"\x28\xb5\x2f\xfd", b"\x1f\x8b", b"\x78\x01", b"\x78\x5e",
+                     b"\x78\x9c", b"\x78\xda")
 _CSV = dict(has_header=False, separator="\x1f", quote_char=None, new_columns=["text"],
             schema={"text": pl.String}, encoding="utf8-lossy", truncate_ragged_lines=True,
             comment_prefix=None, raise_if_empty=False)
@@ -90,6 +93,8 @@ def scan_lines(data: bytes) -> pl.LazyFrame:
     while reading and the 95% of an in_asm log that is disassembly is never materialised.
     A line holding that byte is cut there; if the first one does, the exact (slower)
     Python split is used instead."""
+    if data[:2] in _COMPRESSED_MAGIC or data[:4] in _COMPRESSED_MAGIC:
+        return read_lines(data).lazy()   # polars would try to inflate it: it is text to us
     try:
         pl.read_csv(io.BytesIO(data[:data.find(b"\n") + 1 or len(data)]), **_CSV)
         lazy = pl.scan_csv(io.BytesIO(data), row_index_name="line", row_index_offset=1, **_CSV)
@@ -125,8 +130,9 @@ def parse(path: Path) -> Parsed:
     return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
 
 
-def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
-    lines = scan_lines(data)
+def _marked(lines: pl.LazyFrame) -> pl.DataFrame:
+    """The lines we read, tagged (``kind``), with ``rec`` (a record and its register dump)
+    and ``asm_start`` (the last in_asm block started before each line)."""
     text = pl.col("text")
     # Most of an in_asm log is disassembly ("0x...:"), separators and blank lines: they are
     # dropped before any regex. One regex pass then tags the lines we read; untagged lines
@@ -137,16 +143,25 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
     is_dump = pl.col("kind") == "dump"
     # a dump belongs to the record line right above it: any other line starts a new "rec"
     new_rec = ~is_dump | (pl.col("line").diff().fill_null(1) != 1)
-    marked = (lines
-              .filter(~text.str.starts_with("0x") & (text != "") & ~text.str.starts_with("----"))
-              .with_columns(text.str.extract(TAG_RE, 1).alias("tag"))
-              .filter(tag.is_not_null())
-              .with_columns(kind.alias("kind"))
-              .with_columns(new_rec.cum_sum().alias("rec"),
-                            # -d in_asm: the last block started before each line
-                            pl.when(pl.col("kind") == "in_asm").then(pl.col("line"))
-                            .forward_fill().alias("asm_start"))
-              .collect())
+    return (lines
+            .filter(~text.str.starts_with("0x") & (text != "") & ~text.str.starts_with("----"))
+            .with_columns(text.str.extract(TAG_RE, 1).alias("tag"))
+            .filter(tag.is_not_null())
+            .with_columns(kind.alias("kind"))
+            .with_columns(new_rec.cum_sum().alias("rec"),
+                          # -d in_asm: the last block started before each line
+                          pl.when(pl.col("kind") == "in_asm").then(pl.col("line"))
+                          .forward_fill().alias("asm_start"))
+            .collect())
+
+
+def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
+    lines = scan_lines(data)
+    try:
+        marked = _marked(lines)
+    except (pl.exceptions.PolarsError, OSError):   # the fast reader refused: exact split
+        lines = read_lines(data).lazy()
+        marked = _marked(lines)
 
     records = marked.filter(pl.col("kind").is_in([EXCEPTION, HW_INTERRUPT, CPU_RESET,
                                                  TRIPLE_FAULT]))
@@ -171,7 +186,7 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
     records = records.join(checks, on="line", how="left")
 
     # register dumps: one regex per kind of line, applied only to the lines of that kind
-    dumps = marked.filter(is_dump).join(records.select("rec"), on="rec", how="semi") \
+    dumps = marked.filter(pl.col("kind") == "dump").join(records.select("rec"), on="rec", how="semi") \
         .with_columns(pl.col("text").str.slice(0, 4).alias("prefix"))
     for prefix, (regex, names) in DUMP_LINES.items():
         part = dumps.filter(pl.col("prefix") == prefix)
