@@ -296,12 +296,13 @@ def _completeness_errors(data: bytes, marked: pl.DataFrame, records: pl.DataFram
             f"the log starts in the middle of a register dump (lines {orphan['line'][0]}-"
             f"{orphan['line'][-1]} belong to a record before the start and are ignored)",
             path=file, line=int(orphan["line"][0])))
-    end = len(data)
-    while end and data[end - 1] in b"\r\n":
-        end -= 1
-    last_line = data.count(b"\n", 0, end) + 1   # the last line that is not blank
-    last_row = marked.filter(pl.col("line") == last_line)
-    if last_row.height and last_row["kind"][0] == "dump":
+    # the file's last non-blank line is the last tagged line exactly when it was tagged
+    # (tagging goes by content), which spares counting the lines of a big file
+    tail = data[-8192:].rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+    last_row = marked.tail(1)
+    last_text = tail.decode("utf-8", "replace").rstrip("\r")
+    if last_row.height and last_row["kind"][0] == "dump" and last_row["text"][0] == last_text:
+        last_line = int(last_row["line"][0])
         rec = last_row["rec"][0]
         block = dumps.filter(pl.col("rec") == rec)
         if not block["text"].str.starts_with("EFER=").any():
