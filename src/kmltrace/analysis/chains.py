@@ -312,6 +312,13 @@ def _qemu_incidents(chain, exceptions, triple, reset, starved, looped, result) -
                                                      proof, len(result.chains) - 1))
 
 
+def _relative(below: int) -> str:
+    """CR2's place against RSP in words."""
+    if below > 0:
+        return f"{below} bytes below"
+    return "on the unmapped page RSP points into, at or above"
+
+
 def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no) -> Incident:
     rsp, cr2 = row["rsp"], row["cr2"]
     below = rsp - cr2
@@ -323,10 +330,15 @@ def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no)
         f"IST {exc['stack'][3:]}" if exc["stack"] and exc["stack"].startswith("ist") else
         "an IST the evidence does not show")
     text = [
-        f"At CPL 0 the instruction at {where} touched {hexstr(cr2)}, {below} bytes below the "
+        f"At CPL 0 the instruction at {where} touched {hexstr(cr2)}, {_relative(below)} the "
         f"stack pointer {hexstr(rsp)}"
         + (", a user-range stack as a Kernel Mode Linux process has" if user_stack else "")
         + ": that memory was not there, so the CPU raised a page fault (#PF)."]
+    gates = [f"{e['name']} {e['stack_evidence'][len('IDT '):]}" for e in exceptions
+             if (e.get("stack_evidence") or "").startswith("IDT gate")]
+    if gates:
+        text.append("The IDT in the capture (the guest memory dump or a snapshot) says: "
+                    + "; ".join(dict.fromkeys(gates)) + ".")
     if exc["stack"] == "same" or not exc["delivered"]:
         text.append(
             "A fault at CPL 0 through a gate with no IST does not switch stacks: the CPU pushes "
@@ -355,8 +367,8 @@ def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no)
         "a stack that needs to grow, or is exhausted, cannot take the very fault that would "
         "grow it. Gates a kernel-mode process can take (#PF, #DF, the timer) need IST stacks.")
     severity = "critical" if ended else "error"
-    summary = (f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {below} bytes below "
-               f"RSP {hexstr(rsp)} ({row['file'] and 'qemu'} line {row['line']})"
+    summary = (f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {_relative(below)} "
+               f"RSP {hexstr(rsp)} ({(row['file'] or 'qemu').rsplit('/', 1)[-1]}:{row['line']})"
                + ("; it led to a reset" if ended else "; survived (delivered on another stack)"
                   if df is not None or exc["stack"] not in (None, "same") else "; no reset"))
     return Incident("stack_starvation", summary, severity=severity, cpu=row.get("cpu"),
