@@ -64,4 +64,7 @@ def load(targets: list[str | Path], vmlinux: str | None = None) -> Capture:
             capture.inputs.extend(parsed)
         else:
             capture.inputs.append(parse_file(path))
+    # a Linux kernel's dump also gives tasks and saved registers, read with drgn
+    from kmltrace.collectors.snapshot import enrich_vmcore_inputs
+    enrich_vmcore_inputs(capture)
     return capture

@@ -360,3 +360,16 @@ def test_the_mainline_layout_judged_as_if_kml(snap):
     assert len(gates) == 1 and {14, 0xEC} <= set(gates[0].extra["vectors"])
     unmapped = sorted(i.cpu for i in incidents if "IST5 points to unmapped memory" in i.summary)
     assert unmapped == list(range(fixture.GUEST_CPUS))
+
+
+@pytest.mark.parametrize("with_vmlinux", [True, False])
+def test_report_on_the_dump_itself_reads_the_tasks(guest, workload, with_vmlinux):
+    built, _ = guest
+    args = ["--vmlinux", built.vmlinux] if with_vmlinux else []
+    result = kmltrace("report", built.vmcore, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["incidents"] == []
+    process = {p["pid"]: p for p in report["processes"]}[workload["pid"]]
+    assert (process["comm"], process["mode"]) == ("snapwork", "user")
+    assert "snapshot: saved CS 0x33 (user mode)" in process["evidence"]

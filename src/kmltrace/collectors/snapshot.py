@@ -527,3 +527,45 @@ def snapshot(vmcore: str | None = None, qemu: str | None = None,
     except LookupError as e:
         raise KmltraceError(f"this kernel lacks what the snapshot reads: {e}",
                             path=str(vmcore or qemu or KCORE)) from None
+
+
+# -- vmcore TARGETs ----------------------------------------------------------------------------
+
+def has_vmcoreinfo(path: Path) -> bool:
+    """Whether the ELF dump at `path` (or its zstd) carries a VMCOREINFO note: a Linux kernel
+    drgn can read (QEMU adds one with -device vmcoreinfo and qemu_fw_cfg loaded)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if head[:4] == b"\x28\xb5\x2f\xfd":
+            import zstandard
+            head = zstandard.ZstdDecompressor().decompressobj().decompress(head)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 32)
+        phentsize, phnum = struct.unpack_from("<HH", head, 54)
+        for i in range(phnum):
+            kind, _, offset, _, _, size = struct.unpack_from("<IIQQQQ", head, phoff + i * phentsize)
+            if kind == 4 and b"VMCOREINFO" in head[offset:offset + size]:
+                return True
+    except (OSError, struct.error, ValueError, ImportError, IndexError):
+        return False
+    except Exception:  # zstandard.ZstdError: the vmcore parser reports a corrupt dump
+        return False
+    return False
+
+
+def enrich_vmcore_inputs(capture) -> None:
+    """Give every Linux vmcore TARGET (one with VMCOREINFO) the drgn snapshot, tasks included,
+    in place of the IDT/TSS-only one the raw dump gives; with the capture's vmlinux, or
+    kallsyms and BTF without one.  A snapshot that cannot be taken leaves the input as it was,
+    with the reason in ``meta["drgn_snapshot_error"]``."""
+    for parsed in capture.inputs:
+        if parsed.format != "vmcore" or not has_vmcoreinfo(Path(parsed.path)):
+            continue
+        try:
+            snap = snapshot(vmcore=parsed.path, vmlinux=capture.vmlinux)
+        except KmltraceError as e:
+            parsed.meta["drgn_snapshot_error"] = str(e)
+            continue
+        parsed.meta["snapshot"] = snap
