@@ -71,10 +71,18 @@ def make_table(rows: int) -> dict:
         shift = {c: pl.when(pl.col(c) > 0).then(pl.col(c) + k * 4_000_000).otherwise(pl.col(c))
                  .cast(base.schema[c]) for c in pid_cols}
         frames.append(base.lazy().with_columns(ts_ns=pl.col("ts_ns") + k * span, **shift))
-    table = pl.concat(frames).head(rows).collect()
-    table.write_parquet(TABLE)
-    return {"rows": table.height, "copies": copies, "base_events": base.height,
-            "columns": table.width}
+    # written as `kmltrace ingest` writes an event table: in time order, with the
+    # attribution columns (row, task_pid, task_comm, image) of merged_events
+    from kmltrace.analysis.events import attribute_by_columns
+    from kmltrace.schema import conform
+
+    pl.concat(frames).head(rows).sink_parquet(WORK / "report-raw.parquet")
+    attribute_by_columns(conform(pl.scan_parquet(WORK / "report-raw.parquet"))).sink_parquet(TABLE)
+    (WORK / "report-raw.parquet").unlink()
+    schema = pl.read_parquet_schema(TABLE)
+    return {"rows": pl.scan_parquet(TABLE).select(pl.len()).collect().item(), "copies": copies,
+            "base_events": base.height, "columns": len(schema),
+            "note": "as `kmltrace ingest` writes it: sorted, with row/task_pid/task_comm/image"}
 
 
 def child_report() -> None:

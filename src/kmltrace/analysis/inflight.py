@@ -14,6 +14,12 @@ def _pairs(ctx) -> pl.Expr:
     return pl.col("event").is_in(ctx.events_named("_entry") + ctx.events_named("_exit"))
 
 
+def _last_rows(events: pl.LazyFrame, by: str) -> pl.LazyFrame:
+    """The last row (highest ``row``) of each `by` group."""
+    rows = events.group_by(by).agg(pl.col("row").max()).collect().get_column("row")
+    return events.filter(pl.col("row").is_in(rows.implode()))
+
+
 def in_flight(ctx) -> list[dict]:
     events = ctx.events.filter(pl.col("cpu").is_not_null() & pl.col("ts_ns").is_not_null())
     out = []
@@ -21,16 +27,17 @@ def in_flight(ctx) -> list[dict]:
     last_switch = (events.filter(pl.col("event") == SCHED_SWITCH).group_by("cpu")
                    .agg(pl.col("next_pid").last().alias("pid"),
                         pl.col("next_comm").last().alias("comm"), pl.col("ts_ns").last()))
-    last_event = events.group_by("cpu").agg(pl.col("task_pid").last().alias("pid_any"),
-                                            pl.col("task_comm").last().alias("comm_any"))
+    # the last row of each group is found on the integer row column alone, then fetched
+    last_event = _last_rows(events, "cpu").select(
+        "cpu", pl.col("task_pid").alias("pid_any"), pl.col("task_comm").alias("comm_any"))
     on_cpu = (last_event.join(last_switch, on="cpu", how="left")
               .with_columns(pl.coalesce("pid", "pid_any").alias("pid"),
                             pl.coalesce("comm", "comm_any").alias("comm"))
               .sort("cpu").collect())
     # a syscall is per task (it can sleep and resume elsewhere): the task's last raw_syscalls
-    last_sys = (events.filter(pl.col("event").is_in([SYS_ENTER, SYS_EXIT]))
-                .group_by("task_pid").agg(pl.col("event").last(), pl.col("id").last(),
-                                          pl.col("ts_ns").last(), pl.col("cpu").last())
+    last_sys = (_last_rows(events.filter(pl.col("event").is_in([SYS_ENTER, SYS_EXIT])),
+                           "task_pid")
+                .select("task_pid", "event", "id", "ts_ns", "cpu")
                 .filter(pl.col("event") == SYS_ENTER).collect())
     open_sys = {r["task_pid"]: r for r in last_sys.iter_rows(named=True)}
     last_irq = (events.filter(_pairs(ctx)).group_by("cpu")

@@ -54,34 +54,49 @@ PROCESS_SCHEMA = {
 
 
 def _per_image(events: pl.LazyFrame) -> pl.DataFrame:
+    """Counts per (pid, exec image). One light pass over every row (times, counts per event
+    name), the rest over the few rows each piece of evidence needs."""
     ev = pl.col("event")
+    key = ["task_pid", "image"]
     pf_user = ev == PAGE_FAULT_USER
     u_clear = (pl.col("error_code") & PF_USER) == 0
     # only deliveries say at which CPL the code ran (a cpu_reset dump is the reset state)
     delivery = ev.is_in(["exception", "hw_interrupt"])
-    user_range = delivery & (pl.col("ip") < USER_TOP) & (pl.col("rsp") < USER_TOP)
+    user_range = (pl.col("ip") < USER_TOP) & (pl.col("rsp") < USER_TOP)
     # rows without a task (a QEMU log has no pids) form one pid-less row: its CPU context
-    return (events
-            .group_by("task_pid", "image").agg(
-                pl.len().alias("events"),
-                pl.col("ts_ns").min().alias("first_ts"),
-                pl.col("ts_ns").max().alias("last_ts"),
-                pl.col("task_comm").drop_nulls().last().alias("comm"),
-                pl.col("tgid").drop_nulls().last().alias("tgid"),
-                pl.col("filename").filter(ev == SCHED_PROCESS_EXEC).last().alias("exec_file"),
-                ev.is_in(list(PAGE_FAULT_EVENTS_ALL)).sum().alias("page_faults"),
-                (pf_user & u_clear).sum().alias("kml_faults"),
-                (pf_user & ~u_clear).sum().alias("user_faults"),
-                pl.struct("file", "line", "error_code").filter(pf_user & u_clear).first()
-                  .alias("kml_fault_first"),
-                ev.is_in([SYS_ENTER, SYS_EXIT]).sum().alias("syscalls"),
-                ev.is_in(list(USER_ACTIVITY_EVENTS)).sum().alias("user_activity"),
-                ((pl.col("cpl") == 0) & user_range).sum().alias("cpl0_user_range"),
-                (delivery & (pl.col("cpl") == 3)).sum().alias("cpl3"),
-                ((pl.col("cpumode") == "kernel") & (pl.col("ip") < USER_TOP)).sum()
-                  .alias("perf_kernel_user_ip"),
-                (pl.col("cpumode") == "user").sum().alias("perf_user"),
-            ).rename({"task_pid": "pid"}).collect())
+    base = events.group_by(key).agg(
+        pl.len().alias("events"),
+        pl.col("ts_ns").min().alias("first_ts"),
+        pl.col("ts_ns").max().alias("last_ts"))
+    # names from the last row of each image that has them (its last pid-carrying row)
+    names = (events.select(*key, "task_comm", "tgid").filter(pl.col("task_comm").is_not_null())
+             .group_by(key).agg(pl.col("task_comm").last().alias("comm"),
+                                pl.col("tgid").last().alias("tgid")))
+    per_event = (events.group_by(*key, "event").agg(pl.len().alias("n"))
+                 .group_by(key).agg(
+                     pl.col("n").filter(ev.is_in(list(PAGE_FAULT_EVENTS_ALL))).sum()
+                     .alias("page_faults"),
+                     pl.col("n").filter(ev.is_in([SYS_ENTER, SYS_EXIT])).sum().alias("syscalls"),
+                     pl.col("n").filter(ev.is_in(list(USER_ACTIVITY_EVENTS))).sum()
+                     .alias("user_activity")))
+    faults = events.filter(pf_user).group_by(key).agg(
+        u_clear.sum().alias("kml_faults"),
+        (~u_clear).sum().alias("user_faults"),
+        pl.struct("file", "line", "error_code").filter(u_clear).first().alias("kml_fault_first"))
+    execs = events.filter(ev == SCHED_PROCESS_EXEC).group_by(key).agg(
+        pl.col("filename").last().alias("exec_file"))
+    cpl = events.filter(delivery | pl.col("cpumode").is_not_null()).group_by(key).agg(
+        (delivery & (pl.col("cpl") == 0) & user_range).sum().alias("cpl0_user_range"),
+        (delivery & (pl.col("cpl") == 3)).sum().alias("cpl3"),
+        ((pl.col("cpumode") == "kernel") & (pl.col("ip") < USER_TOP)).sum()
+        .alias("perf_kernel_user_ip"),
+        (pl.col("cpumode") == "user").sum().alias("perf_user"))
+    # one at a time: in parallel they compete for the same columns and memory
+    frames = [q.collect() for q in (base, names, per_event, faults, execs, cpl)]
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.join(frame, on=key, how="left", nulls_equal=True)
+    return out.rename({"task_pid": "pid"})
 
 
 PAGE_FAULT_EVENTS_ALL = (PAGE_FAULT_USER, PAGE_FAULT_KERNEL)
