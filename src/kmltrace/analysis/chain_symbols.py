@@ -1,16 +1,15 @@
-"""Symbols for the addresses of a chain: a minimal ELF symbol lookup (pyelftools), the
-KASLR slide a console printed, and the IDT gates a capture carries. A stand-in for a shared
-symbol service: swap :func:`symbolizer` for it when there is one."""
+"""Symbols for the addresses of a chain (the shared symbol service, kmltrace.symbols), the
+KASLR slide each console boot printed, and the IDT gates a capture carries."""
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from functools import lru_cache
 from pathlib import Path
 
 import polars as pl
 
-PAGE = 4096
+from kmltrace.errors import KmltraceError
+from kmltrace.symbols import Symbolizer
+from kmltrace.symbols.service import load_table
 
 
 def kaslr_offsets(events: pl.LazyFrame, names: set[str]) -> dict:
@@ -28,27 +27,23 @@ def kaslr_offsets(events: pl.LazyFrame, names: set[str]) -> dict:
 
 
 def symbolizer(capture, offset: int):
-    """ip -> ``func+0xoff`` from the ELF the capture names (``--vmlinux`` or an ELF TARGET),
-    undoing the KASLR slide the console printed. A small stand-in for a shared symbol
-    service: swap :func:`_symbol_table` for it when there is one."""
-    paths = [p for p in [getattr(capture, "vmlinux", None), *_metas(capture, "elf"),
-                         *_bundle_elves(capture)] if p]
-    tables = [t for t in (_symbol_table(str(p)) for p in paths) if t]
+    """ip -> ``func+0xoff/0xsize`` through the shared symbol service (``--vmlinux``, an ELF
+    TARGET, kallsyms), or a bundle's own kernel ELF (a lab bundle's kernel.elf); `offset` is
+    the KASLR slide a console printed, used when the service finds no better one. A chain's
+    addresses are kernel code (CPL 0), whatever half they are in."""
+    service = Symbolizer.for_capture(capture, kaslr_offset=offset or None)
+    if service.kernel is None:
+        for path in _bundle_elves(capture):
+            try:
+                service.kernel = load_table(path)
+                break
+            except (KmltraceError, OSError):
+                continue
 
     def lookup(ip, slide=None):
-        if ip is None:
+        if ip is None or service.kernel is None:
             return None
-        offset_now = offset if slide is None else slide
-        for addrs, entries in tables:
-            for candidate in ((ip - offset_now) & 0xFFFFFFFFFFFFFFFF, ip) if offset_now else (ip,):
-                i = bisect_right(addrs, candidate) - 1
-                if i < 0:
-                    continue
-                start, size, name = entries[i]
-                if candidate < start + max(size, 1) or (size == 0 and candidate - start < PAGE):
-                    delta = candidate - start
-                    return f"{name}+{delta:#x}" if delta else name
-        return None
+        return service.kernel_symbol(int(ip), slide)
     return lookup
 
 
@@ -74,30 +69,6 @@ def _metas(capture, key: str) -> list:
         return list(capture.metas(key))
     except AttributeError:
         return []
-
-
-@lru_cache(maxsize=8)
-def _symbol_table(path: str):
-    """Sorted (addresses, [(start, size, name)]) of an ELF's function and label symbols."""
-    try:
-        from elftools.elf.elffile import ELFFile
-        from elftools.elf.sections import SymbolTableSection
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            entries = []
-            for section in elf.iter_sections():
-                if not isinstance(section, SymbolTableSection):
-                    continue
-                for sym in section.iter_symbols():
-                    kind = sym["st_info"]["type"]
-                    if kind not in ("STT_FUNC", "STT_NOTYPE") or not sym.name or \
-                            sym["st_shndx"] == "SHN_UNDEF" or sym["st_value"] == 0:
-                        continue
-                    entries.append((sym["st_value"], sym["st_size"], sym.name))
-    except Exception:    # not an ELF or unreadable: no symbols, the addresses still show
-        return None
-    entries.sort()
-    return [e[0] for e in entries], entries
 
 
 def idt_gates(capture) -> dict[int, int]:

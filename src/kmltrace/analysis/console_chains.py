@@ -110,7 +110,7 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
     head = rows[i]
     guard = next((r for r in group if r["event"] == "stack_overflow"), None)
     rip = head.get("ip")
-    symbol = symbolize(rip, head.get("boot_index")) or _strip_len(head.get("symbol"))
+    symbol = symbolize(rip, head.get("boot_index")) or head.get("symbol")
     cpl = None if head.get("cs") is None else head["cs"] & 3
     rsp = head.get("rsp")
     hidden = guard is not None and (guard.get("address") is None or _hashed(guard))
@@ -216,11 +216,3 @@ def _hashed(guard: dict) -> bool:
     return any(v is not None and v < USER_TOP and v < (1 << 32) for v in values) or (
         guard.get("stack_lo") is not None and guard.get("stack_hi") is not None
         and guard["stack_lo"] >= guard["stack_hi"])
-
-
-def _strip_len(symbol: str | None) -> str | None:
-    """``func+0x9/0x50`` -> ``func+0x9`` (the /len is the function's size)."""
-    if not symbol:
-        return None
-    head, _, module = symbol.partition(" ")
-    return head.split("/")[0] + (f" {module}" if module else "")
