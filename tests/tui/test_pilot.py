@@ -68,8 +68,9 @@ async def test_detail_shows_chain_and_jump_to_evidence_event():
         assert isinstance(app.screen, IncidentDetailScreen)
         text = screen_text(app)
         assert "The #PF gate has IST 0" in text
-        assert "#PF  vec 14  CPL 0  rip 0x401020 <main+0x20>" in text
-        assert "stack same" in text and "stack ist1" in text
+        assert "#PF  vec 14  CPL 0  stack same" in text
+        assert "rip 0x401020 <main+0x20>  rsp 0x7ffd0000ff8  cr2 0x7ffd0000ff0" in text
+        assert "#DF  vec  8  CPL 0  stack ist1" in text
         assert "RESET" in text
         assert "[bold]x[/x]-100 page_fault" in text      # evidence text, literally
         await pilot.press("enter")                  # first evidence row: ftrace line 212
@@ -238,9 +239,9 @@ async def test_real_lab_capture_incident_evidence_and_jump():
         await settle(app, pilot)
         assert isinstance(app.screen, IncidentDetailScreen)
         text = screen_text(app)
-        assert "#PF  vec 14  CPL 0  rip 0x100402" in text
-        assert "cr2 0x7fffffffdff8" in text and "rsp 0x7fffffffe000" in text
-        assert "#DF  vec  8  CPL 0" in text
+        assert "#PF  vec 14  CPL 0  stack same  not delivered" in text
+        assert "rsp 0x7fffffffe000  cr2 0x7fffffffdff8" in text
+        assert "#DF  vec  8  CPL 0  stack same" in text
         assert "RESET" in text
         assert "qemu.log  58" in text and "v=0e e=0002" in text      # line 58's own text
         await pilot.press("enter")

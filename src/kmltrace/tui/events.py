@@ -6,7 +6,9 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import Input, Label, Static
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Input, Label
 
 from kmltrace.tui.base import KmlScreen
 from kmltrace.tui.model import (apply_filter, find_event_row, parse_time, row_at_time,
@@ -18,6 +20,16 @@ PROMPTS = {
     "search": "search: text in comm, event or detail (n / N: next / previous)",
     "goto": "go to time: seconds (12.5) or nanoseconds (12500000000ns)",
 }
+
+
+class RowDetail(Widget):
+    """Every field of the row under the cursor. Redrawn without a layout pass (a Static's
+    update lays the whole screen out again, on every cursor move)."""
+
+    text: reactive[Text] = reactive(Text, layout=False)
+
+    def render(self) -> Text:
+        return self.text
 
 
 class EventsScreen(KmlScreen):
@@ -38,7 +50,7 @@ class EventsScreen(KmlScreen):
         yield Label("", id="events-count")
         yield Input(id="events-prompt")
         yield EventTable(id="events")
-        yield Static("", id="event-detail")
+        yield RowDetail(id="event-detail")
 
     def on_mount(self) -> None:
         self.query_one("#events-prompt", Input).display = False
@@ -185,8 +197,8 @@ class EventsScreen(KmlScreen):
             text.append(f"{key}=", style="bold")
             text.append(format_cell(key, value))
             text.append("  ")
-        detail = self.query_one("#event-detail", Static)
-        detail.update(text)
+        detail = self.query_one("#event-detail", RowDetail)
+        detail.text = text
         if full:
             detail.add_class("full")
 

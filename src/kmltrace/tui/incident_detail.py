@@ -26,7 +26,16 @@ def chain_diagram(chain: list[dict], reset: bool) -> Text:
     for i, exc in enumerate(chain):
         name = exc.get("name") or vector_name(exc.get("vector"))
         out.append(f" {name:<4}", style="bold")
-        out.append(f" vec {exc.get('vector', '?'):>2}  CPL {exc.get('cpl', '?')}  rip ")
+        out.append(f" vec {exc.get('vector', '?'):>2}  CPL {exc.get('cpl', '?')}  stack ")
+        stack = exc.get("stack")
+        out.append(str(stack or "?"), style=STACK_STYLE.get(stack, "magenta"))
+        if exc.get("delivered") is False:
+            out.append("  not delivered", style="bold red")
+        if exc.get("shutdown"):
+            out.append("  -> shutdown", style="bold red")
+        if exc.get("ts_ns") is not None:
+            out.append(f"  @{format_ts(exc['ts_ns'])}", style="dim")
+        out.append("\n      rip ")
         out.append(str(exc.get("rip") or "?"), style="cyan")
         if exc.get("symbol"):
             out.append(" <")
@@ -37,15 +46,6 @@ def chain_diagram(chain: list[dict], reset: bool) -> Text:
             out.append(f"  cr2 {exc['cr2']}")
         if exc.get("error_code"):
             out.append(f"  err {exc['error_code']}")
-        stack = exc.get("stack")
-        out.append("  stack ")
-        out.append(str(stack or "?"), style=STACK_STYLE.get(stack, "magenta"))
-        if exc.get("delivered") is False:
-            out.append("  not delivered", style="bold red")
-        if exc.get("shutdown"):
-            out.append("  -> shutdown", style="bold red")
-        if exc.get("ts_ns") is not None:
-            out.append(f"  @{format_ts(exc['ts_ns'])}", style="dim")
         out.append("\n")
         if i < len(chain) - 1 or reset:
             out.append("   │\n   ▼\n", style="dim")
@@ -72,10 +72,12 @@ class IncidentDetailScreen(KmlScreen):
             yield Static(id="detail-explanation")
             yield Label(Text("Exception chain", style="bold underline"))
             yield Static(id="detail-chain")
-            yield Label(Text("Evidence (Enter or j: jump to the event)", style="bold underline"))
-            table = DataTable(id="evidence", cursor_type="row")
-            table.add_columns("source", "line", "text")
-            yield table
+        # outside the scroll: focusing the evidence must not scroll the summary away
+        yield Label(Text("Evidence (Enter or j: jump to the event)", style="bold underline"),
+                    id="evidence-title")
+        table = DataTable(id="evidence", cursor_type="row")
+        table.add_columns("source", "line", "text")
+        yield table
 
     def on_mount(self) -> None:
         self.query_one("#evidence", DataTable).focus()
@@ -97,8 +99,9 @@ class IncidentDetailScreen(KmlScreen):
         self.query_one("#detail-title", Label).update(title)
         self.query_one("#detail-summary", Static).update(literal(inc.get("summary", "")))
         explanation = inc.get("explanation") or ""
-        self.query_one("#detail-explanation", Static).update(
-            literal(explanation, style="italic") if explanation else Text(""))
+        shown = self.query_one("#detail-explanation", Static)
+        shown.update(literal(explanation, style="italic"))
+        shown.display = bool(explanation)
         report = loaded.report or {}
         chain = incident_chain(report, inc)
         self.query_one("#detail-chain", Static).update(

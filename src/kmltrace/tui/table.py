@@ -99,6 +99,7 @@ class EventTable(ScrollView, can_focus=True):
         self._page_start = -1
         self._page: list[tuple[str, ...]] = []
         self._kinds: list[int] = []
+        self._lines: list[str | None] = []
         if frame is not None:
             self.set_frame(frame)
 
@@ -109,7 +110,7 @@ class EventTable(ScrollView, can_focus=True):
         self.columns = [c for c in DEFAULT_COLUMNS if c[0] in frame.columns]
         if "line" not in frame.columns and "offset" in frame.columns:
             self.columns.append(("offset", "offset", 10))
-        self._page_start, self._page, self._kinds = -1, [], []
+        self._page_start, self._page, self._kinds, self._lines = -1, [], [], []
         width = sum(w + 1 for _, _, w in self.columns)
         self.virtual_size = Size(width, frame.height + 1)
         self.set_reactive(EventTable.cursor_row, 0)
@@ -154,6 +155,7 @@ class EventTable(ScrollView, can_focus=True):
         else:
             kinds = [0] * chunk.height
         self._kinds = kinds
+        self._lines: list[str | None] = [None] * len(self._page)
         self._page_start = start
 
     def _cells(self, row: int) -> tuple[str, ...]:
@@ -163,40 +165,58 @@ class EventTable(ScrollView, can_focus=True):
 
     # -- drawing ------------------------------------------------------------------------------
 
-    def _line(self, cells, style: Style) -> list[Segment]:
-        segments = []
+    def _joined(self, cells) -> str:
+        parts = []
         for (_, _, width), text in zip(self.columns, cells):
             if len(text) > width:
                 text = text[: width - 1] + "…"
-            segments.append(Segment(text.ljust(width) + " ", style))
-        return segments
+            parts.append(text.ljust(width))
+        return " ".join(parts) + " "
+
+    def _line_text(self, row: int) -> str:
+        cells = self._cells(row)
+        index = row - self._page_start
+        line = self._lines[index]
+        if line is None:
+            line = self._lines[index] = self._joined(cells)
+        return line
+
+    def notify_style_update(self) -> None:
+        self._styles = {}
+        super().notify_style_update()
+
+    def _style(self, key: tuple) -> Style:
+        """The rich Style of a line kind (header, odd, fault, exception, cursor), cached:
+        computing styles from CSS on every line is what makes paging slow."""
+        styles = self.__dict__.setdefault("_styles", {})
+        style = styles.get(key)
+        if style is None:
+            style = self.rich_style
+            names = {"header": "eventtable--header", "odd": "eventtable--odd",
+                     1: "eventtable--fault", 2: "eventtable--exception",
+                     "cursor": "eventtable--cursor"}
+            for part in key:
+                if part in names:
+                    style += self.get_component_rich_style(names[part])
+            styles[key] = style
+        return style
 
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
-        base = self.rich_style
         if y == 0:
-            style = base + self.get_component_rich_style("eventtable--header")
-            segments = self._line([h for _, h, _ in self.columns], style)
+            style = self._style(("header",))
+            text = self._joined([h for _, h, _ in self.columns])
         else:
             row = int(scroll_y) + y - 1
             if row >= self.row_count:
-                return Strip.blank(width, base)
-            cells = self._cells(row)
-            style = base
-            if row % 2:
-                style += self.get_component_rich_style("eventtable--odd")
-            kind = self._kinds[row - self._page_start]
-            if kind == 1:
-                style += self.get_component_rich_style("eventtable--fault")
-            elif kind == 2:
-                style += self.get_component_rich_style("eventtable--exception")
-            if row == self.cursor_row and self.row_count:
-                style += self.get_component_rich_style("eventtable--cursor")
-            segments = self._line(cells, style)
-        virtual = sum(w + 1 for _, _, w in self.columns)
-        return Strip(segments, virtual).crop(scroll_x, scroll_x + width).extend_cell_length(
-            width, style)
+                return Strip.blank(width, self._style(()))
+            text = self._line_text(row)
+            key = ("odd" if row % 2 else "", self._kinds[row - self._page_start],
+                   "cursor" if row == self.cursor_row else "")
+            style = self._style(key)
+        return Strip([Segment(text, style)]).crop(scroll_x, scroll_x + width) \
+            .extend_cell_length(width, style)
 
     # -- moving --------------------------------------------------------------------------------
 
