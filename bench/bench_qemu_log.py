@@ -131,7 +131,7 @@ def main() -> None:
     }
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["qemu_log"] = result
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")   # others' keys keep their order
     print(json.dumps(result, indent=2))
 
 
