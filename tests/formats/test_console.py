@@ -155,3 +155,16 @@ def test_parse_raises_only_kmltrace_errors(tmp_path, data):
         console.parse(path)
     except KmltraceError:
         pass
+
+
+def test_dmesg_T_wall_clock_prefix(tmp_path):
+    # synthetic (labelled): the first lines of the real go-audit oops as `dmesg -T` prints them
+    lines = (PUBLIC / "go-audit-30-stack-overflow.txt").read_text().splitlines()
+    path = tmp_path / "dmesg-T.txt"
+    path.write_text("\n".join("[Fri Nov 29 13:49:29 2024] " + line.split("] ", 1)[1]
+                              for line in lines) + "\n")
+    parsed = parse_file(path)
+    assert parsed.format == "console"
+    guard, oops = _rows(parsed)
+    assert guard["event"] == "stack_overflow" and guard["ts_ns"] is None
+    assert oops["symbol"] == "_raw_spin_lock_irqsave+0x9/0x50" and oops["pid"] == 459

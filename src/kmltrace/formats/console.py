@@ -27,15 +27,19 @@ from kmltrace.schema import DF_VECTOR, OOPS, conform
 NAME = "console"
 
 # "[   12.345678] " or "<4>[   12.345678] " or syslog "Jan  1 00:00:00 host kernel: [ 1.2] "
+# "dmesg -T" prints "[Fri Nov 29 13:49:23 2024] " instead: wall time, no ts_ns
 _PREFIX_RE = re.compile(r"^(?:<\d+>)?(?:[A-Z][a-z]{2} [ \d]\d [\d:]{8} \S+ kernel: )?"
-                        r"(?:\[\s*(\d+)\.(\d+)\]\s?)?")
+                        r"(?:\[\s*(\d+)\.(\d+)\]\s?"
+                        r"|\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\]\s?)?")
 _SNIFF_RE = re.compile(
-    rb"^(?:<\d+>)?(?:\[\s*\d+\.\d+\] ?)?(?:Linux version \d|Kernel panic - not syncing|"
+    rb"^(?:<\d+>)?(?:\[\s*\d+\.\d+\] ?|\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d [\d:]{8} \d{4}\] )?"
+    rb"(?:Linux version \d|Kernel panic - not syncing|"
     rb"traps: PANIC: double fault|PANIC: double fault|BUG: |Oops: |RIP: 00[0-9a-f]{2}:|"
     rb"kernel stack overflow|Call Trace:|SMEP is not enabled because it is not compatible with "
     rb"Kernel Mode Linux|Kernel Offset: )", re.MULTILINE)
 #: dmesg's timestamp at the start of a line: a console log even without the markers above
-_DMESG_RE = re.compile(rb"^(?:<\d+>)?\[\s*\d+\.\d{6}\] \S", re.MULTILINE)
+_DMESG_RE = re.compile(rb"^(?:<\d+>)?\[(?:\s*\d+\.\d{6}|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d "
+                       rb"[\d:]{8} \d{4})\] \S", re.MULTILINE)
 
 _HEADS: list[tuple[str, re.Pattern]] = [
     ("boot", re.compile(r"^Linux version (\S+)")),
