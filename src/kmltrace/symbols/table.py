@@ -113,11 +113,17 @@ class SymbolTable:
             q = q - np.uint64(slide % (1 << 64))
         if not len(self.addrs):
             return np.full(len(q), -1, dtype=np.int64), np.zeros(len(q), dtype=np.uint64)
-        idx = np.searchsorted(self.addrs, q, side="right").astype(np.int64) - 1
-        safe = np.maximum(idx, 0)
-        offset = q - self.addrs[safe]
-        inside = (idx >= 0) & (offset < np.maximum(self.sizes[safe], 1))
-        return np.where(inside, idx, -1), np.where(inside, offset, 0)
+        if getattr(self, "_ends", None) is None or len(self._ends) != len(self.addrs):
+            self._ends = self.addrs + np.maximum(self.sizes, 1)
+        idx = np.searchsorted(self.addrs, q, side="right").astype(np.int64, copy=False)
+        idx -= 1
+        inside = q < self._ends[idx]         # idx -1 reads the last entry: masked next
+        inside &= idx >= 0
+        offset = q - self.addrs[idx]
+        outside = ~inside
+        idx[outside] = -1
+        offset[outside] = 0
+        return idx, offset
 
     def lookup(self, addresses, slide: int = 0) -> pl.DataFrame:
         """Columns ``symbol`` (name), ``sym_offset``, ``sym_size`` and ``sym_text``
