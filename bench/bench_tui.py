@@ -241,6 +241,7 @@ def main() -> None:
                          "bench/make_large_capture.py first")
     table = prepare_table(args.large, args.events)
     text = prepare_text(args.large, args.events)
+    load_before = os.getloadavg()
     kml = run_probe(sys.executable, KMLTRACE_PROBE, table)
     toolong_py = toolong_python()
     toolong = run_probe(toolong_py, TOOLONG_PROBE, text) if toolong_py else {
@@ -262,6 +263,7 @@ def main() -> None:
                      if toolong_py else None,
                      "python": platform.python_version(), "cpus": os.cpu_count()},
         "terminal_size": list(SIZE),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "command": "python bench/bench_tui.py" + (
             f" --events {args.events}" if args.events != 10_000_000 else ""),
         "measured_unix": int(time.time()),

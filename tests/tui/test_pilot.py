@@ -251,3 +251,31 @@ async def test_real_lab_capture_incident_evidence_and_jump():
         row = table.row_dict(table.cursor_row)
         assert (row["line"], row["vector"], row["address"]) == (58, 14, 0x7FFFFFFFDFF8)
         assert "line=58" in screen_text(app)
+
+
+HOST_TRACE = SAMPLES / "host-6.18-workload" / "trace.txt"
+
+
+@sync
+async def test_real_host_trace_processes_timeline_and_filter():
+    """sample_traces/host-6.18-workload/trace.txt (expected.json, from the workload's own
+    output): kmlwork pid 22998 and its child 23000; the child calls getppid (110) 53 times and
+    faults on 31 heap pages."""
+    app = KmltraceApp([str(HOST_TRACE)])
+    async with app.run_test(size=(160, 45)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("2")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert any("22998" in line and "kmlwork" in line and "user" in line
+                   for line in text.splitlines())
+        assert sum(app.screen._rates.get(23000, [])) >= 31
+        await pilot.press("3")
+        await settle(app, pilot)
+        text = screen_text(app)
+        # every line of trace.txt is on CPU 1 ("[001]"): one lane; the legend names the pids
+        assert "CPU 1" in text and "CPU 0" not in text
+        assert "=22998" in text and "=23000" in text
+        await pilot.press("4", "f", *"pid=23000 event=sys_enter id = 110", "enter")
+        await settle(app, pilot)
+        assert "53 of " in screen_text(app)
