@@ -204,9 +204,8 @@ def build(root: Path | None = None, log=print) -> Guest:
                 log("extracting vmlinux from the -dbg package")
                 _extract(dbg, [f"./usr/lib/debug/boot/vmlinux-{release}"], tmp)
                 log("slimming vmlinux")
-                slim_vmlinux(tmp / f"usr/lib/debug/boot/vmlinux-{release}",
-                             guest.dir / "vmlinux.tmp")
-                os.replace(guest.dir / "vmlinux.tmp", guest.vmlinux)
+                slim_vmlinux(tmp / f"usr/lib/debug/boot/vmlinux-{release}", tmp / "vmlinux")
+                os.replace(tmp / "vmlinux", guest.vmlinux)
     if not guest.initramfs.exists():
         log("building the initramfs")
         work = guest.dir / "snapwork"
@@ -214,7 +213,8 @@ def build(root: Path | None = None, log=print) -> Guest:
             source = Path(tmp) / "snapwork.c"
             source.write_text(SNAPWORK_C)
             subprocess.run(["gcc", "-static", "-O0", f"-DDEPTH={DEPTH}", f"-DFRAME={FRAME}",
-                            "-o", str(work), str(source)], check=True)
+                            "-o", str(Path(tmp) / "snapwork"), str(source)], check=True)
+            os.replace(Path(tmp) / "snapwork", work)
         busybox = shutil.which("busybox") or "/bin/busybox"
         files = {
             "bin": (b"", 0o40755), "proc": (b"", 0o40755), "sys": (b"", 0o40755),
@@ -224,8 +224,10 @@ def build(root: Path | None = None, log=print) -> Guest:
             "snapwork": (work.read_bytes(), 0o100755),
             "qemu_fw_cfg.ko": ((guest.dir / "qemu_fw_cfg.ko").read_bytes(), 0o100644),
         }
-        guest.initramfs.with_suffix(".tmp").write_bytes(_cpio(files))
-        os.replace(guest.initramfs.with_suffix(".tmp"), guest.initramfs)
+        # unique names, then atomic renames: test runs side by side may build at once
+        tmp = guest.initramfs.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(_cpio(files))
+        os.replace(tmp, guest.initramfs)
     return guest
 
 
@@ -294,7 +296,7 @@ class RunningGuest:
 
     def dump(self, path: Path) -> Path:
         """``dump-guest-memory`` as an ELF core (paging off: physical memory and notes)."""
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".part")
         self.qmp("dump-guest-memory", paging=False, protocol=f"file:{tmp}")
         os.replace(tmp, path)
         return path
@@ -323,9 +325,10 @@ def ensure_vmcore(guest: Guest, vm: RunningGuest | None = None, refresh: bool = 
     if vm is None:
         with running(guest) as vm:
             return ensure_vmcore(guest, vm)
-    vm.dump(guest.vmcore.with_suffix(".new"))
+    fresh = guest.vmcore.with_suffix(f".new{os.getpid()}")
+    vm.dump(fresh)
     shutil.copyfile(vm.console, guest.vmcore_console)
-    os.replace(guest.vmcore.with_suffix(".new"), guest.vmcore)
+    os.replace(fresh, guest.vmcore)
     return guest.vmcore
 
 

@@ -21,6 +21,8 @@ import shutil
 import struct
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -49,9 +51,20 @@ def guest():
         require_binary(tool)
     built = fixture.build(log=lambda m: print(m, file=sys.stderr))
     with fixture.running(built) as vm:
-        # the cached dump is refreshed from this boot: dump and live guest are one kernel
-        fixture.ensure_vmcore(built, vm, refresh=True)
-        yield built, vm
+        # this run's own dump, in the guest's temporary directory: dump and live guest are
+        # one boot, and test runs side by side on one machine do not share a dump
+        dump = vm.dump(vm.workdir / "vmcore.elf")
+        yield Session(dump, vm.console, built.vmlinux, built.release), vm
+
+
+@dataclass
+class Session:
+    """The guest files one test run uses."""
+
+    vmcore: Path
+    vmcore_console: Path
+    vmlinux: Path
+    release: str
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +96,7 @@ def dumped(guest):
 def workload(guest):
     built, _ = guest
     m = fixture.READY.search(built.vmcore_console.read_bytes())
-    assert m, "snapwork's line is missing from the dumped boot's console"
+    assert m, "snapwork's line is missing from the console of the dumped boot"
     return {"pid": int(m.group(1)), "deep": int(m.group(2), 16), "top": int(m.group(3), 16)}
 
 
