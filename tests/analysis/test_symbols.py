@@ -104,6 +104,10 @@ def test_workload_user_addresses_match_addr2line_and_the_workload(kmlwork):
     clone = re.compile(r"\.(part|isra|constprop|cold)(\.\d+)?$")
     assert [clone.sub("", n) for n in ours] == [theirs[ip] for ip in faults["ip"].to_list()]
     assert "copy_maps.part.0" in ours or "copy_maps" in ours
+    stack_ip = faults.filter(pl.Series(ours) == "touch_stack")["ip"][0]
+    assert sym.user_line(exp["pid"], stack_ip) == subprocess.run(
+        [addr2line, "-e", str(kmlwork), f"{stack_ip - base:#x}"], capture_output=True, text=True,
+        check=True).stdout.split()[0]
     counts = Counter(ours)
     pages = exp["ranges"]
     assert counts["touch_stack"] == pages["stack"]["pages"]
@@ -226,3 +230,22 @@ def test_lookup_equals_a_naive_scan(starts, queries, size):
             if q - s < max(eff, 1):
                 expect = f"s{starts.index(s)}+{q - s:#x}/{eff:#x}"
         assert text == expect
+
+
+def test_dwarf_lines_match_addr2line(kmlwork):
+    """file:line of every address of kmlwork's main and touch_* functions, as addr2line says."""
+    from kmltrace.symbols.lines import line_of, load_lines
+    addr2line = require_binary("addr2line")
+    table = read_elf(kmlwork)
+    addrs = []
+    for name in ("main", "touch_heap", "touch_stack"):
+        start = table.address_of(name)
+        size = int(table.sizes[np.searchsorted(table.addrs, start)])
+        addrs += list(range(start, start + size, 3))
+    out = subprocess.run([addr2line, "-e", str(kmlwork), *map(hex, addrs)], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    theirs = [t.split(" ")[0] for t in out]          # "file:line (discriminator N)"
+    ours = line_of(load_lines(kmlwork), addrs).to_list()
+    assert len(addrs) > 100
+    assert ours == theirs
+    assert load_lines(kmlwork).to_frame().equals(load_lines(kmlwork).to_frame())   # cached

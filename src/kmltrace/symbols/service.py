@@ -159,6 +159,19 @@ class Symbolizer:
                 return text or f"[{Path(m.table.source).name}+{address - m.bias:#x}]"
         return None
 
+    def user_line(self, pid: int | None, address: int | None) -> str | None:
+        """``file:line`` of a user address from its ELF's DWARF line table (None without)."""
+        from kmltrace.symbols.lines import load_lines
+        if pid is None or address is None:
+            return None
+        for m in self.mappings.get(int(pid), []):
+            if m.start <= address < m.end:
+                try:
+                    return load_lines(m.table.source).lookup([address], m.bias)["symbol"][0]
+                except KmltraceError:
+                    return None
+        return None
+
     def symbolize(self, address: int | None, pid: int | None = None) -> str | None:
         """One address: the kernel table for kernel-half addresses, the process's ELFs else."""
         if address is None:
