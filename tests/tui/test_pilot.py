@@ -279,3 +279,59 @@ async def test_real_host_trace_processes_timeline_and_filter():
         await pilot.press("4", "f", *"pid=23000 event=sys_enter id = 110", "enter")
         await settle(app, pilot)
         assert "53 of " in screen_text(app)
+
+
+SNAPSHOT = SAMPLES / "snapshot-debian-6.1-guest" / "snapshot.json"
+
+
+@sync
+async def test_real_snapshot_idt_tss_tasks():
+    """sample_traces/snapshot-debian-6.1-guest (PROVENANCE.md): Debian 6.1, 2 CPUs, not KML,
+    mainline IST layout #DF 1, NMI 2, #DB 3; pid 1 is busybox."""
+    app = KmltraceApp([str(SNAPSHOT)])
+    async with app.run_test(size=(160, 45)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("5")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "kernel 6.1.0-56-cloud-amd64  not KML  2 CPUs" in text
+        rows = {line.split()[0]: line.split() for line in text.splitlines()
+                if line.split() and line.split()[0].isdigit()}
+        assert rows["8"][1] == "#DF" and rows["8"][4] == "1"
+        assert rows["2"][1] == "NMI" and rows["2"][4] == "2"
+        assert rows["1"][1] == "#DB" and rows["1"][4] == "3"
+        assert rows["14"][1] == "#PF" and rows["14"][4] == "0"
+        await pilot.press("s")
+        await pilot.pause()
+        tss = [line.split() for line in screen_text(app).splitlines()
+               if line.split()[:1] in (["0"], ["1"])]
+        assert [r[0] for r in tss] == ["0", "1"]          # one TSS row per CPU
+        await pilot.press("k")
+        await pilot.pause()
+        assert any(line.split()[:4] == ["1", "1", "busybox", "user"]
+                   for line in screen_text(app).splitlines())
+
+
+@sync
+async def test_command_palette_and_mouse():
+    app = KmltraceApp(["synthetic"], loaded=synthetic.loaded())
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("ctrl+p", *"show events")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await settle(app, pilot)
+        assert isinstance(app.screen, EventsScreen)
+        table = app.screen.query_one(EventTable)
+        # a click on the 6th data row (the header is line 0 of the table) moves the cursor
+        await pilot.click(EventTable, offset=(5, 6))
+        await pilot.pause()
+        assert table.cursor_row == 5
+        assert "line=17" in screen_text(app)                # row 5 is line 17
+
+
+def test_escape_codes_in_cells_are_shown_not_sent():
+    from kmltrace.tui.table import format_cell
+
+    assert format_cell("comm", "\x1b[2Jevil") == "\\x1b[2Jevil"
+    assert format_cell("raw", "a\nb") == "a\\x0ab"
