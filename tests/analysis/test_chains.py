@@ -353,3 +353,18 @@ def test_timer_interrupts_between_loop_faults_do_not_break_the_loop(tmp_path):
     path.write_text("\n".join(out) + "\n")
     result = _run(path)
     assert len(result.chains) == 1 and result.chains[0][0]["repeats"] == 40
+
+
+def test_kvm_reset_dumps_give_the_triple_fault():
+    """Under KVM only `-d cpu_reset` logs: the reset dump of a running CPU at CPL 0 with CR2
+    8 bytes below RSP (tiny.S scenario 0) is a triple fault from stack starvation."""
+    result = _run(TINY / "kvm-cpu-reset.log", vmlinux=str(TINY / "starvation.elf"))
+    (chain,) = result.chains
+    assert [e["name"] for e in chain] == ["#PF", "reset"]
+    assert chain[1]["repeats"] == 3 and chain[1]["symbol"] == "starve+0x0/0x2"
+    assert (chain[0]["rsp"], chain[0]["cr2"]) == ("0x40001000", "0x40000ff8")
+    assert {i.kind: i.severity for i in result.incidents} == {
+        "triple_fault": "critical", "stack_starvation": "critical"}
+    # power-on resets (CR0.PE clear) and a TCG "Triple fault" followed by its reset are not
+    # counted again
+    assert _run(TINY / "clean-int.log").incidents == []

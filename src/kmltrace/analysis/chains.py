@@ -138,7 +138,7 @@ def _int(value: str | None) -> int | None:
 
 _QEMU_COLUMNS = ("seq", "file", "line", "event", "vector", "prev_vector", "cpl", "cs", "ip", "ss",
                  "rsp", "cr2", "error_code", "soft_int", "idt_base", "cpu", "ts_ns", "raw",
-                 "in_asm")
+                 "in_asm", "cr0")
 
 
 def _qemu_files(events: pl.LazyFrame, names: set[str]):
@@ -170,8 +170,11 @@ def _qemu_files(events: pl.LazyFrame, names: set[str]):
 def _qemu_episodes(rows: list[dict], gates, symbolize, result: ChainResult) -> None:
     pending: list[dict] = []
     seen_exception = False
+    after_triple = False
     for row in rows:
         event = row["event"]
+        if event != "cpu_reset":
+            after_triple = event == "triple_fault"
         if event == "exception":
             if row.get("soft_int") == 1 and row["prev_vector"] is None:
                 continue                       # int $n: software interrupts are not faults
@@ -190,8 +193,64 @@ def _qemu_episodes(rows: list[dict], gates, symbolize, result: ChainResult) -> N
             # a reset right after exceptions without a "Triple fault" line (another cause)
             _close_qemu(pending, None, gates, symbolize, result, reset=row)
             pending = []
+        elif event == "cpu_reset" and not after_triple and (row.get("cr0") or 0) & 1:
+            # QEMU dumped a CPU that was running in protected mode when it was reset: under
+            # KVM, where -d int logs nothing, that dump is the CPU's last state
+            _reset_dump_episode(row, symbolize, result)
     if pending:
         _close_qemu(pending, None, gates, symbolize, result)
+
+
+def _reset_dump_episode(row: dict, symbolize, result: ChainResult) -> None:
+    rsp, cr2, cpl = row.get("rsp"), row.get("cr2"), row.get("cpl")
+    times = f" ({row['repeats']} times, each the same state)" if row["repeats"] > 1 else ""
+    reset = {"vector": None, "name": "reset", "cpl": cpl, "cs": hexstr(row.get("cs")),
+             "rip": hexstr(row.get("ip")), "rsp": hexstr(rsp), "cr2": hexstr(cr2),
+             "error_code": None, "stack": None, "symbol": symbolize(row.get("ip")),
+             "ts_ns": row.get("ts_ns"), "shutdown": True, "source": "qemu",
+             "file": row["file"], "line": row["line"], "from_reset_dump": True}
+    if row["repeats"] > 1:
+        reset["repeats"] = row["repeats"]
+    proof = [_ev(row, f"CPU Reset dump{times}: CPL {cpl}, RIP {hexstr(row.get('ip'))}, "
+                      f"RSP {hexstr(rsp)}, CR2 {hexstr(cr2)}")]
+    where = f" at {reset['symbol'] or reset['rip']}"
+    if cpl == 0 and starved_at(rsp, cr2):
+        pf = {**reset, "vector": PF_VECTOR, "name": "#PF", "stack": "same", "delivered": False,
+              "inferred": True, "shutdown": False,
+              "stack_evidence": "the CPU was reset at CPL 0 with CR2 just below RSP: the #PF "
+                                "frame could not be pushed"}
+        result.chains.append([pf, reset])
+        chain_no = len(result.chains) - 1
+        result.incidents.append(Incident(
+            "triple_fault",
+            f"CPU {row.get('cpu')} was reset while running at CPL 0{where} with CR2 "
+            f"{hexstr(cr2)} {_relative(rsp - cr2)} RSP {hexstr(rsp)}{times}: a triple fault "
+            "(QEMU's reset dump; under KVM -d int logs nothing else)",
+            cpu=row.get("cpu"), evidence=proof, extra={"chain": chain_no}))
+        result.incidents.append(Incident(
+            "stack_starvation",
+            f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {_relative(rsp - cr2)} "
+            f"RSP {hexstr(rsp)} in the state QEMU dumped at the reset; it led to a reset",
+            severity="critical", cpu=row.get("cpu"), evidence=proof,
+            explanation=(
+                f"When QEMU reset the CPU it was at CPL 0{where}, its last page fault address "
+                f"(CR2 {hexstr(cr2)}) {_relative(rsp - cr2)} the stack pointer {hexstr(rsp)}"
+                + (", a user-range stack as a Kernel Mode Linux process has" if rsp < USER_TOP
+                   else "") + ". That is the state a CPU is left in when a page fault's own "
+                "frame cannot be pushed: with no IST on the #PF and #DF gates both frames go "
+                "to the same missing stack and the third fault shuts the CPU down. On Kernel "
+                "Mode Linux a kernel-mode process's faults arrive at CPL 0 on its own stack "
+                "unless the gate has an IST entry."),
+            extra={"chain": chain_no, "rsp": hexstr(rsp), "cr2": hexstr(cr2),
+                   "user_range_stack": rsp < USER_TOP}))
+        return
+    result.chains.append([reset])
+    result.incidents.append(Incident(
+        "unclean_reset",
+        f"QEMU reset CPU {row.get('cpu')} while it ran in protected mode (CPL {cpl}{where})"
+        f"{times}: a triple fault or a reset the guest asked for; the console or the host's "
+        "kvm events tell which",
+        cpu=row.get("cpu"), evidence=proof, extra={"chain": len(result.chains) - 1}))
 
 
 def _starved(row: dict) -> str | None:

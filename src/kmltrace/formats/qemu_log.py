@@ -247,7 +247,7 @@ def _to_events(records: pl.DataFrame, file: str) -> pl.DataFrame:
         pl.coalesce("cs", "dump_cs").alias("cs"),
         pl.coalesce("ss", "dump_ss").alias("ss"),
         pl.coalesce("rsp", "dump_rsp").alias("rsp"),
-        pl.when(kind == EXCEPTION).then(pl.coalesce("cr2", "dump_cr2")).alias("cr2"),
+        pl.coalesce("cr2", "dump_cr2").alias("cr2"),   # a reset dump's CR2 too
         pl.col("exc_count").cast(pl.Int64),
         pl.col("soft_int").cast(pl.Int32),
         pl.when(no_prev).then(None).otherwise(pl.col("check_old")).cast(pl.Int32)
