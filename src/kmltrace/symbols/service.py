@@ -187,20 +187,28 @@ class Symbolizer:
         out = self.kernel_lookup(q)["sym_text"]
         if pids is None or not self.mappings:
             return out.alias("symbol")
-        pid_arr = pl.Series(pids, dtype=pl.Int64).fill_null(-1).to_numpy()
-        user = q < np.uint64(USER_TOP)
-        for pid, maps in self.mappings.items():
-            rows = user & (pid_arr == pid)
-            if not rows.any():
-                continue
-            for m in maps:
-                sel = np.flatnonzero(rows & (q >= np.uint64(m.start)) & (q < np.uint64(m.end)))
-                if len(sel):
-                    # no symbol covers it (a stripped library's internals): file+offset, like perf
-                    text = m.table.lookup(q[sel], m.bias)["sym_text"].fill_null(
-                        pl.concat_str([pl.lit(f"[{Path(m.table.source).name}+"),
-                                       hex_column(q[sel] - np.uint64(m.bias)), pl.lit("]")]))
-                    out = out.scatter(sel, text)
+        # which mapping holds each user address: one as-of join by pid over all mappings
+        # (a system-wide capture has hundreds of processes), then one lookup per mapping
+        maps = [(pid, m) for pid, ms in self.mappings.items() for m in ms]
+        spans = pl.DataFrame({"pid": [p for p, _ in maps], "start": [m.start for _, m in maps],
+                              "end": [m.end for _, m in maps], "mapping": range(len(maps))},
+                             schema={"pid": pl.Int64, "start": pl.UInt64, "end": pl.UInt64,
+                                     "mapping": pl.Int64}).sort("start")
+        rows = (pl.DataFrame({"row": np.arange(len(q)), "pid": pl.Series(pids, dtype=pl.Int64),
+                              "addr": q})
+                .filter(pl.col("addr") < USER_TOP, pl.col("pid").is_not_null()).sort("addr")
+                .join_asof(spans, left_on="addr", right_on="start", by="pid", strategy="backward",
+                           check_sortedness=False)      # both sorted by address just above
+                .filter(pl.col("addr") < pl.col("end")))
+        for (mapping,), part in rows.group_by("mapping"):
+            m = maps[mapping][1]
+            sel = part["row"].to_numpy()
+            addrs = part["addr"].to_numpy()
+            # no symbol covers it (a stripped library's internals): file+offset, like perf
+            text = m.table.lookup(addrs, m.bias)["sym_text"].fill_null(
+                pl.concat_str([pl.lit(f"[{Path(m.table.source).name}+"),
+                               hex_column(addrs - np.uint64(m.bias)), pl.lit("]")]))
+            out = out.scatter(sel, text)
         return out.alias("symbol")
 
 
