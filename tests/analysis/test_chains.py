@@ -368,3 +368,16 @@ def test_kvm_reset_dumps_give_the_triple_fault():
     # power-on resets (CR0.PE clear) and a TCG "Triple fault" followed by its reset are not
     # counted again
     assert _run(TINY / "clean-int.log").incidents == []
+
+
+def test_tcg_reboot_loop_one_chain_per_triple_fault():
+    result = _run(TINY / "tcg-reboot-loop.log")
+    # grep -c 'Triple fault' = 3: our stack starvation, SeaBIOS's int3 through an IDT of
+    # limit 0 (#GP -> #DF -> #GP), the starvation again; the resets after them add nothing
+    assert [[e["name"] for e in c] for c in result.chains] == [
+        ["#PF", "#DF", "#PF"], ["#GP", "#DF", "#GP"], ["#PF", "#DF", "#PF"]]
+    kinds = [i.kind for i in result.incidents]
+    assert kinds.count("triple_fault") == 3 and "unclean_reset" not in kinds
+    # the same stack starved twice: one incident, both episodes' evidence
+    (starving,) = [i for i in result.incidents if i.kind == "stack_starvation"]
+    assert starving.extra["chains"] == [0, 2]
