@@ -20,6 +20,7 @@ RB_MISSED_STORED: the missed count is stored as a long right after the data).
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -248,68 +249,66 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
 
 # -- gathering fields -----------------------------------------------------------------------------
 
+class _Reads:
+    """Typed little-endian reads at any byte index of the decode buffer.
+
+    The buffer is seen once per (size, signedness) as overlapping integers, one starting at
+    every byte (a strided view, no copy), so one field of all records of a type is a single
+    fancy-index gather: no per-type block of record bytes is copied first."""
+
+    def __init__(self, buf: np.ndarray):
+        self.buf = buf
+        self._views: dict[tuple[int, bool], np.ndarray] = {}
+
+    def view(self, size: int, signed: bool = False) -> np.ndarray:
+        key = (size, signed)
+        found = self._views.get(key)
+        if found is None:
+            dtype = np.dtype(f"<{'i' if signed else 'u'}{size}")
+            count = self.buf.size - size + 1
+            found = np.ndarray((count,), dtype, buffer=self.buf, strides=(1,)) if count > 0 \
+                else np.zeros(1, dtype)
+            self._views[key] = found
+        return found
+
+    def ints(self, at: np.ndarray, size: int, signed: bool = False) -> np.ndarray:
+        """Integers of `size` bytes at buffer indices `at` (any shape); sizes other than
+        1, 2, 4, 8 read as unsigned 64-bit."""
+        if size not in (1, 2, 4, 8):
+            return self._odd_size(at, size)
+        view = self.view(size, signed)
+        # a corrupt record may point anywhere: keep reads inside the buffer
+        if at.size and (at.min() < 0 or at.max() >= view.size):
+            at = np.clip(at, 0, view.size - 1)
+        return view[at]
+
+    def _odd_size(self, at: np.ndarray, size: int) -> np.ndarray:
+        buf = self.buf
+        at = np.clip(at, 0, max(buf.size - size, 0))
+        if not buf.size:
+            return np.zeros(at.shape, np.uint64)
+        out = np.zeros(at.shape, np.uint64)
+        for i in range(min(size, 8)):
+            out |= buf[np.minimum(at + i, buf.size - 1)].astype(np.uint64) << np.uint64(8 * i)
+        return out
+
+    def bytes_block(self, at: np.ndarray, width: int) -> np.ndarray:
+        """`width` bytes at each index of `at`, as an (n, width) uint8 array."""
+        buf = self.buf
+        if width <= 0 or buf.size < width:
+            out = np.zeros((at.size, max(width, 0)), np.uint8)
+            if width > 0 and buf.size:
+                idx = np.clip(at[:, None] + np.arange(width), 0, buf.size - 1)
+                out[:] = np.where(at[:, None] + np.arange(width) < buf.size, buf[idx], 0)
+            return out
+        windows = np.lib.stride_tricks.sliding_window_view(buf, width)
+        return windows[np.clip(at, 0, buf.size - width)]
+
+
 def _gather_uint(buf: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
-    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64).
+    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64)."""
+    return _Reads(buf).ints(at, size).astype(np.uint64)
 
-    Records start on 4-byte boundaries, so most fields are read as whole 32-bit words."""
-    # a corrupt record may point anywhere: keep reads inside the buffer
-    at = np.clip(at, 0, max(buf.size - size, 0))
-    words = _words(buf)
-    if words is not None and size in (1, 2, 4, 8) and at.size:
-        rem = at & 3
-        word = at >> 2
-        if size == 8 and not rem.any():
-            lo = words[word].astype(np.uint64)
-            hi = words[np.minimum(word + 1, words.size - 1)].astype(np.uint64)
-            return lo | (hi << np.uint64(32))
-        if size == 4 and not rem.any():
-            return words[word].astype(np.uint64)
-        if size < 4 and not (rem + size > 4).any():
-            w = words[np.minimum(word, words.size - 1)] >> (rem * 8).astype(np.uint32)
-            return (w & np.uint32((1 << (8 * size)) - 1)).astype(np.uint64)
-    out = buf[at].astype(np.uint64)
-    for i in range(1, size):
-        out |= buf[at + i].astype(np.uint64) << np.uint64(8 * i)
-    return out
-
-
-_WORDS_CACHE: list = [None, None]
-
-
-def _words(buf: np.ndarray) -> np.ndarray | None:
-    """`buf` seen as little-endian 32-bit words (None when it cannot be viewed so)."""
-    if _WORDS_CACHE[0] is buf:
-        return _WORDS_CACHE[1]
-    n = buf.size // 4
-    words = buf[:n * 4].view("<u4") if n else None
-    _WORDS_CACHE[0], _WORDS_CACHE[1] = buf, words
-    return words
-
-
-def _record_block(buf: np.ndarray, start: np.ndarray, nbytes: int) -> np.ndarray:
-    """The first `nbytes` (rounded up to words) of each record, as an (n, bytes) uint8 array:
-    one gather per event type, the fixed fields are then slices of it."""
-    nw = max(1, (nbytes + 3) // 4)
-    words = _words(buf)
-    if words is not None and words.size >= nw and not (start & 3).any():
-        # rows of a zero-copy sliding window over the words: one row gather, no index matrix
-        windows = np.lib.stride_tricks.sliding_window_view(words, nw)
-        first = np.minimum(start >> 2, words.size - nw)
-        return windows[first].view(np.uint8)
-    idx = start[:, None] + np.arange(nw * 4)
-    np.clip(idx, 0, max(buf.size - 1, 0), out=idx)
-    return buf[idx] if buf.size else np.zeros(idx.shape, np.uint8)
-
-
-def _block_field(block: np.ndarray, offset: int, size: int, count: int,
-                 signed: bool) -> np.ndarray:
-    """A numeric field (count > 1: an array) cut out of a record block."""
-    n = block.shape[0]
-    if size not in (1, 2, 4, 8) or offset + size * count > block.shape[1]:
-        return np.zeros((n, count) if count > 1 else n, np.uint64)
-    raw = np.ascontiguousarray(block[:, offset:offset + size * count])
-    values = raw.view(f"<{'i' if signed else 'u'}{size}")
-    return values if count > 1 else values.ravel()
 
 
 def _cut_strings(mat: np.ndarray) -> pl.Series:
@@ -407,29 +406,40 @@ def _raw_template(parts: list[str]) -> str:
     return "".join(out)
 
 
-def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
-                   long_size: int, raw_text: bool = True) -> tuple[list[_Piece], pl.Series]:
-    """The typed columns of one event type's records and their `raw` text."""
-    pieces: list[_Piece] = []
-    raw_cols: dict[str, object] = {}
-    raw_parts: list[tuple[str, pl.Expr]] = []   # ("name={}", value) pairs of the raw text
-    n = start.size
-    block = _record_block(buf, start, min(fmt.fixed_size, 1 << 16))
-    end = start + length
+def _column_name(fmt: EventFormat, f: Field) -> str | None:
+    """The column a field lands in (None: left out, it repeats the current task)."""
     renames = _RENAMES.get(fmt.name, {})
+    if f.name in renames:
+        return renames[f.name]
+    # a field named like a core column (signal_generate's pid, comm) must not replace it
+    return f"target_{f.name}" if f.name in _RESERVED else f.name
+
+
+def _all_typed(fmt: EventFormat) -> bool:
+    """Every field of the event is a column the schema knows (its raw text adds nothing)."""
+    names = [_column_name(fmt, f) for f in fmt.own_fields]
+    return all(n is None or n in ALL_KNOWN_COLUMNS or n.startswith("target_") for n in names)
+
+
+def _field_columns(reads: _Reads, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
+                   long_size: int, raw_text: bool = True) -> tuple[list[_Piece], pl.Series]:
+    """The typed columns of one event type's records and their `raw` text.
+
+    Every fixed field is one gather from the buffer at (record start + field offset)."""
+    pieces: list[_Piece] = []
+    # ("name={}", column key, values) of the raw text, rendered only when it is wanted
+    raw_parts: list[tuple[str, str, object]] = []
+    n = start.size
+    end = start + length
     for k, f in enumerate(fmt.own_fields):
-        # a field named like a core column (signal_generate's pid, comm) must not replace it
-        if f.name in renames:
-            name = renames[f.name]
-        else:
-            name = f"target_{f.name}" if f.name in _RESERVED else f.name
+        name = _column_name(fmt, f)
         if name is None:
             continue
         key = f"c{k}"
         label = f"{f.name}={{}}"
         if f.dynamic or f.array_len == 0:
             if f.dynamic:
-                desc = _block_field(block, f.offset, 4, 1, False).astype(np.int64)
+                desc = reads.ints(start + f.offset, 4).astype(np.int64)
                 off = desc & 0xFFFF
                 if f.rel_loc:
                     off = off + f.offset + f.size
@@ -441,74 +451,60 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
             # never read past the record
             n_bytes = np.clip(np.minimum(n_bytes, end - at), 0, 1 << 16)
             if f.is_string or f.element_size <= 1:
-                series = _strings(buf, at, n_bytes)
+                series = _strings(reads.buf, at, n_bytes)
                 if fmt.name == "print" and f.name == "buf":
                     # trace_marker text ends in the newline the text formats end the line with
                     series = series.str.strip_suffix("\n")
                 pieces.append(_Piece(name, series, pl.String))
-                raw_cols[key] = series
-                raw_parts.append((label, pl.col(key)))
+                raw_parts.append((label, key, series))
             else:
                 es = f.element_size
                 count = n_bytes // es
                 rows = np.repeat(np.arange(n), count)
                 first = np.repeat(np.cumsum(count) - count, count)
                 idx = np.repeat(at, count) + (np.arange(rows.size) - first) * es
-                vals = _gather_uint(buf, idx, es)
+                vals = reads.ints(idx, es).astype(np.uint64)
                 grouped = (pl.DataFrame({"r": rows, "v": vals})
                            .group_by("r", maintain_order=True).agg("v"))
                 series = pl.DataFrame({"r": np.arange(n)}).join(grouped, on="r", how="left")["v"]
                 pieces.append(_Piece(name, series, series.dtype))
-                raw_cols[key] = series
-                raw_parts.append((f"{f.name}=[{{}}]",
-                                  pl.col(key).cast(pl.List(pl.String)).list.join(",")))
+                raw_parts.append((f"{f.name}=[{{}}]", key, series))
             continue
         if f.array_len and f.is_string:
-            series = _cut_strings(block[:, f.offset:f.offset + f.size])
+            series = _cut_strings(reads.bytes_block(start + f.offset, f.size))
             pieces.append(_Piece(name, series, pl.String))
-            raw_cols[key] = series
-            raw_parts.append((label, pl.col(key)))
+            raw_parts.append((label, key, series))
             continue
         if f.array_len:
             es = f.element_size or 1
             count = f.array_len
-            mat = _block_field(block, f.offset, es, count, f.signed)
-            if mat.ndim == 1:
-                mat = mat[:, None]
+            if es in (1, 2, 4, 8) and es * count <= f.size:
+                mat = reads.ints((start + f.offset)[:, None] + np.arange(count) * es, es,
+                                 f.signed)
+            else:
+                mat = np.zeros((n, count), np.uint64)
             dtype = _column_dtype(f)
             inner = dtype.inner if isinstance(dtype, pl.List) else dtype
             pieces.append(_Piece(name, mat, pl.List(inner)))
-            for j in range(mat.shape[1]):
-                raw_cols[f"{key}_{j}"] = mat[:, j]
+            for j in range(count):
                 raw_parts.append(((f"{f.name}=[" if j == 0 else "") + "{}" +
-                                  ("]" if j == mat.shape[1] - 1 else ""), pl.col(f"{key}_{j}")))
+                                  ("]" if j == count - 1 else ""), f"{key}_{j}", mat[:, j]))
             continue
         size = f.size if f.size in (1, 2, 4, 8) else 8
-        values = _block_field(block, f.offset, size, 1, f.signed)
+        values = reads.ints(start + f.offset, size, f.signed)
         dtype = _column_dtype(f)
         if name == "prev_state" and dtype == pl.String:
             series = _task_state(values.astype(np.int64), fmt.print_fmt)
             pieces.append(_Piece(name, series, pl.String))
-            raw_cols[key] = series
-            raw_parts.append((label, pl.col(key)))
+            raw_parts.append((label, key, series))
             continue
         if dtype == pl.String:
             dtype = pl.Int64 if f.signed else pl.UInt64
         pieces.append(_Piece(name, values, dtype))
-        if not f.signed and size == long_size and fmt.name not in _DECIMAL_RAW:
-            raw_cols[key] = hex_strings(values)
-        else:
-            raw_cols[key] = values
-        raw_parts.append((label, pl.col(key)))
-    if raw_parts and (raw_text or not _all_typed(pieces, fmt)):
-        # array elements join with ",", fields with " "
-        template = _raw_template([t for t, _ in raw_parts])
-        frame = pl.DataFrame(raw_cols)
-        del raw_cols
-        text = pl.format(template, *(e for _, e in raw_parts))
-        # in slices: the per-field texts pl.format builds stay small
-        raw = pl.concat([frame.slice(at, _RAW_SLICE).select(text).to_series()
-                         for at in range(0, max(n, 1), _RAW_SLICE)], rechunk=True)
+        hex_text = not f.signed and size == long_size and fmt.name not in _DECIMAL_RAW
+        raw_parts.append((label, key, (values, hex_text)))
+    if raw_parts and (raw_text or not _all_typed(fmt)):
+        raw = _render_raw(raw_parts, n)
     elif raw_parts:
         raw = pl.repeat(None, n, dtype=pl.String, eager=True)
     else:
@@ -516,9 +512,25 @@ def _field_columns(buf: np.ndarray, fmt: EventFormat, start: np.ndarray, length:
     return pieces, raw
 
 
-def _all_typed(pieces: list[_Piece], fmt: EventFormat) -> bool:
-    """Every field of the event is a column the schema knows (its raw text adds nothing)."""
-    return all(p.name in ALL_KNOWN_COLUMNS or p.name.startswith("target_") for p in pieces)
+def _render_raw(raw_parts: list[tuple[str, str, object]], n: int) -> pl.Series:
+    """The `name=value ...` text of one event type's records (unsigned longs in hex)."""
+    raw_cols: dict[str, object] = {}
+    for _, key, values in raw_parts:
+        if isinstance(values, tuple):
+            values, hex_text = values
+            values = hex_strings(values) if hex_text else values
+        raw_cols[key] = values
+    # array elements join with ",", fields with " "
+    template = _raw_template([t for t, _, _ in raw_parts])
+    exprs = [pl.col(key).cast(pl.List(pl.String)).list.join(",")
+             if isinstance(raw_cols[key], pl.Series) and isinstance(raw_cols[key].dtype, pl.List)
+             else pl.col(key) for _, key, _ in raw_parts]
+    frame = pl.DataFrame(raw_cols)
+    del raw_cols
+    text = pl.format(template, *exprs)
+    # in slices: the per-field texts pl.format builds stay small
+    return pl.concat([frame.slice(at, _RAW_SLICE).select(text).to_series()
+                      for at in range(0, max(n, 1), _RAW_SLICE)], rechunk=True)
 
 
 # sched_switch prev_state, as the print fmt's __print_flags renders it
@@ -575,6 +587,24 @@ def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
     return _FLAGS.gather(flags * 256 + preempt)
 
 
+def _return_freed_memory() -> None:
+    """Hand memory numpy freed back to the system.
+
+    glibc raises its mmap threshold each time a big block is freed, so the decoder's later
+    temporaries (7-14 MB each) come from the heap, and freed ones stay resident there, which
+    would count against the decoder's peak memory; malloc_trim releases their pages."""
+    try:
+        _LIBC.malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
+try:
+    _LIBC = ctypes.CDLL(None)
+except OSError:     # no C library to ask (not glibc): nothing to trim
+    _LIBC = None
+
+
 # -- the whole decode -----------------------------------------------------------------------------
 
 def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, EventFormat],
@@ -593,12 +623,9 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     """
     if buf.dtype != np.uint8:
         raise TypeError("buf must be uint8")
-    try:
-        return _decode(buf, segments, formats, header, path=path, long_size=long_size,
-                       cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
-                       release=release)
-    finally:
-        _WORDS_CACHE[:] = [None, None]
+    return _decode(buf, segments, formats, header, path=path, long_size=long_size,
+                   cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
+                   release=release)
 
 
 def _merged(parts: list, field: str, dtype) -> np.ndarray:
@@ -636,13 +663,15 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
                             for s, r in parts]) if parts else np.zeros(0, np.int64)
     offset = start + shift[order]
     del parts, order, shift
+    _return_freed_memory()
     n = ts.size
     is_event = kind >= 0
-    word0 = _gather_uint(buf, np.where(is_event, start, 0), 4).astype(np.uint32)
+    reads = _Reads(buf)
+    word0 = reads.ints(np.where(is_event, start, 0), 4)
     flags = np.where(is_event, (word0 >> 16) & 0xFF, 0).astype(np.int32)
     preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0).astype(np.int32)
     del word0
-    pid = _gather_uint(buf, np.where(is_event, start + 4, 0), 4).astype(np.uint32).view(np.int32)
+    pid = reads.ints(np.where(is_event, start + 4, 0), 4, signed=True)
 
     known_ids = np.array(sorted(formats), np.int64)
     # names of the types present only: the formats are parsed when first used
@@ -679,12 +708,14 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
         short = length[rows] < fmt.fixed_size
         if short.any():
             decoded.damaged_records += int(short.sum())
-        pieces, raw = _field_columns(buf, fmt, start[rows], length[rows], long_size, raw_text)
+        pieces, raw = _field_columns(reads, fmt, start[rows], length[rows], long_size,
+                                     raw_text)
         for piece in pieces:
             if not numeric.put(piece, rows):
                 columns.setdefault(piece.name, []).append((rows, piece))
         del pieces
-        raws.append((rows, raw))
+        if raw.null_count() < raw.len():
+            raws.append((rows, raw))
     unknown = np.flatnonzero(is_event & ~known)
     if unknown.size:
         raw = pl.DataFrame({"t": kind[unknown], "l": length[unknown]}).select(
@@ -704,6 +735,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
     del start, length, by_type, lost
     if release is not None:
         release()
+    _return_freed_memory()
     fields = numeric.finish()
     for name in list(columns):
         fields[name] = _assemble(name, columns.pop(name), n)
@@ -714,6 +746,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
     fields["raw"] = _assemble("raw", raw_parts, n) if raw_parts else \
         pl.repeat(None, n, dtype=pl.String, eager=True)
     del raw_parts
+    _return_freed_memory()
 
     names = pl.Series(type_names, dtype=pl.String)
     sys_names = pl.Series(systems, dtype=pl.String)
@@ -742,6 +775,7 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
             pl.when(nulls.not_()).then(pl.col(c)).alias(c) for c in ("pid", "flags"))
     core = core.with_columns(_comm_expr(cmdlines), _tgid_expr(tgids))
     decoded.events = core.hstack([fields[name].alias(name) for name in fields])
+    _return_freed_memory()
     return decoded
 
 
@@ -780,6 +814,10 @@ class _NumericColumns:
         out = {}
         for name in list(self.arrays):
             values, covered, dtype = self.arrays.pop(name)
+            rows = np.flatnonzero(covered) if _is_sparse(covered.sum(), self.n) else None
+            if rows is not None:
+                out[name] = _sparse_column(name, rows, values[rows], dtype, self.n)
+                continue
             # a masked array becomes a column with nulls without another pass
             out[name] = pl.Series(name, np.ma.MaskedArray(values, mask=~covered)) \
                 if not covered.all() else pl.Series(name, values)
@@ -788,41 +826,52 @@ class _NumericColumns:
         return out
 
 
+def _is_sparse(covered: int, n: int) -> bool:
+    """Few enough rows that a null column with the values scattered in is the cheaper form."""
+    return covered * 16 < n
+
+
+def _sparse_column(name: str, rows: np.ndarray, values, dtype: pl.DataType,
+                   n: int) -> pl.Series:
+    """A full-length column of nulls with `values` at `rows`.
+
+    The null column's buffers are zeroed memory the scatter writes into only where a value
+    lands, so a column of a rare event's field costs its values, not a page per row: a
+    gather would write (and make resident) every row's slot."""
+    column = pl.repeat(None, n, dtype=dtype, eager=True).alias(name)
+    if not rows.size:
+        return column
+    values = values if isinstance(values, pl.Series) else pl.Series(values)
+    if values.dtype != dtype:
+        values = values.cast(dtype, strict=False)
+    return column.scatter(rows, values)
+
+
 def _assemble(name: str, parts: list, n: int) -> pl.Series:
     """One full-length column from (rows, piece) parts; rows no part covers are null."""
-    covered = np.zeros(n, bool)
-    for rows, _ in parts:
-        covered[rows] = True
+    total = sum(rows.size for rows, _ in parts)
     kinds = {"series" if isinstance(p.values, pl.Series) else "array" for _, p in parts}
+    covered = None
     if kinds == {"array"}:
         first = parts[0][1]
         dtype = FIELD_COLUMNS.get(name) or first.dtype
         if any(p.dtype != first.dtype for _, p in parts) and name not in FIELD_COLUMNS:
             dtype = pl.Int64
-        widths = {p.values.shape[1] if p.values.ndim == 2 else 0 for _, p in parts}
-        if len(widths) == 1 and 0 not in widths:
-            # fixed arrays (sys_enter's args): one full-length matrix, seen as lists
-            mat = np.zeros((n, widths.pop()), np.result_type(*(p.values for _, p in parts)))
-            for rows, p in parts:
-                mat[rows] = p.values
-            inner = dtype.inner if isinstance(dtype, pl.List) else dtype
-            series = pl.Series(name, mat).cast(pl.List(inner))
-            del mat
-            if covered.all():
-                return series
-            return pl.select(pl.when(pl.Series(covered)).then(series)).to_series().alias(name)
         if isinstance(dtype, pl.List) or any(p.values.ndim == 2 for _, p in parts):
             kinds = {"series"}
         if kinds == {"array"}:
             values = np.zeros(n, np.result_type(*(p.values for _, p in parts)))
+            covered = np.zeros(n, bool)
             for rows, p in parts:
                 values[rows] = p.values
+                covered[rows] = True
             if dtype == pl.Boolean:
                 values = values != 0
             # a masked array becomes a column with nulls without another pass
             series = pl.Series(name, np.ma.MaskedArray(values, mask=~covered))
             return series.cast(dtype, strict=False) if series.dtype != dtype else series
-    # strings and variable lists: concatenate the parts, then one gather puts them in order
+    # strings and lists: concatenate the parts, then one gather (or, for few rows, one
+    # scatter into a null column) puts them in order
     pieces = []
     for _, p in parts:
         values = p.values
@@ -839,13 +888,18 @@ def _assemble(name: str, parts: list, n: int) -> pl.Series:
         pieces = [v.cast(pl.String) if not isinstance(v.dtype, pl.List)
                   else v.cast(pl.List(pl.String)).list.join(",") for v in pieces]
     joined = pl.concat(pieces, rechunk=False)   # no copy: the gather reads the chunks
+    del pieces
+    if _is_sparse(total, n) and not isinstance(joined.dtype, pl.List):
+        rows = np.concatenate([rows for rows, _ in parts])
+        return _sparse_column(name, rows, joined.rechunk(), joined.dtype, n)
     index = np.full(n, -1, np.int64)
     at = 0
     for rows, p in parts:
         index[rows] = np.arange(at, at + rows.size)
         at += rows.size
     idx = pl.Series(index)
-    if not covered.all():
+    del index
+    if total < n:
         idx = pl.select(pl.when(idx >= 0).then(idx)).to_series()
     return joined.gather(idx).alias(name)
 
