@@ -291,8 +291,7 @@ def test_lab_starvation_tcg_chain_and_symbols(tmp_path):
 
 def test_lab_starvation_kvm_reset_from_host_tracepoints(tmp_path):
     result = _run(_fresh_bundle(tmp_path, "lab-starvation-kvm"))
-    (incident,) = result.incidents
-    assert incident.kind == "triple_fault"
+    (incident,) = [i for i in result.incidents if i.kind == "triple_fault"]
     assert "KVM_EXIT_SHUTDOWN" in incident.summary and "`push rax`" in incident.summary
     assert result.chains[0][-1]["symbol"].startswith("starve_push+0x0/")
 
@@ -381,3 +380,19 @@ def test_tcg_reboot_loop_one_chain_per_triple_fault():
     # the same stack starved twice: one incident, both episodes' evidence
     (starving,) = [i for i in result.incidents if i.kind == "stack_starvation"]
     assert starving.extra["chains"] == [0, 2]
+
+
+def test_lab_kvm_chain_gets_the_dump_state(tmp_path):
+    """Under KVM: the host's shutdown, and the dump's CPU state (CPL 0, CR2 = RSP - 8) gives
+    the starving #PF; lab.h: the stack bottom is USER_STACK_TOP - 0x1000."""
+    rsp = _define("USER_STACK_TOP") - 0x1000
+    result = _run(_fresh_bundle(tmp_path, "lab-starvation-kvm"))
+    (chain,) = result.chains
+    assert [e["name"] for e in chain] == ["#PF", "shutdown"]
+    # the #PF KVM injected (kvm_inj_exception #PF (0x2)) with the dump's CPU state
+    pf = chain[0]
+    assert (pf["rsp"], pf["cr2"], pf["cpl"], pf["error_code"]) == (hex(rsp), hex(rsp - 8), 0,
+                                                                   "0x2")
+    assert pf["source"] == "kvm" and pf["state_from"] == "vmcore" and pf["stack"] == "same"
+    kinds = {i.kind: i.severity for i in result.incidents}
+    assert kinds == {"triple_fault": "critical", "stack_starvation": "critical"}

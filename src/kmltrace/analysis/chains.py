@@ -46,6 +46,7 @@ def analyse_chains(events: pl.LazyFrame, capture) -> ChainResult:
         _qemu_episodes(frame, gates, symbolize, result)
     console_episodes(events, names, symbolize, offsets, result)
     kvm_episodes(events, symbolize, result)
+    _final_state(capture, symbolize, result)
     _merge_witnesses(result)
     _fold_repeated_starvation(result)
     return result
@@ -199,6 +200,63 @@ def _qemu_episodes(rows: list[dict], gates, symbolize, result: ChainResult) -> N
             _reset_dump_episode(row, symbolize, result)
     if pending:
         _close_qemu(pending, None, gates, symbolize, result)
+
+
+def _final_state(capture, symbolize, result: ChainResult) -> None:
+    """A shutdown the host saw (KVM: no -d int) plus the CPU state in the guest memory dump
+    taken after it (QEMU paused at the shutdown): when that state is CPL 0 with CR2 just below
+    RSP, the #PF that could not push its frame is the start of the chain."""
+    try:
+        states = [s for group in capture.metas("cpu_state") for s in (group or [])]
+    except AttributeError:
+        return
+    shutdowns = [c for c in result.chains
+                 if c and c[-1].get("shutdown") and c[-1].get("source") == "kvm"]
+    if not states or not shutdowns:
+        return
+    for state in states:
+        rsp, cr2 = _int(state.get("rsp")), _int(state.get("cr2"))
+        if state.get("cpl") != 0 or not starved_at(rsp, cr2):
+            continue
+        rip = _int(state.get("rip"))
+        chain = shutdowns[-1]
+        pf = {"vector": PF_VECTOR, "name": "#PF", "cpl": 0, "cs": state.get("cs"),
+              "rip": hexstr(rip), "rsp": hexstr(rsp), "cr2": hexstr(cr2), "error_code": None,
+              "stack": "same", "symbol": symbolize(rip), "ts_ns": None, "delivered": False,
+              "inferred": True, "source": "vmcore",
+              "stack_evidence": "the guest memory dump's CPU state after the shutdown: CPL 0, "
+                                "CR2 just below RSP"}
+        if chain[0]["vector"] == PF_VECTOR:
+            # the #PF KVM injected is that fault: give it the state, keep its host evidence
+            first = chain[0]
+            for key in ("cpl", "cs", "rsp", "cr2", "stack", "stack_evidence"):
+                first[key] = pf[key]
+            first["rip"] = first["rip"] or pf["rip"]
+            first["symbol"] = first["symbol"] or pf["symbol"]
+            first["delivered"] = False
+            first["state_from"] = "vmcore"
+        else:
+            chain.insert(0, pf)
+        chain_no = result.chains.index(chain)
+        result.incidents.append(Incident(
+            "stack_starvation",
+            f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {_relative(rsp - cr2)} "
+            f"RSP {hexstr(rsp)} in the CPU state the guest memory dump kept after the shutdown; "
+            "it led to a reset",
+            severity="critical", cpu=state.get("cpu"),
+            evidence=[evidence("vmcore", f"CPU {state.get('cpu')}: CPL 0, RIP {hexstr(rip)}, "
+                                         f"RSP {hexstr(rsp)}, CR2 {hexstr(cr2)}")],
+            explanation=(
+                f"The host saw the guest CPU shut down, and the CPU state QEMU kept (CPL 0, RIP "
+                f"{symbolize(rip) or hexstr(rip)}, RSP {hexstr(rsp)}, CR2 {hexstr(cr2)}) is that "
+                "of a page fault whose own frame could not be pushed: the fault address is "
+                "just below the stack pointer"
+                + (", on a user-range stack as a Kernel Mode Linux process has" if rsp < USER_TOP
+                   else "") + ". With no IST on the #PF and #DF gates both frames go to the "
+                "same missing stack and the third fault shuts the CPU down."),
+            extra={"chain": chain_no, "rsp": hexstr(rsp), "cr2": hexstr(cr2),
+                   "user_range_stack": rsp < USER_TOP}))
+        return
 
 
 def _reset_dump_episode(row: dict, symbolize, result: ChainResult) -> None:
