@@ -249,3 +249,20 @@ def test_dwarf_lines_match_addr2line(kmlwork):
     assert len(addrs) > 100
     assert ours == theirs
     assert load_lines(kmlwork).to_frame().equals(load_lines(kmlwork).to_frame())   # cached
+
+
+def test_system_map_from_nm_equals_the_elf(tmp_path):
+    """A System.map is `nm -n vmlinux` (scripts/mksysmap): read through --vmlinux it names the
+    lab kernel's labels exactly as its ELF symbol table does."""
+    require_binary("nm")
+    system_map = tmp_path / "System.map"
+    system_map.write_text(subprocess.run(["nm", "-n", str(LAB_ELF)], capture_output=True,
+                                         text=True, check=True).stdout)
+    sym = Symbolizer.for_capture(FakeCapture(vmlinux=str(system_map)))
+    elf = read_elf(LAB_ELF)
+    assert sym.kernel is not None and sym.kernel.meta["kind"] == "kallsyms"
+    names = {"df_handler", "bp_handler", "_start32"}
+    for name in names:
+        addr = elf.address_of(name)
+        assert sym.kernel_symbol(addr + 1).split("+")[0] == name
+        assert sym.kernel.address_of(name) == addr
