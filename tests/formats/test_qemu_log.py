@@ -188,3 +188,14 @@ def test_parse_raises_only_kmltrace_errors(tmp_path, data):
     except KmltraceError:
         return
     assert parsed.events["seq"].to_list() == list(range(parsed.events.height))
+
+
+def test_hardware_interrupt_and_its_record_are_one_row():
+    """Protected mode: "Servicing hardware INT=0x30" then that interrupt's "v=30" record.
+    In the real Linux tail: grep -c "^Servicing hardware INT" = 45 and grep -c ": v=" = 107."""
+    parsed = qemu_log.parse(SAMPLES / "linux-6.1-double-fault" / "qemu-kml-smp2-tail.log")
+    hw = parsed.events.filter(pl.col("event") == "hw_interrupt")
+    exc = parsed.events.filter(pl.col("event") == "exception")
+    assert hw.height == 45 and exc.height == 107 - 45
+    assert hw["rsp"].null_count() == 0 and hw["cpl"].null_count() == 0   # the v= record's
+    assert (hw["vector"] >= 32).all()
