@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from kmltrace.analysis.events import (attribute_by_columns, available_events,
-                                      unmerged_events)
+from kmltrace.analysis.events import (attribute_by_columns, attribute_in_place,
+                                      available_events, overlapping_pairs, unmerged_events)
 from kmltrace.analysis.kernel import KernelInfo, kernel_info
 
 #: Columns analyses read beyond the core ones; absent ones are added as nulls so that
@@ -61,23 +61,34 @@ class Context:
               unmerged: pl.LazyFrame | None = None) -> "Context":
         """Merge `capture` (or take already merged `events`, or `unmerged` conformed ones).
 
-        Up to IN_MEMORY_ROWS the analysis table is collected once and kept in memory; a
-        larger one stays lazy, so that each analysis reads only its columns from the source
-        (polars streams a parquet scan) instead of holding every column of every row.
+        A table that needed sorting, joining or deduplicating is collected once (up to
+        IN_MEMORY_ROWS); one already in order, or a larger one, stays lazy, so that each
+        analysis reads only its columns from the source (polars streams a parquet scan)
+        instead of holding every column of every row.
         """
         keep_raw = any(p.format == "console" or "console" in
                        p.events.get_column("source").unique().to_list()
                        for p in capture.inputs if p.events.height)
+        # work that would be repeated by every query (sorting, joining, dropping duplicates)
+        # is done once, in memory; a table already in order is read lazily instead, each
+        # query taking only its own columns (and rows, for a parquet scan)
+        expensive = True
         if events is not None:
             table = analysis_table(events, keep_raw)
         else:
             raw = unmerged if unmerged is not None else unmerged_events(capture)
-            table = attribute_by_columns(analysis_table(raw, keep_raw))
+            table = analysis_table(raw, keep_raw)
+            in_place = attribute_in_place(table)
+            if in_place is not None:
+                table = in_place
+                expensive = bool(overlapping_pairs(capture))
+            else:
+                table = attribute_by_columns(table)
         if keep_raw:
             table = table.with_columns(
                 pl.when(pl.col("source") == "console").then(pl.col("raw")).alias("raw"))
-        rows = table.select(pl.len()).collect().item()
-        if rows > IN_MEMORY_ROWS:
+        rows = table.select(pl.len()).collect().item() if expensive else 0
+        if not expensive or rows > IN_MEMORY_ROWS:
             lazy = table
         else:
             frame = table.collect()

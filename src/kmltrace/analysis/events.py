@@ -83,7 +83,7 @@ ATTRIBUTION_COLUMNS = ("ts_ns", "file", "seq", "cpu", "pid", "comm", "event", "n
 _PID_KEY = 1 << 40
 
 
-def _attribute_in_place(events: pl.LazyFrame) -> pl.LazyFrame | None:
+def attribute_in_place(events: pl.LazyFrame) -> pl.LazyFrame | None:
     """The attribution columns as plain expressions, when the table is already in time order
     and every row has its pid (ftrace, perf, an ingested table): nothing is joined, so a
     filter later in a query still reaches the parquet reader."""
@@ -119,7 +119,7 @@ def attribute_by_columns(events: pl.LazyFrame) -> pl.LazyFrame:
     (from disk, for a parquet scan), which keeps a 10-million-event report in bounded memory.
     """
     names = events.collect_schema().names()
-    fast = _attribute_in_place(events)
+    fast = attribute_in_place(events)
     if fast is not None:
         return fast
     narrow = events.select([c for c in ATTRIBUTION_COLUMNS if c in names]).with_row_index("_src")
@@ -188,7 +188,7 @@ def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
 def merge_notes(capture: Capture) -> list[MergeNote]:
     """Say which source was counted where two inputs recorded the same events."""
     notes = []
-    for pair in _overlapping_pairs(capture):
+    for pair in overlapping_pairs(capture):
         dropped = _duplicates(pair.primary.events.lazy(), _shifted(pair))
         n = dropped.select(pl.len()).collect().item()
         if n:
@@ -263,7 +263,7 @@ def _clock_offset(primary, secondary) -> tuple[int, int] | None:
     return None
 
 
-def _overlapping_pairs(capture: Capture) -> list[_Pair]:
+def overlapping_pairs(capture: Capture) -> list[_Pair]:
     """(preferred, other) inputs of dedupable sources that recorded the same run."""
     candidates = sorted((p for p in capture.inputs if p.events.height
                          and _source(p) in DEDUPE_SOURCES and _span(p) is not None), key=_rank)
@@ -297,7 +297,7 @@ def _deduplicated(capture: Capture) -> list[pl.LazyFrame]:
     """Each input's events as a LazyFrame: rows already counted from another input of the
     same run are gone, and that input's times are on the preferred input's clock."""
     by_secondary: dict[int, list[_Pair]] = {}
-    for pair in _overlapping_pairs(capture):
+    for pair in overlapping_pairs(capture):
         by_secondary.setdefault(id(pair.secondary), []).append(pair)
     frames = []
     for parsed in capture.inputs:
