@@ -216,6 +216,29 @@ def _disassembler(elfclass: int):
     return md
 
 
+#: bytes per capstone call: its Python binding decodes a whole buffer into C memory at once
+#: (gigabytes for a 20 MB .text), so the sweep goes chunk by chunk
+SWEEP_CHUNK = 1 << 16
+MAX_INSN = 15
+
+
+def sweep(md, data: bytes, start: int):
+    """(address, size, mnemonic, operands) of a linear sweep over `data` mapped at `start`,
+    identical to one capstone call over the whole buffer but in bounded memory: an
+    instruction that ends within MAX_INSN bytes of a chunk's end is decoded again with the
+    next chunk."""
+    pos, n = 0, len(data)
+    while pos < n:
+        end = min(pos + SWEEP_CHUNK, n)
+        resume = end
+        for insn in md.disasm_lite(data[pos:end], start + pos):
+            if end < n and insn[0] - start + insn[1] > end - MAX_INSN - 1:
+                resume = insn[0] - start
+                break
+            yield insn
+        pos = resume
+
+
 def _plt_names(f, elf, code, path: Path) -> dict[int, str]:
     """PLT entry address -> the imported function it jumps to (through its GOT slot)."""
     slots: dict[int, str] = {}
@@ -238,7 +261,7 @@ def _plt_names(f, elf, code, path: Path) -> dict[int, str]:
     for name, addr, data in code:
         if not name.startswith(".plt"):
             continue
-        for a, size, mnem, ops in md.disasm_lite(data, addr):
+        for a, size, mnem, ops in sweep(md, data, addr):
             m = _RIP_SLOT.search(ops) if mnem == "jmp" else None
             if m:
                 slot = a + size + int(m.group(1), 16)
@@ -254,7 +277,7 @@ def _scan(code, elfclass: int, plt_names: dict[int, str], symbols) -> tuple[list
     sites: list[dict] = []
     for _name, start, data in code:
         regs: dict[str, int] = {}
-        for a, size, mnem, ops in md.disasm_lite(data, start):
+        for a, size, mnem, ops in sweep(md, data, start):
             kind = None
             if mnem == "syscall":
                 counts["syscall"] += 1
