@@ -258,7 +258,7 @@ def main():
         trace["goal_speedup"] = 50
     data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     data["report"] = result
-    RESULTS.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
