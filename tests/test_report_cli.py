@@ -78,3 +78,18 @@ def test_export_chrome_json(tmp_path):
     assert names[expected["pid"]] == "kmlwork"
     faults = [e for e in events if e["ph"] == "i" and e["name"] == "page_fault_user"]
     assert faults and all(f["args"]["address"].startswith("0x") for f in faults)
+
+
+def test_an_analysis_that_fails_is_reported_not_a_traceback(monkeypatch):
+    from kmltrace.analysis import gs
+
+    def broken(ctx):
+        raise RuntimeError("synthetic failure")
+
+    monkeypatch.setattr(gs, "gs_incidents", broken)
+    monkeypatch.delenv("KMLTRACE_DEBUG", raising=False)
+    result = run("report", WORKLOAD / "trace.txt", "--json")
+    assert result.exit_code == 0
+    status = {a["name"]: a for a in json.loads(result.stdout)["analyses"]}
+    assert status["gs_write"]["ran"] is False and "synthetic failure" in status["gs_write"]["note"]
+    assert status["fault_loop"]["ran"] is True

@@ -12,6 +12,7 @@ vector, CPL and landing stack). Each process row also has ``image``, ``events``,
 from __future__ import annotations
 
 import importlib
+import os
 
 import polars as pl
 
@@ -52,7 +53,16 @@ class _Runner:
                                        + ", ".join(missing))
             self.statuses.append(AnalysisStatus(name, False, missing, str(error)))
             return default
-        result = fn()
+        try:
+            result = fn()
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # one analysis's bug must not cost the others: say it, go on
+            if os.environ.get("KMLTRACE_DEBUG"):
+                raise
+            self.statuses.append(AnalysisStatus(
+                name, False, note=f"{name} failed: internal error {type(e).__name__}: {e}"))
+            return default
         self.statuses.append(AnalysisStatus(name, True))
         return result
 

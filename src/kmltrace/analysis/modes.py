@@ -275,10 +275,3 @@ def _int(value) -> int | None:
         return int(str(value), 0)
     except ValueError:
         return None
-
-
-def mode_of_events(events: pl.LazyFrame, processes: pl.DataFrame) -> pl.LazyFrame:
-    """`events` with the ``mode`` of the process image each event belongs to."""
-    modes = processes.lazy().select(pl.col("pid").alias("task_pid"), "image",
-                                    pl.col("mode").alias("task_mode"))
-    return events.join(modes, on=["task_pid", "image"], how="left", maintain_order="left")
