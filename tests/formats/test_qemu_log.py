@@ -190,12 +190,16 @@ def test_parse_raises_only_kmltrace_errors(tmp_path, data):
     assert parsed.events["seq"].to_list() == list(range(parsed.events.height))
 
 
-def test_hardware_interrupt_and_its_record_are_one_row():
-    """Protected mode: "Servicing hardware INT=0x30" then that interrupt's "v=30" record.
-    In the real Linux tail: grep -c "^Servicing hardware INT" = 45 and grep -c ": v=" = 107."""
+def test_protected_mode_hardware_interrupts_keep_their_v_record():
+    """Protected mode: "Servicing hardware INT=0x30" then that interrupt's "v=30" record (with
+    registers). Both rows are kept, as the landing analysis reads the v= record as an interrupt
+    delivery (vector >= 32). In the real Linux tail: grep -c "^Servicing hardware INT" = 45,
+    grep -c ": v=" = 107."""
     parsed = qemu_log.parse(SAMPLES / "linux-6.1-double-fault" / "qemu-kml-smp2-tail.log")
     hw = parsed.events.filter(pl.col("event") == "hw_interrupt")
     exc = parsed.events.filter(pl.col("event") == "exception")
-    assert hw.height == 45 and exc.height == 107 - 45
-    assert hw["rsp"].null_count() == 0 and hw["cpl"].null_count() == 0   # the v= record's
-    assert (hw["vector"] >= 32).all()
+    assert hw.height == 45 and exc.height == 107
+    serviced = set(hw["line"].to_list())
+    records = exc.filter(pl.col("line").is_in([line + 1 for line in serviced]))
+    assert records.height == 45 and (records["vector"] >= 32).all()
+    assert records["rsp"].null_count() == 0

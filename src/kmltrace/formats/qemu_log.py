@@ -177,19 +177,6 @@ def parse_bytes(data: bytes, file: str) -> tuple[pl.DataFrame, list, dict]:
         pl.col("text").str.extract(RESET_RE, 1).alias("reset_cpu"),
     ).unnest("x")
 
-    # In protected mode "Servicing hardware INT=0x30" is followed by that interrupt's own
-    # "v=30" record (with registers): one interrupt, one hw_interrupt row (the v= one).
-    serviced = records.filter(pl.col("kind") == HW_INTERRUPT).select(
-        (pl.col("line") + 1).alias("line"), pl.col("hw_vector").alias("_serviced"))
-    records = records.join(serviced, on="line", how="left")
-    is_pair = (pl.col("kind") == EXCEPTION) & (pl.col("_serviced").str.to_integer(
-        base=16, strict=False) == pl.col("vector").str.to_integer(base=16, strict=False))
-    paired_lines = records.filter(is_pair).select((pl.col("line") - 1).alias("line"))
-    records = (records.with_columns(pl.when(is_pair).then(pl.lit(HW_INTERRUPT))
-                                    .otherwise(pl.col("kind")).alias("kind"),
-                                    pl.coalesce("hw_vector", "_serviced").alias("hw_vector"))
-               .join(paired_lines, on="line", how="anti").drop("_serviced"))
-
     # the check_exception line right above a record says what was being delivered
     checks = marked.filter(pl.col("kind") == "check").select(
         (pl.col("line") + 1).alias("line"),
@@ -240,7 +227,7 @@ def _to_events(records: pl.DataFrame, file: str) -> pl.DataFrame:
     kind = pl.col("kind")
     no_prev = pl.col("check_old") == 0xFFFFFFFF
     vector = (pl.when(kind == EXCEPTION).then(pl.col("vector"))
-              .when(kind == HW_INTERRUPT).then(pl.coalesce("vector", "hw_vector"))
+              .when(kind == HW_INTERRUPT).then(pl.col("hw_vector"))
               .when(kind == TRIPLE_FAULT).then(pl.col("check_new")))
     return cols.select(
         pl.lit(None, dtype=pl.Int64).alias("ts_ns"),
