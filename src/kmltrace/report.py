@@ -167,6 +167,10 @@ def _process_rows(processes, summary, activity) -> list[dict]:
                 "max_repeats_at_one_address": r["max_repeats_at_one_address"] or 0,
                 "stack_growth": r["stack_growth"]}
         row.update(activity.get((r["pid"], r["image"]), {}))
+        if r["mode"] == "kernel":
+            # KML turns a kernel-mode process's syscall instructions into direct calls of the
+            # handlers: whether raw_syscalls fire on that path is not verified on a KML kernel
+            row["syscall_path"] = "KML direct call (raw_syscalls coverage unverified)"
         rows.append({k: v for k, v in row.items() if v is not None or k in ("pid", "mode")})
     return rows
 
