@@ -92,7 +92,7 @@ def stats_counts(texts: list[str]) -> dict[str, int]:
     return out
 
 
-def parse_dir(path: Path, raw_text: str = "all") -> Parsed:
+def parse_dir(path: Path, raw_text: str = "untyped") -> Parsed:
     """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle);
     `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
     path = Path(path)

@@ -610,15 +610,16 @@ except OSError:     # no C library to ask (not glibc): nothing to trim
 def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, EventFormat],
            header: PageHeader, *, path: str, long_size: int = 8,
            cmdlines: dict[int, str] | None = None,
-           tgids: dict[int, int] | None = None, raw_text: str = "all",
+           tgids: dict[int, int] | None = None, raw_text: str = "untyped",
            release=None) -> Decoded:
     """Decode the pages of `segments` (per CPU) in `buf` into one time-ordered event frame.
 
     Columns: ts_ns, cpu, pid, comm, tgid, flags, system, event, offset, raw, lost and every
     field of every event type under its own name. Damage is reported in ``errors`` and counted.
-    ``raw_text="untyped"`` renders the ``raw`` text only for events with a field the schema has
-    no column for (about 40% faster on a syscall-heavy capture); "all" renders it for every
-    event. `release` is called once the pages have been read (trace.dat drops its mapping's
+    ``raw_text="untyped"`` (the default) renders the ``raw`` text only for events with a field
+    the schema has no column for (the others' text is rendered on demand from their columns by
+    :mod:`kmltrace.formats.raw_text`; a third of the decode time on a syscall-heavy capture);
+    "all" renders it for every event. `release` is called once the pages have been read (trace.dat drops its mapping's
     resident pages there).
     """
     if buf.dtype != np.uint8:

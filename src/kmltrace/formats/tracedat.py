@@ -419,7 +419,7 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
     return info, buf, segments, data
 
 
-def parse(path: Path, raw_text: str = "all") -> Parsed:
+def parse(path: Path, raw_text: str = "untyped") -> Parsed:
     """Decode a trace.dat; `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
     info, buf, segments, mapping = read(path)
 

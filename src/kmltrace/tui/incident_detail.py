@@ -8,6 +8,7 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
+from kmltrace.formats.raw_text import with_raw_text
 from kmltrace.tui.base import KmlScreen, literal
 from kmltrace.tui.incidents import SEVERITY_STYLE
 from kmltrace.tui.model import (chain_ends_in_reset, find_event_row, format_ts,
@@ -123,7 +124,9 @@ class IncidentDetailScreen(KmlScreen):
         row = find_event_row(loaded.events, evidence)
         if row is None:
             return ""
-        return " ".join(str(loaded.events["raw"][row] or "").split())
+        # binary-decoded typed events carry no raw text: render it from their columns
+        text = with_raw_text(loaded.events.slice(row, 1))["raw"][0]
+        return " ".join(str(text or "").split())
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_jump()

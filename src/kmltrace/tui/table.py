@@ -17,6 +17,7 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from kmltrace.formats.raw_text import raw_text_expr
 from kmltrace.output import safe_text
 from kmltrace.tui.model import format_ts, vector_name
 
@@ -139,7 +140,9 @@ class EventTable(ScrollView, can_focus=True):
         start = max(0, row - size // 4)
         chunk = self.frame.slice(start, size)
         names = [c for c, _, _ in self.columns]
-        data = chunk.select(names).rows()
+        # binary-decoded typed events carry no raw text: render it for the rows shown
+        data = chunk.select([raw_text_expr(chunk.collect_schema()) if n == "raw" else n
+                             for n in names]).rows()
         self._page = [tuple(format_cell(n, v) for n, v in zip(names, values)) for values in data]
         kinds = []
         if "event" in chunk.columns:
