@@ -209,6 +209,9 @@ def test_module_symbols_print_like_the_kernel():
     assert table.symbolize(0xffffffffc0201010) == "ftrace_trampoline+0x10/0x400 [__builtin__ftrace]"
     assert table.lookup([0xffffffffc0201010, 0x1000])["sym_text"].to_list() == [
         "ftrace_trampoline+0x10/0x400 [__builtin__ftrace]", None]
+    # the core kernel's last symbol does not stretch over the gap to the modules
+    assert table.symbolize(0xffffffff81000100 + 0x10) == "_etext+0x10/0x1000"
+    assert table.symbolize(0xffffffff81000100 + 0x100000) is None
 
 
 @settings(max_examples=200, deadline=None)

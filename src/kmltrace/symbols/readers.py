@@ -23,6 +23,7 @@ STT_NOTYPE, STT_OBJECT, STT_FUNC, STT_SECTION, STT_FILE = 0, 1, 2, 3, 4
 STB_LOCAL, STB_GLOBAL, STB_WEAK = 0, 1, 2
 # kallsyms/System.map letters that are not addresses of code or data
 KERNEL_HALF = 0xFFFF_8000_0000_0000
+MODULE_EDGE_MAX = 0x1000
 _SKIP_TYPES = {"U", "u", "w", "v", "N", "n"}
 
 
@@ -161,9 +162,16 @@ def read_kallsyms_text(text: str | bytes, source: str = "kallsyms") -> SymbolTab
     good = good.filter(pl.col("addr") != 0)
     if (good["addr"] >= KERNEL_HALF).any():
         good = good.filter(pl.col("addr") >= KERNEL_HALF)
-    return SymbolTable.build(good["addr"].to_numpy(), good["name"], modules=good["module"],
-                             source=source, meta={"kind": "kallsyms",
-                                                  "bad_lines": bad["line"].head(5).to_list()})
+    table = SymbolTable.build(good["addr"].to_numpy(), good["name"], modules=good["module"],
+                              source=source, meta={"kind": "kallsyms",
+                                                   "bad_lines": bad["line"].head(5).to_list()})
+    if table.modules is not None and len(table) > 1:
+        # the last symbol of the kernel or of a module would stretch over the gap to the next
+        # module (the kernel itself stops at the module's end): at most a page
+        mods = table.modules.to_numpy()
+        edge = np.flatnonzero(mods[:-1] != mods[1:])
+        table.sizes[edge] = np.minimum(table.sizes[edge], MODULE_EDGE_MAX)
+    return table
 
 
 def read_kallsyms(path: str | Path) -> SymbolTable:
