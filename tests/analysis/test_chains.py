@@ -34,7 +34,7 @@ def test_stack_starvation_reset_chain():
     pf, df, last = chain
     assert (pf["cpl"], pf["cs"], pf["rip"], pf["rsp"], pf["cr2"], pf["error_code"]) == \
         (0, "0x8", "0x10010e", "0x40001000", "0x40000ff8", "0x2")
-    assert pf["symbol"] == "starve+0x0/0x2"            # tiny.S: the label of the push
+    assert pf["symbol"] == "starve"            # tiny.S: the label of the push
     assert pf["stack"] == "same" and df["stack"] == "same"
     assert not pf["delivered"] and not df["delivered"] and last["shutdown"]
     kinds = _kinds(result)
@@ -96,7 +96,7 @@ def test_console_stack_guard_double_fault():
     assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
     pf, df = result.chains[0]
     assert pf["cr2"] == "0xffffc900011bbff8" and pf["stack"] == "same" and pf["inferred"]
-    assert df["stack"] == "ist1" and df["symbol"] == "_raw_spin_lock_irqsave+0x9/0x50"
+    assert df["stack"] == "ist1" and df["symbol"] == "_raw_spin_lock_irqsave+0x9"
     assert (pf["line"], df["line"]) == (1, 2) and df["ts_ns"] == 26_859_714_000
     kinds = _kinds(result)
     df_inc = kinds["double_fault"]
@@ -174,7 +174,7 @@ def test_kaslr_offset_from_the_console_applies_to_symbols(tmp_path):
         "[    1.000004] Kernel Offset: 0x1000 from 0xffffffff81000000\n")
     result = _run(path, vmlinux=str(TINY / "starvation.elf"))
     (df,) = result.chains[0]
-    assert df["rip"] == "0x10110e" and df["symbol"] == "starve+0x0/0x2"
+    assert df["rip"] == "0x10110e" and df["symbol"] == "starve"
 
 
 def test_real_panic_then_reboot_is_a_critical_oops_without_chain():
@@ -204,7 +204,7 @@ def test_real_linux_kml_style_push_qemu_and_console():
     console = _run(LINUX / "console-kml.txt")
     assert [[e["name"] for e in c] for c in console.chains] == [["#PF", "#DF"]]
     cpf, cdf = console.chains[0]
-    assert cdf["symbol"] == "kml_push+0xf/0x18 [dfmod]" and cdf["stack"] == "ist1"
+    assert cdf["symbol"] == "kml_push+0xf [dfmod]" and cdf["stack"] == "ist1"
     assert cpf["cr2"] == "0x40000ff8" and cpf["rsp"] == "0x40001000" and cpf["inferred"]
     ckinds = _kinds(console)
     assert "user-range stack at CPL 0" in ckinds["double_fault"].summary
@@ -219,7 +219,7 @@ def test_real_linux_guard_page_overflow_6_1_forms():
     assert kinds["double_fault"].extra["stack"]["hashed"] is True     # (____ptrval____)
     # the oops's CR2 ffffcc64c0633ea8 is 8 bytes below RSP ffffcc64c0633eb0
     assert kinds["stack_starvation"].extra["cr2"] == "0xffffcc64c0633ea8"
-    assert "recurse.isra.0+0x2c/0x6d [dfmod]" in kinds["double_fault"].summary
+    assert "recurse.isra.0+0x2c [dfmod]" in kinds["double_fault"].summary
     qemu = _run(LINUX / "qemu-overflow-tail.log")
     pf = qemu.chains[0][0]
     # QEMU's #PF: the access at RSP itself, on the guard page: RSP points into missing memory
@@ -231,7 +231,7 @@ def test_qemu_and_console_of_one_run_are_one_episode():
     result = _run(LINUX / "qemu-kml.log", LINUX / "console-kml.txt")
     assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
     pf, df = result.chains[0]
-    assert pf["source"] == "qemu" and pf["symbol"] == "kml_push+0xf/0x18 [dfmod]"
+    assert pf["source"] == "qemu" and pf["symbol"] == "kml_push+0xf [dfmod]"
     kinds = [i.kind for i in result.incidents]
     assert sorted(kinds) == ["double_fault", "oops", "stack_starvation"]
     starving = next(i for i in result.incidents if i.kind == "stack_starvation")
@@ -283,7 +283,7 @@ def test_lab_starvation_tcg_chain_and_symbols(tmp_path):
     (chain,) = result.chains
     assert [e["name"] for e in chain] == ["#PF", "#DF", "#PF"]
     assert chain[0]["rsp"] == hex(rsp) and chain[0]["cr2"] == hex(rsp - 8)
-    assert chain[0]["symbol"].startswith("starve_push+0x0/")   # the bundle's kernel.elf
+    assert chain[0]["symbol"] == "starve_push"               # the bundle's kernel.elf
     assert [e["stack"] for e in chain[:2]] == ["same", "same"]   # the dump's IDT: IST 0
     assert {i.kind: i.severity for i in result.incidents} == {
         "triple_fault": "critical", "double_fault": "critical", "stack_starvation": "critical"}
@@ -293,7 +293,7 @@ def test_lab_starvation_kvm_reset_from_host_tracepoints(tmp_path):
     result = _run(_fresh_bundle(tmp_path, "lab-starvation-kvm"))
     (incident,) = [i for i in result.incidents if i.kind == "triple_fault"]
     assert "KVM_EXIT_SHUTDOWN" in incident.summary and "`push rax`" in incident.summary
-    assert result.chains[0][-1]["symbol"].startswith("starve_push+0x0/")
+    assert result.chains[0][-1]["symbol"] == "starve_push"
 
 
 def test_lab_verdicts_do_not_need_serial_or_scenario_metadata(tmp_path):
@@ -333,7 +333,7 @@ def test_real_two_cpu_log_and_its_console():
     assert [[e["name"] for e in c] for c in result.chains] == [["#PF", "#DF"]]
     pf, df = result.chains[0]
     assert (pf["rsp"], pf["cr2"], pf["symbol"]) == ("0x40001000", "0x40000ff8",
-                                                     "kml_push+0xf/0x18 [dfmod]")
+                                                     "kml_push+0xf [dfmod]")
     kinds = {i.kind: i for i in result.incidents}
     assert kinds["stack_starvation"].cpu == 0           # "CPU: 0 PID: 87 Comm: busybox"
     assert kinds["stack_starvation"].pid == 87
@@ -360,7 +360,7 @@ def test_kvm_reset_dumps_give_the_triple_fault():
     result = _run(TINY / "kvm-cpu-reset.log", vmlinux=str(TINY / "starvation.elf"))
     (chain,) = result.chains
     assert [e["name"] for e in chain] == ["#PF", "reset"]
-    assert chain[1]["repeats"] == 3 and chain[1]["symbol"] == "starve+0x0/0x2"
+    assert chain[1]["repeats"] == 3 and chain[1]["symbol"] == "starve"
     assert (chain[0]["rsp"], chain[0]["cr2"]) == ("0x40001000", "0x40000ff8")
     assert {i.kind: i.severity for i in result.incidents} == {
         "triple_fault": "critical", "stack_starvation": "critical"}

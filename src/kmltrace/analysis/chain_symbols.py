@@ -27,7 +27,7 @@ def kaslr_offsets(events: pl.LazyFrame, names: set[str]) -> dict:
 
 
 def symbolizer(capture, offset: int):
-    """ip -> ``func+0xoff/0xsize`` through the shared symbol service (``--vmlinux``, an ELF
+    """ip -> ``func+0xoff`` (:func:`short_symbol`) through the shared symbol service (``--vmlinux``, an ELF
     TARGET, kallsyms), or a bundle's own kernel ELF (a lab bundle's kernel.elf); `offset` is
     the KASLR slide a console printed, used when the service finds no better one. A chain's
     addresses are kernel code (CPL 0), whatever half they are in."""
@@ -43,8 +43,20 @@ def symbolizer(capture, offset: int):
     def lookup(ip, slide=None):
         if ip is None or service.kernel is None:
             return None
-        return service.kernel_symbol(int(ip), slide)
+        return short_symbol(service.kernel_symbol(int(ip), slide))
     return lookup
+
+
+def short_symbol(symbol: str | None) -> str | None:
+    """``func+0x9/0x50 [mod]`` -> ``func+0x9 [mod]``, ``func+0x0/0x17`` -> ``func``: a chain
+    names the instruction, the function's size is noise there."""
+    if not symbol:
+        return None
+    head, _, module = symbol.partition(" ")
+    name, _, offset = head.split("/")[0].partition("+")
+    if offset and int(offset, 16) != 0:
+        name = f"{name}+{offset}"
+    return name + (f" {module}" if module else "")
 
 
 def _bundle_elves(capture) -> list[str]:

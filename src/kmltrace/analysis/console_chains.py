@@ -7,6 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from kmltrace.analysis.chain_model import USER_TOP, starved_at
+from kmltrace.analysis.chain_symbols import short_symbol
 from kmltrace.analysis.incidents import Incident, evidence
 from kmltrace.output import hexstr
 from kmltrace.schema import DF_VECTOR, PF_VECTOR
@@ -110,7 +111,7 @@ def _console_double_fault(rows, i, reset_after, panic_after, symbolize, result) 
     head = rows[i]
     guard = next((r for r in group if r["event"] == "stack_overflow"), None)
     rip = head.get("ip")
-    symbol = symbolize(rip, head.get("boot_index")) or head.get("symbol")
+    symbol = symbolize(rip, head.get("boot_index")) or short_symbol(head.get("symbol"))
     cpl = None if head.get("cs") is None else head["cs"] & 3
     rsp = head.get("rsp")
     hidden = guard is not None and (guard.get("address") is None or _hashed(guard))
