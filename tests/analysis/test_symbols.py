@@ -141,6 +141,8 @@ def test_kernel_addresses_match_the_kallsyms_snapshot_and_the_kernel():
     faults = capture.events().filter(pl.col("event") == "page_fault_kernel").collect()
     assert faults.height == 11
     ours = sym.kernel_lookup(faults["ip"])["sym_text"].to_list()
+    # running addresses: a console's KASLR offset passed by a caller must not move them
+    assert sym.kernel_symbol(faults["ip"][0], slide=0x1000000) == ours[0]
     assert ours == _kallsyms_expected(text, faults["ip"].to_list())
     # the kernel printed the same events' ip with %ps in the tracefs text of this run
     printed = re.findall(r"page_fault_kernel: .* ip=(\S+)", (WORKLOAD / "trace.txt").read_text())

@@ -65,6 +65,7 @@ class Mapping:
 class Symbolizer:
     kernel: SymbolTable | None = None
     kernel_slide: int = 0                                   # subtracted from kernel addresses
+    kernel_running: bool = False      # the table is a kallsyms snapshot: no slide ever applies
     mappings: dict[int, list[Mapping]] = field(default_factory=dict)   # pid -> mapped ELFs
     errors: list[KmltraceError] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)          # how the tables were chosen
@@ -107,7 +108,7 @@ class Symbolizer:
                 out.kernel_slide = int(kaslr_offset)
                 out.notes.append(f"KASLR slide {out.kernel_slide:#x} from the console")
         elif kallsyms is not None:
-            out.kernel = kallsyms
+            out.kernel, out.kernel_running = kallsyms, True
             out.notes.append(f"kernel symbols from {kallsyms.source}")
         out.add_processes(getattr(capture, "processes", []) or [], elves)
         return out
@@ -143,12 +144,18 @@ class Symbolizer:
     def kernel_lookup(self, addresses, slide: int | None = None) -> pl.DataFrame:
         """:meth:`SymbolTable.lookup` of kernel addresses (null columns without a table)."""
         table = self.kernel or SymbolTable.build([], [])
-        return table.lookup(addresses, self.kernel_slide if slide is None else slide)
+        return table.lookup(addresses, self._slide(slide))
+
+    def _slide(self, slide: int | None) -> int:
+        """A caller's slide (a console boot's KASLR offset) applies to link-address tables only."""
+        if self.kernel_running:
+            return 0
+        return self.kernel_slide if slide is None else slide
 
     def kernel_symbol(self, address: int | None, slide: int | None = None) -> str | None:
         if self.kernel is None or address is None:
             return None
-        return self.kernel.symbolize(address, self.kernel_slide if slide is None else slide)
+        return self.kernel.symbolize(address, self._slide(slide))
 
     def user_symbol(self, pid: int | None, address: int | None) -> str | None:
         if pid is None or address is None:
