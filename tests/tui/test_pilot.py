@@ -335,3 +335,15 @@ def test_escape_codes_in_cells_are_shown_not_sent():
 
     assert format_cell("comm", "\x1b[2Jevil") == "\\x1b[2Jevil"
     assert format_cell("raw", "a\nb") == "a\\x0ab"
+
+
+@sync
+async def test_ingested_parquet_table_opens_and_filters(tmp_path):
+    path = tmp_path / "events.parquet"
+    synthetic.events().write_parquet(path)
+    app = KmltraceApp([str(path)])
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("4", "f", *"pid=100", "enter")
+        await settle(app, pilot)
+        assert "200 of 400 events" in screen_text(app)

@@ -45,8 +45,14 @@ class ParquetRows:
         self.lazy = pl.scan_parquet(self.path)
         self.columns = self.lazy.collect_schema().names()
         self.height = int(self.lazy.select(pl.len()).collect().item())
+        # read now, before the whole-table read keeps polars' thread pool busy
+        self.head = self.lazy.slice(0, self.HEAD_ROWS).collect()
+
+    HEAD_ROWS = 4096
 
     def slice(self, start: int, length: int) -> pl.DataFrame:
+        if start + length <= self.head.height:
+            return self.head.slice(start, length)
         return self.lazy.slice(start, length).collect()
 
     def row(self, index: int, named: bool = False):

@@ -13,10 +13,15 @@ MODE_STYLE = {"kernel": "bold magenta", "user": "green", "kthread": "dim", "unkn
 BUCKETS = 32
 
 
+def count(value) -> str:
+    return "" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
+
+
 class ProcessesScreen(KmlScreen):
     def body(self) -> ComposeResult:
         table = DataTable(id="processes", cursor_type="row", zebra_stripes=True)
-        table.add_columns("pid", "tgid", "comm", "mode", "page faults", "fault rate", "exe")
+        table.add_columns("pid", "tgid", "comm", "mode", "events", "syscalls", "page faults",
+                          "fault rate", "exe")
         yield table
         yield Label("", id="process-title")
         yield Sparkline([], id="process-sparkline")
@@ -41,7 +46,9 @@ class ProcessesScreen(KmlScreen):
                 Text(str(proc.get("tgid", "") if proc.get("tgid") is not None else "")),
                 literal(proc.get("comm", "")),
                 Text(mode, style=MODE_STYLE.get(mode, "")),
-                Text(str(proc.get("page_faults", sum(rates)))),
+                Text(count(proc.get("events"))),
+                Text(count(proc.get("syscalls"))),
+                Text(count(proc.get("page_faults", sum(rates)))),
                 Text(sparkline(rates), style="yellow"),
                 literal(proc.get("exe") or ""),
             )
