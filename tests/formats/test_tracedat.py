@@ -262,3 +262,26 @@ def test_fuzz_mutated_header(tmp_path_factory, mutations):
     except KmltraceError:
         return
     assert all(isinstance(e, KmltraceError) for e in parsed.errors)
+
+
+def test_corrupt_compressed_chunk_keeps_the_chunks_before(tmp_path, v7):
+    """v7 CPU data is a count, then (csize, usize, zstd frame) chunks: a chunk that does not
+    decompress ends its CPU's data there; the pages of the chunks before it are decoded."""
+    import struct
+
+    info, _, _, _ = tracedat.read(V7)
+    (cpu, cpu_offset, _), = [c for b in info.buffers for c in b.cpus if c[2]]
+    data = _copy(tmp_path, V7)
+    count, = struct.unpack_from("<I", data, cpu_offset)
+    csize0, usize0 = struct.unpack_from("<II", data, cpu_offset + 4)
+    second = cpu_offset + 4 + 8 + csize0            # the second chunk's header
+    assert count >= 2 and data[second + 8:second + 12] == b"\x28\xb5\x2f\xfd"  # zstd magic
+    data[second + 8:second + 12] = b"\0\0\0\0"
+    parsed = tracedat.parse(_write(tmp_path, data))
+    (err,) = parsed.errors
+    assert err.offset == second and f"cannot decompress cpu{cpu} chunk" in err.message
+    # offsets of compressed data: the CPU's data offset plus the offset in its pages
+    kept = v7.events.filter(pl.col("offset") < cpu_offset + usize0)
+    assert 0 < kept.height < v7.events.height
+    assert parsed.events.height == kept.height
+    assert parsed.events["ts_ns"].to_list() == kept["ts_ns"].to_list()

@@ -131,9 +131,11 @@ def parse_dir(path: Path, raw_text: str = "untyped") -> Parsed:
         chunks.append(data)
         segments.append(CpuSegment(cpu, pos, data.size, 0, str(f)))
         pos += data.size
-    buf = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
-    decoded = decode(buf, segments, formats, header, path=str(path), long_size=long_size,
-                     cmdlines=cmdlines, tgids=tgids, raw_text=raw_text)
+    box = [np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)]
+    del chunks
+    # box.pop(): the decode holds the only reference, and frees the pages once read
+    decoded = decode(box.pop(), segments, formats, header, path=str(path),
+                     long_size=long_size, cmdlines=cmdlines, tgids=tgids, raw_text=raw_text)
     # the file column names each CPU's own .raw file (offsets are within it)
     files = {s.cpu: s.label for s in segments}
     events = decoded.events.with_columns(

@@ -624,7 +624,11 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     """
     if buf.dtype != np.uint8:
         raise TypeError("buf must be uint8")
-    return _decode(buf, segments, formats, header, path=path, long_size=long_size,
+    # handed on in a box, so that once the pages are read the decode holds the last
+    # reference and can drop it (a caller that passes `box.pop()` keeps none either)
+    box = [buf]
+    del buf
+    return _decode(box, segments, formats, header, path=path, long_size=long_size,
                    cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
                    release=release)
 
@@ -636,8 +640,9 @@ def _merged(parts: list, field: str, dtype) -> np.ndarray:
     return np.concatenate([getattr(r, field) for _, r in parts]).astype(dtype, copy=False)
 
 
-def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
+def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
             raw_text, release) -> Decoded:
+    buf = box.pop()
     decoded = Decoded(events=pl.DataFrame())
     parts = []
     for seg in segments:
@@ -734,6 +739,8 @@ def _decode(buf, segments, formats, header, *, path, long_size, cmdlines, tgids,
         raws.append((lost_rows, raw))
     # the pages are no longer read: let the caller drop them, and the per-record arrays go
     del start, length, by_type, lost
+    # the pages are read: the buffer goes (a decompressed one is freed here)
+    del buf, reads
     if release is not None:
         release()
     _return_freed_memory()

@@ -12,9 +12,12 @@ chunks. The CPU data itself is ring-buffer pages, decoded by :mod:`kmltrace.form
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -345,9 +348,21 @@ def _v6_flyrecord(r: _Reader, name: str, cpus: int) -> _Buffer:
     return _Buffer(name, clock, table)
 
 
-def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, decompress,
-              chunks_out: list, segments: list, pos: int) -> int:
-    """Append each CPU's pages to `chunks_out`; return the new total length."""
+@dataclass
+class _Chunk:
+    """One compressed chunk of a CPU's pages: where it is and where its pages go."""
+
+    segment: int        # index in the segment list
+    at: int             # file offset of the chunk header (named in errors)
+    blob: object        # the compressed bytes (a view of the mapped file)
+    size: int           # decompressed size
+    dest: int           # index in the decode buffer
+
+
+def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, chunks: list[_Chunk],
+              segments: list, pos: int) -> int:
+    """Add each CPU's segment (and, compressed, its chunks); return the new buffer length."""
+    view = memoryview(r.data) if isinstance(r.data, mmap.mmap) else r.data
     for cpu, offset, size in buffer.cpus:
         if size == 0:
             continue
@@ -367,18 +382,55 @@ def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, decompress,
             for _ in range(r.u32()):
                 at = r.pos
                 csize, usize = r.u32(), r.u32()
-                blob = r.take(csize)
-                try:
-                    out = decompress(blob, usize)
-                except Exception as e:
-                    raise InputError(f"cannot decompress cpu{cpu} chunk: {e}", path=r.path,
-                                     offset=at) from None
-                chunks_out.append(np.frombuffer(out, np.uint8))
-                pos += len(out)
+                if r.pos + csize > len(r.data):
+                    raise r.fail(f"truncated: {csize} bytes needed, the file ends at "
+                                 f"{len(r.data)}")
+                chunks.append(_Chunk(len(segments), at, view[r.pos:r.pos + csize], usize, pos))
+                r.pos += csize
+                pos += usize
         except KmltraceError as e:
             info.errors.append(e)
         segments.append(CpuSegment(cpu, seg_start, pos - seg_start, offset, label))
     return pos
+
+
+def _decompress_into(buf: np.ndarray, chunks: list[_Chunk], segments: list[CpuSegment],
+                     compression: str, info: TraceDat, path: str) -> None:
+    """Decompress every chunk straight into its place in `buf`, in threads (zstandard and
+    zlib release the GIL); a chunk that fails ends its CPU's data there."""
+    local = threading.local()
+
+    def one(chunk: _Chunk):
+        decompress = getattr(local, "decompress", None)
+        if decompress is None:
+            decompress = local.decompress = _decompressor(compression, path)
+        try:
+            out = decompress(chunk.blob, chunk.size)
+        except Exception as e:    # zstd/zlib raise their own types: name the place
+            return f"cannot decompress cpu{segments[chunk.segment].cpu} chunk: {e}"
+        n = min(len(out), chunk.size)
+        buf[chunk.dest:chunk.dest + n] = np.frombuffer(out, np.uint8, n)
+        if n < chunk.size:
+            return f"cpu{segments[chunk.segment].cpu} chunk decompressed to {len(out)} " \
+                   f"of {chunk.size} bytes"
+        return None
+
+    workers = min(4, os.cpu_count() or 1)
+    if workers > 1 and len(chunks) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            failures = list(pool.map(one, chunks, chunksize=16))
+    else:
+        failures = [one(c) for c in chunks]
+    cut: set[int] = set()
+    for chunk, failure in zip(chunks, failures):
+        if failure is None or chunk.segment in cut:
+            continue
+        # the CPU's data ends before the chunk that failed
+        cut.add(chunk.segment)
+        seg = segments[chunk.segment]
+        segments[chunk.segment] = CpuSegment(seg.cpu, seg.start, chunk.dest - seg.start,
+                                             seg.file_offset, seg.label)
+        info.errors.append(InputError(failure, path=path, offset=chunk.at))
 
 
 def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
@@ -406,16 +458,18 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
         info.header_page = PageHeader(**{**info.header_page.__dict__,
                                          "data_size": info.page_size -
                                          info.header_page.data_offset})
-    decompress = _decompressor(info.compression, path_s) if info.version >= 7 else None
-    chunks: list[np.ndarray] = []
+    chunks: list[_Chunk] = []
     segments: list[CpuSegment] = []
     pos = 0
     for buffer in info.buffers:
-        pos = _cpu_data(r, info, buffer, decompress, chunks, segments, pos)
+        pos = _cpu_data(r, info, buffer, chunks, segments, pos)
     if any(b.compressed for b in info.buffers):
-        buf = np.concatenate(chunks) if len(chunks) != 1 else chunks[0]
+        # one buffer, each chunk decompressed into its own place: no per-chunk arrays to join
+        buf = np.empty(pos, np.uint8)
+        _decompress_into(buf, chunks, segments, info.compression, info, path_s)
     else:
         buf = np.frombuffer(data, np.uint8)
+    del chunks
     return info, buf, segments, data
 
 
@@ -431,10 +485,12 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
             except (OSError, ValueError):
                 pass
 
-    decoded = decode(buf, segments, info.formats, info.header_page, path=str(path),
+    box = [buf]
+    del buf
+    # box.pop(): the decode holds the only reference, and frees the pages once read
+    decoded = decode(box.pop(), segments, info.formats, info.header_page, path=str(path),
                      long_size=info.long_size, cmdlines=info.cmdlines, raw_text=raw_text,
                      release=release)
-    del buf
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
     # the clock of the buffers that hold data (an extract -B file's top buffer is empty)
