@@ -115,3 +115,11 @@ def test_parquet_target_loads_as_events(tmp_path, events):
     loaded = model.load_all([str(path)])
     assert loaded.events.height == 400
     assert loaded.events.filter(pl.col("pid") == 100).height == 200
+
+
+def test_clip_buckets_keeps_one_image_span(events):
+    # 4 buckets of ~1 ms over 1000.000000 .. 1000.003990 s
+    values = [50, 50, 50, 50]
+    first, last = synthetic.BASE_NS + 1_500_000, synthetic.BASE_NS + 2_500_000
+    assert model.clip_buckets(values, events, first, last) == [0, 50, 50, 0]
+    assert model.clip_buckets(values, events, None, None) == values

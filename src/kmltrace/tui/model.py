@@ -359,6 +359,19 @@ def fault_counts(frame: pl.DataFrame, buckets: int) -> dict[int, list[int]]:
     return out
 
 
+def clip_buckets(values: list[int], frame: pl.DataFrame, first_ns, last_ns) -> list[int]:
+    """`values` (from fault_counts over the capture) with the buckets outside
+    [first_ns, last_ns] zeroed: one exec image of a pid (a report row) keeps its own faults."""
+    span = time_span(frame)
+    if span is None or not values or first_ns is None or last_ns is None:
+        return values
+    lo, hi = span
+    buckets = len(values)
+    width = max(1, (hi - lo + buckets) // buckets)
+    return [v if lo + (i + 1) * width > first_ns and lo + i * width <= last_ns else 0
+            for i, v in enumerate(values)]
+
+
 def sparkline(values: list[int]) -> str:
     if not values:
         return ""

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Label, Sparkline, Static
 
 from kmltrace.tui.base import KmlScreen, literal
-from kmltrace.tui.model import fault_counts, sparkline
+from kmltrace.tui.model import clip_buckets, fault_counts, sparkline
 
 MODE_STYLE = {"kernel": "bold magenta", "user": "green", "kthread": "dim", "unknown": "yellow"}
 BUCKETS = 32
@@ -40,7 +40,7 @@ class ProcessesScreen(KmlScreen):
         table.clear()
         for proc in self._processes:
             mode = str(proc.get("mode", "unknown"))
-            rates = self._rates.get(proc.get("pid"), [0] * BUCKETS)
+            rates = self.rates_of(proc)
             table.add_row(
                 Text(str(proc.get("pid", ""))),
                 Text(str(proc.get("tgid", "") if proc.get("tgid") is not None else "")),
@@ -58,6 +58,13 @@ class ProcessesScreen(KmlScreen):
         else:
             self.show_process(0)
 
+    def rates_of(self, proc: dict) -> list[int]:
+        rates = self._rates.get(proc.get("pid"), [0] * BUCKETS)
+        events = self.app.loaded.events
+        if events is None:
+            return rates
+        return clip_buckets(rates, events, proc.get("first_ts_ns"), proc.get("last_ts_ns"))
+
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.show_process(event.cursor_row)
 
@@ -70,8 +77,7 @@ class ProcessesScreen(KmlScreen):
         title.append(literal(proc.get("comm", "")))
         title.append(f" (pid {proc.get('pid')})")
         self.query_one("#process-title", Label).update(title)
-        self.query_one(Sparkline).data = [float(v) for v in
-                                          self._rates.get(proc.get("pid"), [0] * BUCKETS)]
+        self.query_one(Sparkline).data = [float(v) for v in self.rates_of(proc)]
         evidence = Text("mode evidence:\n", style="bold")
         for item in proc.get("evidence") or []:
             evidence.append("  - ")
