@@ -100,6 +100,10 @@ FIELD_COLUMNS: dict[str, pl.DataType] = {
     "exception": pl.String,
     "inj_error_code": pl.UInt64,
     "insn": pl.String,
+    "info1": pl.UInt64,
+    "info2": pl.UInt64,
+    "intr_info": pl.UInt64,
+    "exit_error_code": pl.UInt64,
     "emulate_mode": pl.String,
     # register state of exception records (qemu, console, snapshot)
     "cpl": pl.Int32,

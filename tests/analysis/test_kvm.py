@@ -58,3 +58,30 @@ def test_svm_shutdown_and_userspace_exit(tmp_path):
     # the kvm_exit and the userspace exit 100 us later are one shutdown
     assert [i.kind for i in result.incidents] == ["triple_fault"]
     assert [e["name"] for e in result.chains[0]] == ["#PF", "#DF", "shutdown"]
+
+
+# synthetic (labelled): exception exits in the formats of arch/x86/kvm/trace.h (6.x), VMX
+# (EXCEPTION_NMI, intr_info 0x80000b0e = valid, error code valid, hardware exception, vector 14;
+# the exit qualification info1 is the #PF address) and SVM ("PF excp": info1 = error code,
+# info2 = address), then the VMX triple-fault exit
+EXITS = """\
+# tracer: nop
+#
+ qemu-system-x86-4242  [001] d..1.   200.000100: kvm_exit: vcpu 0 reason EXCEPTION_NMI rip 0x100402 info1 0x00007fffffffdff8 info2 0x0000000000000000 intr_info 0x80000b0e error_code 0x00000002
+ qemu-system-x86-4242  [001] d..1.   200.000150: kvm_exit: vcpu 0 reason PF excp rip 0x100402 info1 0x0000000000000002 info2 0x00007fffffffdff8 intr_info 0x00000000 error_code 0x00000000
+ qemu-system-x86-4242  [001] d..1.   200.000200: kvm_exit: vcpu 0 reason TRIPLE_FAULT rip 0x100402 info1 0x0000000000000000 info2 0x0000000000000000 intr_info 0x00000000 error_code 0x00000000
+"""
+
+
+def test_exception_exits_give_vector_address_and_error_code(tmp_path):
+    path = tmp_path / "exits.txt"
+    path.write_text(EXITS)
+    cap, events = _load(path)
+    exits = kvm.exception_exits(kvm.kvm_rows(events))
+    assert exits["vector"].to_list() == [14, 14]
+    assert exits["cr2"].to_list() == [0x7FFFFFFFDFF8, 0x7FFFFFFFDFF8]
+    assert exits["exc_error_code"].to_list() == [2, 2]
+    result = analyse_chains(events, cap)
+    (chain,) = result.chains
+    assert [e["name"] for e in chain] == ["#PF", "#PF", "shutdown"]
+    assert chain[0]["cr2"] == "0x7fffffffdff8" and chain[0]["rip"] == "0x100402"

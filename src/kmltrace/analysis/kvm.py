@@ -27,11 +27,15 @@ VECTOR_OF_NAME = {name: vector for vector, name in VECTOR_NAMES.items()}
 
 _COLUMNS = {
     "vcpu_id": (pl.Int32, r"vcpu (\d+)"),
-    "exit_reason": (pl.String, r"reason (\S+)"),
+    "exit_reason": (pl.String, r"reason (.+?)(?:\s+rip 0x| \(-?\d+\)$)"),
     "guest_rip": (pl.UInt64, r"rip 0x([0-9a-fA-F]+)"),
     "exit_code": (pl.Int32, r"reason \S+ \((-?\d+)\)"),
     "exception": (pl.String, r"^(#?\w+) \(0x"),
     "inj_error_code": (pl.UInt64, r"^#?\w+ \(0x([0-9a-fA-F]+)\)"),
+    "info1": (pl.UInt64, r"info1? (?:0x)?([0-9a-fA-F]+)"),
+    "info2": (pl.UInt64, r"(?:info2 0x|info [0-9a-fA-F]+ )([0-9a-fA-F]+)"),
+    "intr_info": (pl.UInt64, r"intr_info 0x([0-9a-fA-F]+)"),
+    "exit_error_code": (pl.UInt64, r"intr_info 0x[0-9a-fA-F]+ error_code 0x([0-9a-fA-F]+)"),
     "insn": (pl.String, r"^[0-9a-fA-F]+:[0-9a-fA-F]+:([0-9a-fA-F ]*?) \("),
     "emulate_mode": (pl.String, r"\((\w+)\)"),
 }
@@ -78,6 +82,30 @@ def injections(kvm: pl.DataFrame) -> pl.DataFrame:
         pl.concat_str(pl.lit("#"), name).replace_strict(VECTOR_OF_NAME, default=None,
                                                          return_dtype=pl.Int32)
         .alias("vector"))
+
+
+def exception_exits(kvm: pl.DataFrame) -> pl.DataFrame:
+    """kvm_exit rows that are a guest exception, with ``vector``, ``cr2`` and ``error_code``:
+    VMX EXCEPTION_NMI (interruption info: valid, type 3 = hardware exception; the exit
+    qualification info1 is the #PF address) and SVM "XX excp" (info1 = error code, info2 =
+    the #PF address)."""
+    exits = kvm.filter(pl.col("event") == "kvm_exit")
+    intr = pl.col("intr_info")
+    vmx = ((pl.col("exit_reason") == "EXCEPTION_NMI") & ((intr // 0x8000_0000) % 2 == 1)
+           & ((intr // 0x100) % 8 == 3))
+    svm_name = pl.col("exit_reason").str.extract(r"^(\w\w) excp$", 1)
+    vector = (pl.when(vmx).then((intr % 0x100).cast(pl.Int32))
+              .otherwise(pl.concat_str(pl.lit("#"), svm_name)
+                         .replace_strict(VECTOR_OF_NAME, default=None, return_dtype=pl.Int32)))
+    is_vmx = pl.col("exit_reason") == "EXCEPTION_NMI"
+    return (exits.with_columns(vector.alias("vector"))
+            .filter(pl.col("vector").is_not_null())
+            .with_columns(
+                pl.when(pl.col("vector") == 14)
+                .then(pl.when(is_vmx).then(pl.col("info1")).otherwise(pl.col("info2")))
+                .alias("cr2"),
+                pl.when(is_vmx & ((intr // 0x800) % 2 == 1)).then(pl.col("exit_error_code"))
+                .when(~is_vmx).then(pl.col("info1")).alias("exc_error_code")))
 
 
 def exit_reason_counts(kvm: pl.DataFrame) -> dict[str, int]:
@@ -129,7 +157,17 @@ def kvm_episodes(events: pl.LazyFrame, symbolize, result) -> None:
     if kvm.height == 0:
         return
     downs = shutdowns(kvm).sort("ts_ns", "seq", nulls_last=True)
-    injected = injections(kvm)
+    # what the host saw of the guest's exceptions: those KVM injected and those that exited
+    cols = ["ts_ns", "seq", "pid", "file", "line", "vector", "cr2", "error_code", "rip"]
+    injected = pl.concat([
+        injections(kvm).select("ts_ns", "seq", "pid", "file", "line", "vector",
+                               pl.lit(None, dtype=pl.UInt64).alias("cr2"),
+                               pl.col("inj_error_code").alias("error_code"),
+                               pl.lit(None, dtype=pl.UInt64).alias("rip")),
+        exception_exits(kvm).select("ts_ns", "seq", "pid", "file", "line", "vector", "cr2",
+                                    pl.col("exc_error_code").alias("error_code"),
+                                    pl.col("guest_rip").alias("rip")),
+    ], how="vertical_relaxed").select(cols).sort("ts_ns", "seq", nulls_last=True)
     last_ts = None
     for row in downs.iter_rows(named=True):
         if last_ts is not None and row["ts_ns"] is not None and row["ts_ns"] - last_ts < 1_000_000:
@@ -144,14 +182,16 @@ def kvm_episodes(events: pl.LazyFrame, symbolize, result) -> None:
         guest_rip = row["guest_rip"] if row["guest_rip"] is not None else (
             insn["rip"] if insn else None)
         chain = [{"vector": r["vector"], "name": VECTOR_NAMES.get(r["vector"]), "cpl": None,
-                  "cs": None, "rip": None, "rsp": None, "cr2": None,
-                  "error_code": hexstr(r["inj_error_code"]), "stack": None, "symbol": None,
-                  "ts_ns": r["ts_ns"], "source": "kvm", "file": r["file"], "line": r["line"]}
+                  "cs": None, "rip": hexstr(r["rip"]), "rsp": None, "cr2": hexstr(r["cr2"]),
+                  "error_code": hexstr(r["error_code"]), "stack": None,
+                  "symbol": symbolize(r["rip"]), "ts_ns": r["ts_ns"], "source": "kvm",
+                  "file": r["file"], "line": r["line"]}
                  for r in before.tail(3).iter_rows(named=True)]
         if insn:
             for e in chain:   # an injected exception of an emulated instruction: that rip
-                e["rip"] = e["rip"] or hexstr(insn["rip"])
-                e["symbol"] = symbolize(insn["rip"])
+                if e["rip"] is None:
+                    e["rip"] = hexstr(insn["rip"])
+                    e["symbol"] = symbolize(insn["rip"])
         chain.append({"vector": None, "name": "shutdown", "cpl": None, "cs": None,
                       "rip": hexstr(guest_rip), "rsp": None, "cr2": None,
                       "error_code": None, "stack": None, "symbol": symbolize(guest_rip),

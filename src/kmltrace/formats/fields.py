@@ -104,9 +104,17 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 {"handler": "ps", "delta_ns": "int", "handled": "int"}),
     # kvm (host side of a VM): analysis/kvm.py reads these. kvm_exit prints "reason X rip 0x.."
     # (4.x: "... info A B"; 5.x+: "vcpu N reason X rip 0x.. info1 .. intr_info .. error_code ..")
+    # (SVM names some reasons in two words: "PF excp"); info1/info2 are the exit
+    # qualification / exit info, intr_info the VMX interruption info (vector, type)
     EventFields("kvm", ("kvm_exit",),
-                r"(?:vcpu (?P<vcpu_id>\d+) )?reason (?P<exit_reason>\S+)\s+rip 0x(?P<guest_rip>[0-9a-fA-F]+)",
-                {"vcpu_id": "int", "exit_reason": "str", "guest_rip": "hex"}),
+                r"(?:vcpu (?P<vcpu_id>\d+) )?reason (?P<exit_reason>.+?)\s+rip 0x(?P<guest_rip>[0-9a-fA-F]+)"
+                r"(?: info1 0x(?P<info1>[0-9a-fA-F]+) info2 0x(?P<info2>[0-9a-fA-F]+)"
+                r"(?: intr_info 0x(?P<intr_info>[0-9a-fA-F]+) error_code 0x(?P<exit_error_code>[0-9a-fA-F]+))?)?",
+                {"vcpu_id": "int", "exit_reason": "str", "guest_rip": "hex", "info1": "hex",
+                 "info2": "hex", "intr_info": "hex", "exit_error_code": "hex"}),
+    EventFields("kvm", ("kvm_exit",),
+                r"reason (?P<exit_reason>.+?)\s+rip 0x(?P<guest_rip>[0-9a-fA-F]+) info (?P<info1>[0-9a-fA-F]+) (?P<info2>[0-9a-fA-F]+)$",
+                {"exit_reason": "str", "guest_rip": "hex", "info1": "hex", "info2": "hex"}),
     EventFields("kvm", ("kvm_entry",), r"vcpu (?P<vcpu_id>\d+)(?:, rip 0x(?P<guest_rip>[0-9a-fA-F]+))?",
                 {"vcpu_id": "int", "guest_rip": "hex"}),
     EventFields("kvm", ("kvm_userspace_exit",), r"reason (?P<exit_reason>\S+) \((?P<exit_code>-?\d+)\)",
