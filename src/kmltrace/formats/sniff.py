@@ -18,6 +18,7 @@ FORMAT_MODULES: list[str] = [
     "guest_memory",   # binary: ELF core of dump-guest-memory (or its zstd)
     "elf",            # binary: any other ELF (vmlinux, programs): symbols only
     "snapshot",       # JSON starting {"kernel": {...}: written by kmltrace snapshot
+    "kallsyms",       # every line "ADDR TYPE NAME[\t[module]]": /proc/kallsyms, System.map
     "qemu_log",       # QEMU -d int,cpu_reset: before console and the loose ftrace text
     "console",        # serial console / dmesg
     "tracecmd_report",
