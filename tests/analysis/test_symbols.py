@@ -271,3 +271,20 @@ def test_system_map_from_nm_equals_the_elf(tmp_path):
         addr = elf.address_of(name)
         assert sym.kernel_symbol(addr + 1).split("+")[0] == name
         assert sym.kernel.address_of(name) == addr
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(max_size=40),
+    st.builds(lambda a, t, n: f"{a:016x} {t} {n}", st.integers(0, (1 << 64) - 1),
+              st.sampled_from("TtDdRrWwUuAaBb"), st.text(min_size=1, max_size=12).filter(
+                  lambda s: not any(c.isspace() for c in s)))), max_size=30))
+def test_fuzzed_kallsyms_text_gives_a_table_or_one_error(lines):
+    try:
+        table = read_kallsyms_text("\n".join(lines), "fuzz")
+    except InputError as e:
+        assert "\n" not in str(e)
+    else:
+        addrs = table.addrs.tolist()
+        assert all(a < b for a, b in zip(addrs, addrs[1:]))
+        assert table.lookup(table.addrs)["sym_offset"].to_list() == [0] * len(addrs)
