@@ -21,6 +21,8 @@ RB_MISSED_STORED: the missed count is stored as a long right after the data).
 from __future__ import annotations
 
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -587,6 +589,16 @@ def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
     return _FLAGS.gather(flags * 256 + preempt)
 
 
+def _in_threads(fn, items: list) -> list:
+    """``[fn(x) for x in items]``, the calls spread over the machine's CPUs (for work that
+    spends its time in numpy or polars, which release the GIL)."""
+    workers = min(len(items), os.cpu_count() or 1, 4)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, items))
+
+
 def _return_freed_memory() -> None:
     """Hand memory numpy freed back to the system.
 
@@ -644,7 +656,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
             raw_text, release) -> Decoded:
     buf = box.pop()
     decoded = Decoded(events=pl.DataFrame())
-    parts = []
+    inside = []
     for seg in segments:
         if seg.start < 0 or seg.start + seg.length > buf.size:
             decoded.errors.append(InputError(
@@ -652,8 +664,21 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
                 offset=seg.file_offset))
             seg = CpuSegment(seg.cpu, seg.start, max(0, min(seg.length, buf.size - seg.start)),
                              seg.file_offset, seg.label)
-        recs = _walk_cpu(buf, seg, header, decoded, path)
+        inside.append(seg)
+
+    def walk(seg):
+        # each CPU counts its own damage (threads), merged below in CPU order
+        own = Decoded(events=None)
+        return own, _walk_cpu(buf, seg, header, own, path)
+
+    parts = []
+    for seg, (own, recs) in zip(inside, _in_threads(walk, inside)):
         parts.append((seg, recs))
+        decoded.errors += own.errors
+        for counter in ("lost_events", "lost_unknown", "pages", "damaged_pages",
+                        "damaged_records"):
+            setattr(decoded, counter, getattr(decoded, counter) + getattr(own, counter))
+    del inside
 
     ts = _merged(parts, "ts", np.int64)
     # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
@@ -697,6 +722,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     by_type = np.argsort(type_index, kind="stable")
     type_counts = np.bincount(type_index, minlength=known_ids.size + 1)
     bounds = np.concatenate([[0], np.cumsum(type_counts)])
+    present = []
     for i in np.flatnonzero(type_counts[1:]):
         rows = by_type[bounds[i + 1]:bounds[i + 2]]
         tid = known_ids[i]
@@ -714,8 +740,19 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
         short = length[rows] < fmt.fixed_size
         if short.any():
             decoded.damaged_records += int(short.sum())
-        pieces, raw = _field_columns(reads, fmt, start[rows], length[rows], long_size,
-                                     raw_text)
+        present.append((rows, fmt))
+
+    def fields_of(item):
+        rows, fmt = item
+        return _field_columns(reads, fmt, start[rows], length[rows], long_size, raw_text)
+
+    # the event types' fields are read in threads (numpy's gathers release the GIL), the
+    # biggest types first so that they do not end up last on one thread; they are then
+    # put in type order, as the columns' dtypes come from the first type that has them
+    biggest = sorted(range(len(present)), key=lambda k: -present[k][0].size)
+    results = dict(zip(biggest, _in_threads(fields_of, [present[k] for k in biggest])))
+    for k, (rows, fmt) in enumerate(present):
+        pieces, raw = results.pop(k)
         for piece in pieces:
             if not numeric.put(piece, rows):
                 columns.setdefault(piece.name, []).append((rows, piece))
