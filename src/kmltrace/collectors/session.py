@@ -113,6 +113,32 @@ def _totals(stats: dict[int, dict]) -> tuple[int, int]:
     return events, lost
 
 
+#: while it streams, the collector runs SCHED_FIFO at this priority (like perf record
+#: --realtime): on a busy machine a reader that waits for the CPU loses events
+REALTIME_PRIORITY = 1
+
+
+def _no_change() -> None:
+    pass
+
+
+def _realtime() -> tuple[dict, object]:
+    """Make this thread a real-time reader; returns what the manifest records and a
+    function that puts the old policy back (decoding must not run real-time)."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except OSError as e:
+        return {"realtime": False, "error": e.strerror}, lambda: None
+
+    def restore():
+        try:
+            os.sched_setscheduler(0, policy, param)
+        except OSError:
+            pass
+    return {"realtime": True, "policy": "SCHED_FIFO", "priority": REALTIME_PRIORITY}, restore
+
+
 class GatedCommand:
     """A command forked now and held before exec until :meth:`release`, so that our
     instance can filter on its pid before it does anything."""
@@ -120,6 +146,7 @@ class GatedCommand:
     def __init__(self, argv: list[str], stdout: int | None = None,
                  env: dict[str, str] | None = None):
         env = {**os.environ, **(env or {})}
+        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
         gate_r, gate_w = os.pipe()
         # closed by the exec itself (O_CLOEXEC): EOF on it tells the parent exec happened
         exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
@@ -130,12 +157,12 @@ class GatedCommand:
                 os.close(exec_r)
                 os.read(gate_r, 1)
                 os.close(gate_r)
+                # the command keeps the scheduling it would have had, whatever the collector's
+                os.sched_setscheduler(0, policy, param)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 if stdout is not None:
                     os.dup2(stdout, 1)
-                    devnull = os.open(os.devnull, os.O_RDONLY)
-                    os.dup2(devnull, 0)
                 os.execvpe(argv[0], argv, env)
             except BaseException as e:  # noqa: BLE001 - the child must never return
                 try:
@@ -283,6 +310,7 @@ class Collector:
             streamer = Streamer(inst.path, writer.ftrace, page_size=self._page_size(inst),
                                 cpus=cpus)
             perf = None
+            restore_scheduling = _no_change
             listener = ExecListener(watcher)
             if listener.open():
                 listener.start()
@@ -295,6 +323,7 @@ class Collector:
                     perf = PerfRecorder(events, writer.path, pid=self._perf_pid())
                     perf.start()
                 streamer.open()
+                info["scheduling"], restore_scheduling = _realtime()
                 inst.write("tracing_on", "1")
                 self._release_command()
                 watcher.poll()
@@ -304,8 +333,10 @@ class Collector:
                 info["stop_reason"] = stop_reason
                 info["command_exit"] = self._end_command()
                 streamer.drain()
+                restore_scheduling()
                 watcher.poll()
             finally:
+                restore_scheduling()
                 listener.stop()
                 streamer.close()
                 if perf is not None:
