@@ -149,7 +149,8 @@ def read_kallsyms_text(text: str | bytes, source: str = "kallsyms") -> SymbolTab
     bad = frame.filter(pl.col("addr").is_null() | pl.col("type").is_null()
                        | (pl.col("name").fill_null("") == ""))
     bad = bad.filter(pl.col("line") <= lines.len())
-    good = frame.filter(pl.col("addr").is_not_null() & ~pl.col("type").is_in(list(_SKIP_TYPES))
+    good = frame.filter(pl.col("addr").is_not_null() & pl.col("type").str.contains("^[A-Za-z]$")
+                        & ~pl.col("type").is_in(list(_SKIP_TYPES))
                         & (pl.col("name").fill_null("") != ""))
     if len(lines) and bad.height == len(lines):
         raise InputError("not a kallsyms or System.map text (no 'ADDR TYPE NAME' line)",

@@ -114,10 +114,11 @@ class SymbolTable:
         if not len(self.addrs):
             return np.full(len(q), -1, dtype=np.int64), np.zeros(len(q), dtype=np.uint64)
         if getattr(self, "_ends", None) is None or len(self._ends) != len(self.addrs):
-            self._ends = self.addrs + np.maximum(self.sizes, 1)
+            last = self.addrs + (np.maximum(self.sizes, 1) - np.uint64(1))    # inclusive end
+            self._ends = np.where(last < self.addrs, np.uint64(2**64 - 1), last)   # no wrap
         idx = np.searchsorted(self.addrs, q, side="right").astype(np.int64, copy=False)
         idx -= 1
-        inside = q < self._ends[idx]         # idx -1 reads the last entry: masked next
+        inside = q <= self._ends[idx]        # idx -1 reads the last entry: masked next
         inside &= idx >= 0
         offset = q - self.addrs[idx]
         outside = ~inside
