@@ -175,13 +175,27 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         counts[pg] += 1
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     total = int(counts.sum())
-    rec_page = np.empty(total, np.int32)
-    rec_pos = np.empty(total, np.int32)
-    for k, (pg, ps_) in enumerate(zip(it_page, it_pos)):
-        at = first[pg] + k
-        rec_page[at] = pg
-        rec_pos[at] = ps_
-    del it_page, it_pos
+    if len(it_page) * n_pages <= 4 * total + 4096:
+        # a (record index x page) table written row by row (each row's pages ascend), read
+        # back page by page: sequential memory access, where scattering each iteration's
+        # records to first[p] + k would touch a cache line per record
+        table = np.full((len(it_page), n_pages), -1, np.int32)
+        for k, (pg, ps_) in enumerate(zip(it_page, it_pos)):
+            table[k, pg] = ps_
+        del it_page, it_pos
+        by_page = table.T
+        rec_pos = by_page[np.arange(by_page.shape[1]) < counts[:, None]]
+        del table, by_page
+        rec_page = np.repeat(np.arange(n_pages, dtype=np.int32), counts)
+    else:
+        # pages of very different record counts: the table would be mostly empty
+        rec_page = np.empty(total, np.int32)
+        rec_pos = np.empty(total, np.int32)
+        for k, (pg, ps_) in enumerate(zip(it_page, it_pos)):
+            at = first[pg] + k
+            rec_page[at] = pg
+            rec_pos[at] = ps_
+        del it_page, it_pos
     flat = rec_page.astype(np.int64) * wpw + rec_pos
     head = dw[flat]
     r_next = dw[np.minimum(flat + 1, last)]
@@ -224,7 +238,7 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     d_start = (seg.start + header.data_offset) + rec_page[is_data].astype(np.int64) * ps + \
         rec_pos[is_data].astype(np.int64) * 4 + np.where(r_tl[is_data] == 0, 8, 4)
     del r_next
-    kind = buf[d_start].astype(np.int32) | (buf[d_start + 1].astype(np.int32) << 8)
+    kind = _Reads(buf).ints(d_start, 2).astype(np.int32)     # common_type
     data_pages = rec_page[is_data]
     del rec_page, rec_pos
     recs = _Records(ts=ts[is_data], kind=kind, start=d_start,
