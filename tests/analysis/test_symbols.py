@@ -288,3 +288,15 @@ def test_fuzzed_kallsyms_text_gives_a_table_or_one_error(lines):
         addrs = table.addrs.tolist()
         assert all(a < b for a, b in zip(addrs, addrs[1:]))
         assert table.lookup(table.addrs)["sym_offset"].to_list() == [0] * len(addrs)
+
+
+def test_kernel_line_from_an_elf_with_dwarf(kmlwork):
+    """kernel_line reads the kernel ELF's DWARF (a program stands in for a debug vmlinux);
+    the lab kernel has no DWARF: None, not an error."""
+    addr2line = require_binary("addr2line")
+    sym = Symbolizer.for_capture(FakeCapture(vmlinux=str(kmlwork)))
+    addr = read_elf(kmlwork).address_of("touch_stack") + 4
+    expected = subprocess.run([addr2line, "-e", str(kmlwork), hex(addr)], capture_output=True,
+                              text=True, check=True).stdout.split()[0]
+    assert sym.kernel_line(addr) == expected
+    assert Symbolizer.for_capture(FakeCapture(vmlinux=str(LAB_ELF))).kernel_line(0x100402) is None

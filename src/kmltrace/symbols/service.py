@@ -166,6 +166,17 @@ class Symbolizer:
                 return text or f"[{Path(m.table.source).name}+{address - m.bias:#x}]"
         return None
 
+    def kernel_line(self, address: int | None, slide: int | None = None) -> str | None:
+        """``file:line`` of a kernel address when the kernel table is an ELF with DWARF lines
+        (a vmlinux built with CONFIG_DEBUG_INFO; refused above lines.MAX_DEBUG_LINE)."""
+        from kmltrace.symbols.lines import load_lines
+        if self.kernel is None or address is None or self.kernel.meta.get("kind") != "elf":
+            return None
+        try:
+            return load_lines(self.kernel.source).lookup([address], self._slide(slide))["symbol"][0]
+        except KmltraceError:
+            return None
+
     def user_line(self, pid: int | None, address: int | None) -> str | None:
         """``file:line`` of a user address from its ELF's DWARF line table (None without)."""
         from kmltrace.symbols.lines import load_lines
