@@ -17,7 +17,7 @@ import os
 import polars as pl
 
 from kmltrace.analysis import faults as faults_mod
-from kmltrace.analysis import gs, inflight, landing, snapshot_checks, storms
+from kmltrace.analysis import gs, inflight, landing, previous_boot, snapshot_checks, storms
 from kmltrace.analysis.context import Context
 from kmltrace.analysis.events import merge_notes
 from kmltrace.analysis.incidents import Incident, evidence, sort_incidents
@@ -38,6 +38,7 @@ NEEDS: dict[str, Needs] = {
     "fault_loop": Needs(any_of=(FAULTS,)),
     "in_flight": Needs(),
     "chains": Needs(),
+    "previous_boot": Needs(),
 }
 
 
@@ -102,6 +103,11 @@ def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None 
     chain_result = _run_chains(ctx, runner)
     if chain_result is not None:
         incidents += list(getattr(chain_result, "incidents", []) or [])
+    # a last_boot bundle (kmltrace.collectors.boot_trace): how the previous boot ended
+    previous = runner.run("previous_boot",
+                          lambda: previous_boot.analyse(ctx, in_flight or [], incidents))
+    if previous is not None:
+        incidents += previous.incidents
 
     report = {
         "inputs": [p.summary() for p in capture.inputs],
@@ -113,6 +119,8 @@ def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None 
         "in_flight": in_flight,
         "stacks": stacks,
     }
+    if previous is not None:
+        report["previous_boot"] = previous.section
     if postmortem:
         chains = list(getattr(chain_result, "chains", []) or []) if chain_result else []
         report["chains"] = chains
@@ -250,6 +258,8 @@ def render_rich(report: dict, console) -> None:
         if f.get("on_cpu", True):
             flight.add_row(t(f["cpu"]), t(f.get("pid")), t(f["what"]), t(f.get("ts_ns")))
     console.print(flight)
+    if report.get("previous_boot"):
+        previous_boot.render_rich(report["previous_boot"], console)
     for a in report.get("analyses", []):
         if not a["ran"]:
             console.print(t(f"not run: {a.get('note') or a['name']}", "yellow"))
@@ -300,6 +310,8 @@ def render_markdown(report: dict) -> str:
     if flight:
         lines += ["", "## In flight at the end", "", "| cpu | pid | what |", "|---|---|---|"]
         lines += [f"| {f['cpu']} | {_md(f.get('pid'))} | {_md(f['what'])} |" for f in flight]
+    if report.get("previous_boot"):
+        lines += ["", previous_boot.render_markdown(report["previous_boot"])]
     skipped = [a for a in report.get("analyses", []) if not a["ran"]]
     if skipped:
         lines += ["", "## Not run", ""] + [f"- {_md(a.get('note') or a['name'])}" for a in skipped]
