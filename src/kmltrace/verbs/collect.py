@@ -50,11 +50,17 @@ def _progress_printer(console):
                    "log, console, registers, memory dump; host kvm events under KVM).")
 @click.option("--clean", is_flag=True,
               help="Remove tracefs instances left by collectors that died, and exit.")
+@click.option("--arm-boot-trace", "arm_boot_trace", is_flag=True,
+              help="Linux >= 6.12: check the boot-mapped (persistent) ftrace instance, say the "
+                   "kernel parameters it needs, enable the KML events in it, and exit.")
+@click.option("--last-boot", "last_boot", is_flag=True,
+              help="Read the previous boot's events from the boot-mapped instance (after a "
+                   "reset) into a bundle (kind last_boot), and exit.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object on stdout; the command's output goes to stderr.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def collect(duration, output, events, pid, comm, buffer_kb, use_perf, kvm, mount, clean,
-            as_json, command, vm=False):
+            as_json, command, vm=False, arm_boot_trace=False, last_boot=False):
     """Capture what kernel-mode (and other) processes do into a bundle.
 
     Needs root. Uses its own tracefs instance and puts back everything it touched, also on
@@ -69,6 +75,9 @@ def collect(duration, output, events, pid, comm, buffer_kb, use_perf, kvm, mount
     """
     from kmltrace.collectors import session
 
+    if arm_boot_trace or last_boot:
+        _boot_trace(arm_boot_trace, output, as_json)  # kmltrace.collectors.boot_trace
+        return
     if clean:
         try:
             removed = session.clean_leftovers(mount)
@@ -99,6 +108,31 @@ def collect(duration, output, events, pid, comm, buffer_kb, use_perf, kvm, mount
     else:
         click.echo(_summary(result), err=True)
     raise SystemExit(0)
+
+
+def _boot_trace(arm: bool, output, as_json: bool) -> None:
+    from kmltrace.collectors import boot_trace
+
+    try:
+        result = boot_trace.arm() if arm else boot_trace.read_last_boot(output)
+    except KmltraceError as e:
+        fail(e)
+    if as_json:
+        print_json(result)
+        return
+    if arm:
+        click.echo(f"boot-mapped instance {safe_text(result['instance'])} on "
+                   f"{safe_text(result['release'])}: events on: "
+                   f"{', '.join(result['enabled']) or 'none'}", err=True)
+        if result["missing"]:
+            click.echo(f"not on this kernel: {', '.join(result['missing'])}", err=True)
+        click.echo(result["survives"], err=True)
+        return
+    click.echo(f"bundle {safe_text(result['bundle'])}: previous boot, "
+               f"{result['raw_bytes']:,} bytes of ring-buffer pages; per CPU: "
+               + ", ".join(f"{c}: {s}" for c, s in result["cpus"].items()), err=True)
+    for warning in result["warnings"]:
+        click.echo(f"warning: {safe_text(warning)}", err=True)
 
 
 def _run_host(options) -> dict:
