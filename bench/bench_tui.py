@@ -13,6 +13,8 @@ Measured, each tool in its own process, with Textual's pilot (``App.run_test``):
 - kmltrace: time from start to the first screen (incidents, with the loading bar), to the event
   view showing the first rows of the 10 M-row table, one page move (pagedown: median and max
   of 30), a jump to the end, and the whole table read into memory;
+- kmltrace again with the table already in memory and nothing else running in the process
+  (the UI's own cost of a page move);
 - toolong (its own venv under bench/work/toolong-venv, it pins an old textual): time to its
   first screen showing lines of the same events' text, one page move, and its line index done.
 Results go to bench/results.json under the key "tui" (other keys are left alone).
@@ -27,7 +29,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -90,20 +91,7 @@ from kmltrace.tui.app import KmltraceApp
 from kmltrace.tui.table import EventTable
 
 
-async def page_moves(app, pilot, key, moves):
-    # one page move = the key pressed, every message it caused handled, the screen rendered
-    # (what a terminal would be sent); wall time, and CPU time of the UI thread alone (the
-    # machine is shared, and the analysis thread runs meanwhile)
-    walls, cpus = [], []
-    for _ in range(moves):
-        t, c = time.perf_counter(), time.thread_time()
-        await pilot.press(key)
-        await pilot._wait_for_screen()
-        app.screen._on_timer_update()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.thread_time() - c)
-    return {"median": 1000 * statistics.median(walls), "max": 1000 * max(walls),
-            "ui_thread_cpu_median": 1000 * statistics.median(cpus), "n": moves}
+{helper}
 
 async def main(path, moves):
     out = {}
@@ -141,6 +129,31 @@ SIZE = tuple(json.loads(sys.argv[3]))
 asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
+PRELOADED_PROBE = r"""
+import asyncio, json, os, statistics, sys, time
+import polars as pl
+from kmltrace.tui.app import KmltraceApp
+from kmltrace.tui.model import Loaded
+from kmltrace.tui.table import EventTable
+{helper}
+async def main(path, moves):
+    events = pl.read_parquet(path)
+    app = KmltraceApp([path], loaded=Loaded(targets=[path], events=events,
+                                            report={"incidents": []}))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await pilot._wait_for_screen()
+        out = {"rows": app.screen.query_one(EventTable).row_count,
+               "page_move_ms": await page_moves(app, pilot, "pagedown", moves),
+               "load_average_1min": os.getloadavg()[0]}
+    print(json.dumps(out))
+    sys.stdout.flush()
+    os._exit(0)
+
+SIZE = tuple(json.loads(sys.argv[3]))
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
 TOOLONG_PROBE = r"""
 import asyncio, json, os, statistics, sys, time
 T0 = time.perf_counter()
@@ -149,20 +162,7 @@ from toolong.log_view import LogView
 from toolong.log_lines import LogLines
 
 
-async def page_moves(app, pilot, key, moves):
-    # one page move = the key pressed, every message it caused handled, the screen rendered
-    # (what a terminal would be sent); wall time, and CPU time of the UI thread alone (the
-    # machine is shared, and the analysis thread runs meanwhile)
-    walls, cpus = [], []
-    for _ in range(moves):
-        t, c = time.perf_counter(), time.thread_time()
-        await pilot.press(key)
-        await pilot._wait_for_screen()
-        app.screen._on_timer_update()
-        walls.append(time.perf_counter() - t)
-        cpus.append(time.thread_time() - c)
-    return {"median": 1000 * statistics.median(walls), "max": 1000 * max(walls),
-            "ui_thread_cpu_median": 1000 * statistics.median(cpus), "n": moves}
+{helper}
 
 async def main(path, moves):
     out = {}
@@ -193,7 +193,26 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
 """
 
 
+PAGE_MOVES_HELPER = r"""
+async def page_moves(app, pilot, key, moves):
+    # one page move = the key pressed, every message it caused handled, the screen rendered
+    # (what a terminal would be sent); wall time, and CPU time of the UI thread alone (the
+    # machine is shared, and the analysis thread runs meanwhile)
+    walls, cpus = [], []
+    for _ in range(moves):
+        t, c = time.perf_counter(), time.thread_time()
+        await pilot.press(key)
+        await pilot._wait_for_screen()
+        app.screen._on_timer_update()
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.thread_time() - c)
+    return {"median": 1000 * statistics.median(walls), "max": 1000 * max(walls),
+            "ui_thread_cpu_median": 1000 * statistics.median(cpus), "n": moves}
+"""
+
+
 def run_probe(python: str, probe: str, path: Path) -> dict:
+    probe = probe.replace("{helper}", PAGE_MOVES_HELPER)
     started = time.perf_counter()
     proc = subprocess.run([python, "-c", probe, str(path), str(PAGE_MOVES), json.dumps(SIZE)],
                           capture_output=True, text=True, timeout=1800, cwd=WORK)
@@ -243,6 +262,7 @@ def main() -> None:
     text = prepare_text(args.large, args.events)
     load_before = os.getloadavg()
     kml = run_probe(sys.executable, KMLTRACE_PROBE, table)
+    kml["preloaded"] = run_probe(sys.executable, PRELOADED_PROBE, table)
     toolong_py = toolong_python()
     toolong = run_probe(toolong_py, TOOLONG_PROBE, text) if toolong_py else {
         "error": "not installed"}
