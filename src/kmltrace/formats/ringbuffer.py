@@ -438,7 +438,8 @@ def _all_typed(fmt: EventFormat) -> bool:
 
 
 def _field_columns(reads: _Reads, fmt: EventFormat, start: np.ndarray, length: np.ndarray,
-                   long_size: int, raw_text: bool = True) -> tuple[list[_Piece], pl.Series]:
+                   long_size: int, raw_text: bool = True
+                   ) -> tuple[list[_Piece], pl.Series | None]:
     """The typed columns of one event type's records and their `raw` text.
 
     Every fixed field is one gather from the buffer at (record start + field offset)."""
@@ -522,9 +523,9 @@ def _field_columns(reads: _Reads, fmt: EventFormat, start: np.ndarray, length: n
     if raw_parts and (raw_text or not _all_typed(fmt)):
         raw = _render_raw(raw_parts, n)
     elif raw_parts:
-        raw = pl.repeat(None, n, dtype=pl.String, eager=True)
+        raw = None      # no text: the event's fields are all columns
     else:
-        raw = pl.Series([""] * n, dtype=pl.String)
+        raw = pl.repeat("", n, dtype=pl.String, eager=True)
     return pieces, raw
 
 
@@ -645,8 +646,8 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     ``raw_text="untyped"`` (the default) renders the ``raw`` text only for events with a field
     the schema has no column for (the others' text is rendered on demand from their columns by
     :mod:`kmltrace.formats.raw_text`; a third of the decode time on a syscall-heavy capture);
-    "all" renders it for every event. `release` is called once the pages have been read (trace.dat drops its mapping's
-    resident pages there).
+    "all" renders it for every event. `release` is called once the pages have been read
+    (trace.dat drops its mapping's resident pages there).
     """
     if buf.dtype != np.uint8:
         raise TypeError("buf must be uint8")
@@ -680,7 +681,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
                              seg.file_offset, seg.label)
         inside.append(seg)
 
-    def walk(seg):
+    def walk(seg, buf=buf):
         # each CPU counts its own damage (threads), merged below in CPU order
         own = Decoded(events=None)
         return own, _walk_cpu(buf, seg, header, own, path)
@@ -692,7 +693,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
         for counter in ("lost_events", "lost_unknown", "pages", "damaged_pages",
                         "damaged_records"):
             setattr(decoded, counter, getattr(decoded, counter) + getattr(own, counter))
-    del inside
+    del inside, walk
 
     ts = _merged(parts, "ts", np.int64)
     # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
@@ -756,7 +757,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
             decoded.damaged_records += int(short.sum())
         present.append((rows, fmt))
 
-    def fields_of(item):
+    def fields_of(item, reads=reads, start=start, length=length):
         rows, fmt = item
         return _field_columns(reads, fmt, start[rows], length[rows], long_size, raw_text)
 
@@ -765,13 +766,14 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     # put in type order, as the columns' dtypes come from the first type that has them
     biggest = sorted(range(len(present)), key=lambda k: -present[k][0].size)
     results = dict(zip(biggest, _in_threads(fields_of, [present[k] for k in biggest])))
+    del fields_of
     for k, (rows, fmt) in enumerate(present):
         pieces, raw = results.pop(k)
         for piece in pieces:
             if not numeric.put(piece, rows):
                 columns.setdefault(piece.name, []).append((rows, piece))
         del pieces
-        if raw.null_count() < raw.len():
+        if raw is not None:
             raws.append((rows, raw))
     unknown = np.flatnonzero(is_event & ~known)
     if unknown.size:
