@@ -396,3 +396,20 @@ def test_lab_kvm_chain_gets_the_dump_state(tmp_path):
     assert pf["source"] == "kvm" and pf["state_from"] == "vmcore" and pf["stack"] == "same"
     kinds = {i.kind: i.severity for i in result.incidents}
     assert kinds == {"triple_fault": "critical", "stack_starvation": "critical"}
+
+
+def test_postmortem_verb_on_a_real_mainline_double_fault():
+    """The issue's check: `kmltrace postmortem` on a console log with a real mainline
+    double-fault oops names the double fault, RIP's symbol and the stack that overflowed."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "kmltrace", "postmortem", "--json",
+                          str(CONSOLE / "go-audit-30-stack-overflow.txt")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    (df,) = [i for i in report["incidents"] if i["kind"] == "double_fault"]
+    assert "_raw_spin_lock_irqsave+0x9" in df["summary"]
+    assert df["stack"]["lo"] == "0xffffc900011bc000" and df["stack"]["hi"] == "0xffffc900011bffff"
+    assert [e["name"] for e in report["chain"]] == ["#PF", "#DF"]
