@@ -52,8 +52,10 @@ def build_id(elf) -> str | None:
             if section["sh_type"] != "SHT_NOTE":
                 continue
             for note in section.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return str(note["n_desc"])
+                # a vmlinux also has Xen notes whose type numbers collide: the owner says
+                if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
+                    desc = note["n_desc"]
+                    return desc.hex() if isinstance(desc, bytes) else str(desc)
     except Exception:          # a damaged note only costs the cache key
         return None
     return None
@@ -62,8 +64,11 @@ def build_id(elf) -> str | None:
 def load_bias_base(elf) -> int:
     """The lowest PT_LOAD virtual address rounded down to a page: where offset 0 of the
     file is mapped before relocation (0 for a PIE or shared object)."""
-    loads = [s["p_vaddr"] - s["p_offset"] for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
-    return min(loads) & ~0xFFF if loads else 0
+    loads = [(s["p_offset"], s["p_vaddr"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+    if not loads:
+        return 0
+    offset, vaddr = min(loads)          # the segment holding the lowest file offset
+    return max(vaddr - offset, 0) & ~0xFFF
 
 
 def _section_bytes(f, elf, section, path: Path) -> bytes:
