@@ -203,7 +203,18 @@ async def test_bad_target_is_reported_not_raised(tmp_path):
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         assert "not a supported format" in screen_text(app)
+        # every screen copes with a capture of no events
+        for key, shown in (("2", "no processes"), ("3", "no timed events"), ("4", "0 events"),
+                           ("5", "no snapshot")):
+            await pilot.press(key)
+            await settle(app, pilot)
+            assert shown in screen_text(app), key
+        await pilot.press("3", "plus", "p", "4", "pagedown", "end", "slash", "x", "enter",
+                          "g", "1", "enter")
+        await settle(app, pilot)
         assert app.is_running
+        # the go-to-time in an empty table is reported, like the input
+        assert len(app.loaded.errors) == 2 and app.loaded.errors[-1] == "no event at or after 1"
 
 
 @sync
