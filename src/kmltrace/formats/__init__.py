@@ -30,10 +30,17 @@ class Parsed:
     events: pl.DataFrame = field(default_factory=empty_events)
     errors: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    #: rows written where the events were streamed to a file instead of kept (``ingest``)
+    event_count: int | None = None
+
+    @property
+    def count(self) -> int:
+        """How many events this input gave."""
+        return self.events.height if self.event_count is None else self.event_count
 
     def summary(self) -> dict:
         """The report's ``inputs`` entry for this input."""
-        out = {"path": self.path, "format": self.format, "events": self.events.height,
+        out = {"path": self.path, "format": self.format, "events": self.count,
                "errors": [str(e) for e in self.errors]}
         for key in ("lost_events", "precision", "clock"):
             if key in self.meta:

@@ -120,10 +120,21 @@ GRAMMAR = text_pipeline.Grammar(what="perf script", source="perf", split=split, 
                                 stack_re=f"{CALLCHAIN_RE}|{text_lines.STACK_RE}")
 
 
+def _drop_perf_system(events: pl.DataFrame) -> pl.DataFrame:
+    return events.drop("perf_system")
+
+
+def text_parse(path: Path, **options) -> text_pipeline.TextParse:
+    """The batch-by-batch parse (``kmltrace ingest`` streams it to parquet)."""
+    parse = text_pipeline.TextParse(Path(path), GRAMMAR, events_done=_drop_perf_system,
+                                    **options)
+    parse.header_meta = {}
+    return parse
+
+
 def parse(path: Path) -> Parsed:
     path = Path(path)
-    events, errors, meta = text_pipeline.run(path, text_lines.scan_lines(path), GRAMMAR)
+    events, errors, meta = text_pipeline.run(path, GRAMMAR, events_done=_drop_perf_system)
     if events is None:
         return Parsed(path=str(path), format=NAME, errors=errors, meta={})
-    return Parsed(path=str(path), format=NAME, events=events.drop("perf_system"),
-                  errors=errors, meta=meta)
+    return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)

@@ -24,7 +24,8 @@ import polars as pl
 from kmltrace.errors import InputError
 from kmltrace.formats import fields as fieldtable
 from kmltrace.formats import text_lines
-from kmltrace.schema import LOST_EVENTS, conform
+from kmltrace.schema import (COMMON_COLUMNS, CORE_COLUMNS, LOST_EVENTS, PROVENANCE_COLUMNS,
+                             conform)
 
 Step = Callable[..., pl.LazyFrame]
 SPLIT_COLUMNS = ("comm", "pid", "tgid", "cpu", "flags", "ts_sec", "ts_frac", "__body")
@@ -45,19 +46,192 @@ class Grammar:
     stack_re: str = text_lines.STACK_RE
 
 
-def run(path: Path, lines: pl.LazyFrame, grammar: Grammar, *, event_frame=None):
-    """Parse `lines` of the file at `path`: (events conformed or None, errors, meta)."""
-    truncated = text_lines.last_line_truncated(path)
+class TextParse:
+    """One text trace parsed batch by batch (bounded memory): iterate :meth:`batches` for the
+    event frames (conformed; ``seq`` and ``line`` count across batches), then read ``errors``
+    and ``meta``, which are complete once the batches are exhausted.
+
+    A batch ends before its last event line: that line and any lines after it (a stack trace
+    that may continue in the next read) go on to the next batch.
+    """
+
+    def __init__(self, path: Path, grammar: Grammar, *, event_frame: Step | None = None,
+                 lines_frame: Step | None = None, events_done: Callable | None = None,
+                 batch_bytes: int | None = None):
+        self.path = Path(path)
+        self.grammar = grammar
+        self.event_frame = event_frame
+        self.lines_frame = lines_frame      # applied to each batch of lines (trace-cmd prefixes)
+        self.events_done = events_done      # applied to each batch of events
+        self.batch_bytes = batch_bytes or text_lines.BATCH_BYTES
+        self.errors: list = []
+        self.meta: dict = {}
+        self.header_meta: dict = {}         # what the file's header says (added to meta)
+        self.events = 0
+        self._bad: list[pl.DataFrame] = []
+        self._bad_count = 0
+        self._lost = 0
+        self._stack_lines = 0
+        self._frac_digits: int | None = None
+
+    def batches(self):
+        path, grammar = self.path, self.grammar
+        truncated = text_lines.last_line_truncated(path)
+        carry: pl.DataFrame | None = None
+        reader = text_lines.read_batches(path, self.batch_bytes)
+        try:
+            batch = next(reader, None)
+            while batch is not None:
+                following = next(reader, None)
+                if carry is not None:
+                    batch = pl.concat([carry, batch])
+                    carry = None
+                if truncated is not None:
+                    batch = batch.filter(pl.col("line") != truncated)
+                frame, carry = self._lines_to_events(batch, last=following is None)
+                del batch
+                if frame is not None:
+                    yield frame
+                batch = following
+        except (pl.exceptions.PolarsError, OSError) as e:
+            # polars' reader refuses it (it also takes zstd/gzip magic for a compressed file)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot read as text lines: {first}", path=str(path)) from None
+        self._finish(truncated)
+
+    def _lines_to_events(self, batch: pl.DataFrame, last: bool):
+        """(events of `batch` or None, lines carried to the next batch or None)."""
+        grammar = self.grammar
+        lines = batch.lazy()
+        if self.lines_frame is not None:
+            lines = self.lines_frame(lines)
+        collected = _classified(lines, grammar).collect(engine="streaming")
+        if collected.get_column("__many").any():
+            collected = _exact(collected, grammar)
+        carry = None
+        kinds = collected.get_column("kind")
+        if not last:
+            # the last event line and what follows it wait for the next batch
+            owners = kinds.is_in(["event", "lost"]).arg_true()
+            at = owners[-1] if owners.len() else 0
+            carry = batch.slice(at)
+            collected = collected.slice(0, at)
+            kinds = collected.get_column("kind")
+        bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
+        if bad.height:
+            self._bad_count += bad.height
+            if sum(b.height for b in self._bad) <= text_lines.ERRORS_SHOWN:
+                self._bad.append(bad.head(text_lines.ERRORS_SHOWN + 1))
+        stack_lines = int((kinds == "stack").sum())
+        if stack_lines:
+            self._stack_lines += stack_lines
+            collected = _attach_stacks(collected)
+        events = _event_rows(collected).drop("text", "kind", "__many")
+        del collected
+        if events.height == 0:
+            return None, carry
+        self._lost += int(events.get_column("lost").sum() or 0)
+        digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
+        if digits is not None:
+            self._frac_digits = max(digits, self._frac_digits or 0)
+        frame = self._typed(events)
+        self.events += frame.height
+        return frame, carry
+
+    def _typed(self, events: pl.DataFrame) -> pl.DataFrame:
+        grammar = self.grammar
+        lost_row = pl.col("lost").is_not_null()
+        frame = events.lazy().pipe(grammar.body).with_columns(
+            pl.when(lost_row).then(pl.lit(LOST_EVENTS)).otherwise(pl.col("event")).alias("event"),
+            pl.when(lost_row).then(pl.col("__body")).otherwise(pl.col("raw")).alias("raw"),
+            _timestamp_ns().alias("ts_ns"),
+            pl.int_range(self.events, self.events + pl.len(), dtype=pl.Int64).alias("seq"),
+            pl.lit(grammar.source).alias("source"),
+            pl.lit(str(self.path)).alias("file"),
+        ).drop("__body", "ts_sec", "ts_frac")
+        if self.event_frame is not None:
+            frame = self.event_frame(frame)
+        system = (grammar.system if grammar.system is not None
+                  else fieldtable.system_of(pl.col("event")))
+        table = frame.with_columns(system.alias("system")).collect()
+        del events
+        # which field-table entries fit: judged on a few rows of each event
+        sample = fieldtable.field_sample(table.select("event", "raw"))
+        table = conform(fieldtable.field_columns(table.lazy(), sample=sample)).collect()
+        if self.events_done is not None:
+            table = self.events_done(table)
+        return table
+
+    def _finish(self, truncated: int | None) -> None:
+        path, grammar = self.path, self.grammar
+        meta = {"precision": ("us" if self.events == 0 else "counter"
+                              if self._frac_digits is None
+                              else "ns" if self._frac_digits > 6 else "us"),
+                "lost_events": self._lost}
+        if self._stack_lines:
+            meta["stack_lines"] = self._stack_lines
+        meta.update(self.header_meta)
+        bad = (pl.concat(self._bad) if self._bad
+               else pl.DataFrame(schema={"line": pl.Int64, "text": pl.String}))
+        errors = text_lines.line_errors(path, bad, grammar.what, total=self._bad_count)
+        if truncated is not None:
+            errors.append(text_lines.truncated_error(path, truncated))
+        nul = text_lines.nul_line(path)
+        if nul is not None:
+            errors.append(InputError("binary data (a NUL byte) in a text trace: the line is cut "
+                                     "there", path=str(path), line=nul))
+        if self.events == 0 and not errors:
+            errors.append(InputError(f"no {grammar.what} events", path=str(path)))
+        self.errors, self.meta = errors, meta
+
+
+def run(path: Path, grammar: Grammar, **options):
+    """Parse the text trace at `path` whole: (events conformed or None, errors, meta)."""
+    parse = TextParse(path, grammar, **options)
+    frames = list(parse.batches())
+    if not frames:
+        return None, parse.errors, parse.meta
+    events = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+    del frames
+    return in_column_order(events), parse.errors, parse.meta
+
+
+def in_column_order(frame):
+    """`frame` conformed, its field columns in the field table's order, whatever batch
+    brought them first (so a batch-by-batch parse gives the columns of a whole one)."""
+    frame = conform(frame)
+    names = (frame.collect_schema().names() if isinstance(frame, pl.LazyFrame)
+             else frame.columns)
+    rank = _field_rank()
+    extra = [n for n in names if n not in rank]
+    fields = sorted((n for n in names if n in rank), key=rank.__getitem__)
+    return frame.select(*extra, *fields)
+
+
+def _field_rank() -> dict[str, int]:
+    """Field columns in the order fields.field_columns adds them (table entry by entry)."""
+    rank: dict[str, int] = {}
+    for spec in fieldtable.EVENT_FIELDS:
+        for name, kind in spec.kinds.items():
+            rank.setdefault(name, len(rank))
+            if kind == "ps":
+                rank.setdefault(name + fieldtable.SYM_SUFFIX, len(rank))
+    for name in (*CORE_COLUMNS, *PROVENANCE_COLUMNS, *COMMON_COLUMNS):
+        rank.pop(name, None)     # conform places these
+    return rank
+
+
+def _classified(lines: pl.LazyFrame, grammar: Grammar) -> pl.LazyFrame:
+    """Lines split and classified (``kind``), lost-event lines read."""
     text = pl.col("text")
-    table = (lines.filter(pl.col("line") != (truncated or 0))
-             .pipe(grammar.split, "text"))
+    table = lines.pipe(grammar.split, "text")
     parsed = (pl.col("pid").is_not_null() & pl.col("cpu").is_not_null()
               & pl.col("ts_sec").is_not_null() & pl.col("__body").is_not_null())
     table = table.with_columns(
         _kind(text, parsed, grammar.header_re, grammar.stack_re).alias("kind"))
     is_lost = pl.col("kind") == "lost"
     lost = pl.when(is_lost).then(text).str.extract_groups(text_lines.LOST_RE)
-    table = table.with_columns(
+    return table.with_columns(
         pl.when(is_lost).then(lost.struct[0].cast(pl.Int32, strict=False))
         .otherwise(pl.col("cpu")).alias("cpu"),
         pl.when(is_lost).then(pl.coalesce(lost.struct[1], lost.struct[2])
@@ -67,56 +241,6 @@ def run(path: Path, lines: pl.LazyFrame, grammar: Grammar, *, event_frame=None):
         pl.when(pl.col("kind").is_in(["bad", "stack"]) | pl.col("__many")).then(text)
         .alias("text"),
     )
-    try:
-        collected = table.collect(engine="streaming")
-    except (pl.exceptions.PolarsError, OSError) as e:
-        # polars' reader refuses it (it also takes zstd/gzip magic for a compressed file)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"cannot read as text lines: {first}", path=str(path)) from None
-    if collected.get_column("__many").any():
-        collected = _exact(collected, grammar)
-    kinds = collected.get_column("kind")
-    bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
-    stack_lines = int((kinds == "stack").sum())
-    if stack_lines:
-        collected = _attach_stacks(collected)
-    events = _event_rows(collected).drop("text", "kind", "__many")
-    del collected
-
-    meta = {"precision": _precision(events),
-            "lost_events": int(events.get_column("lost").sum() or 0)}
-    if stack_lines:
-        meta["stack_lines"] = stack_lines
-    errors = text_lines.line_errors(path, bad, grammar.what)
-    if truncated is not None:
-        errors.append(text_lines.truncated_error(path, truncated))
-    nul = text_lines.nul_line(path)
-    if nul is not None:
-        errors.append(InputError("binary data (a NUL byte) in a text trace: the line is cut "
-                                 "there", path=str(path), line=nul))
-    if events.height == 0:
-        if not errors:
-            errors.append(InputError(f"no {grammar.what} events", path=str(path)))
-        return None, errors, meta
-
-    lost_row = pl.col("lost").is_not_null()
-    frame = events.lazy().pipe(grammar.body).with_columns(
-        pl.when(lost_row).then(pl.lit(LOST_EVENTS)).otherwise(pl.col("event")).alias("event"),
-        pl.when(lost_row).then(pl.col("__body")).otherwise(pl.col("raw")).alias("raw"),
-        _timestamp_ns().alias("ts_ns"),
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("seq"),
-        pl.lit(grammar.source).alias("source"),
-        pl.lit(str(path)).alias("file"),
-    ).drop("__body", "ts_sec", "ts_frac")
-    if event_frame is not None:
-        frame = event_frame(frame)
-    system = grammar.system if grammar.system is not None else fieldtable.system_of(pl.col("event"))
-    table = frame.with_columns(system.alias("system")).collect()
-    del events
-    # which field-table entries fit: judged on a few rows of each event
-    sample = fieldtable.field_sample(table.select("event", "raw"))
-    return (conform(fieldtable.field_columns(table.lazy(), sample=sample)).collect(),
-            errors, meta)
 
 
 def _kind(text: pl.Expr, parsed: pl.Expr, header_re: str | None, stack_re: str) -> pl.Expr:
@@ -173,13 +297,3 @@ def _timestamp_ns() -> pl.Expr:
     frac = pl.col("ts_frac")
     frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").cast(pl.Int64, strict=False)
     return pl.when(frac.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
-
-
-def _precision(events: pl.DataFrame) -> str:
-    """ "us" or "ns" from the fraction digits the source printed ("counter": none)."""
-    if events.height == 0:
-        return "us"
-    digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
-    if digits is None:
-        return "counter"
-    return "ns" if digits > 6 else "us"

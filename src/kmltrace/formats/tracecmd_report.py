@@ -63,27 +63,52 @@ def read_header(head: bytes) -> dict:
     return meta
 
 
+class _ReportParse(text_pipeline.TextParse):
+    """trace-cmd report text batch by batch: instance buffer prefixes cut off every line."""
+
+    def __init__(self, path: Path, **options):
+        head = read_head(path)
+        self.buffers = set(buffer_names(head))
+        super().__init__(path, GRAMMAR, event_frame=ftrace_text.normalise_events,
+                         lines_frame=self._cut_prefixes, events_done=self._late_prefixes,
+                         **options)
+        self.header_meta = read_header(head)
+
+    def _cut_prefixes(self, lines: pl.LazyFrame) -> pl.LazyFrame:
+        text = pl.col("text")
+        for name in sorted(self.buffers):   # a slice, no regex
+            prefix = f"{name}: "
+            lines = lines.with_columns(pl.when(text.str.starts_with(prefix))
+                                       .then(text.str.slice(len(prefix))).otherwise(text)
+                                       .alias("text"))
+        return lines
+
+    def _late_prefixes(self, events: pl.DataFrame) -> pl.DataFrame:
+        events, late = _late_buffer_prefixes(events)
+        self.buffers.update(late)
+        return events
+
+    def _finish(self, truncated):
+        super()._finish(truncated)
+        if self.buffers:
+            self.meta["buffers"] = sorted(self.buffers)
+
+
+def text_parse(path: Path, **options) -> text_pipeline.TextParse:
+    """The batch-by-batch parse (``kmltrace ingest`` streams it to parquet)."""
+    return _ReportParse(Path(path), **options)
+
+
 def parse(path: Path) -> Parsed:
     path = Path(path)
-    head = read_head(path)
-    lines = text_lines.scan_lines(path)
-    names = buffer_names(head)
-    text = pl.col("text")
-    for name in names:   # cut "buffer: " off the lines that carry it (a slice, no regex)
-        prefix = f"{name}: "
-        lines = lines.with_columns(pl.when(text.str.starts_with(prefix))
-                                   .then(text.str.slice(len(prefix))).otherwise(text).alias("text"))
-    events, errors, meta = text_pipeline.run(path, lines, GRAMMAR,
-                                             event_frame=ftrace_text.normalise_events)
-    if events is not None:
-        events, late = _late_buffer_prefixes(events)
-        names = sorted(set(names) | set(late))
-    meta.update(read_header(head))
-    if names:
-        meta["buffers"] = names
-    if events is None:
-        return Parsed(path=str(path), format=NAME, errors=errors, meta={})
-    return Parsed(path=str(path), format=NAME, events=events, errors=errors, meta=meta)
+    parse = text_parse(path)
+    frames = list(parse.batches())
+    if not frames:
+        return Parsed(path=str(path), format=NAME, errors=parse.errors, meta={})
+    events = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+    return Parsed(path=str(path), format=NAME, events=text_pipeline.in_column_order(events),
+                  errors=parse.errors,
+                  meta=parse.meta)
 
 
 def _late_buffer_prefixes(events: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:

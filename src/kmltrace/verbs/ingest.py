@@ -27,30 +27,68 @@ def ingest(targets, output, as_json):
       kmltrace ingest trace.txt -o events.parquet
       kmltrace ingest bundle/ perf.txt -o all.parquet --json
     """
-    from kmltrace.analysis.events import merged_events
-    from kmltrace.capture import load
     from kmltrace.errors import KmltraceError
 
-    capture = load(list(targets))
-    table = merged_events(capture).collect()
     try:
-        _write_atomically(table, Path(output))
+        inputs, total = _streamed(targets, Path(output))
+        if inputs is None:
+            inputs, total = _merged(targets, Path(output))
     except OSError as e:
         print_error(KmltraceError(f"cannot write: {e.strerror or e}", path=output))
         raise SystemExit(1) from None
+    except KmltraceError as e:
+        print_error(e)
+        raise SystemExit(1) from None
+    errors = [e for p in inputs for e in p.errors]
     formats: dict[str, int] = {}
-    for parsed in capture.inputs:
+    for parsed in inputs:
         formats[parsed.format] = formats.get(parsed.format, 0) + 1
-    result = {"events": table.height, "output": output, "formats": formats,
-              "inputs": [p.summary() for p in capture.inputs],
-              "errors": [str(e) for e in capture.errors]}
-    for error in capture.errors:
+    result = {"events": total, "output": output, "formats": formats,
+              "inputs": [p.summary() for p in inputs],
+              "errors": [str(e) for e in errors]}
+    for error in errors:
         print_error(error)
     if as_json:
         print_json(result)
     else:
-        _print_table(capture.inputs, table.height, output)
-    raise SystemExit(1 if capture.errors else 0)
+        _print_table(inputs, total, output)
+    raise SystemExit(1 if errors else 0)
+
+
+def _merged(targets, output: Path):
+    """Every TARGET parsed whole, merged (dedupe, time order, attribution), written."""
+    from kmltrace.analysis.events import merged_events
+    from kmltrace.capture import load
+
+    capture = load(list(targets))
+    table = merged_events(capture).collect()
+    _write_atomically(table, output)
+    return capture.inputs, table.height
+
+
+def _streamed(targets, output: Path):
+    """One text trace goes to parquet batch by batch (bounded memory); (None, 0) when the
+    TARGETs need the whole merge (several inputs, a bundle, a binary format)."""
+    from kmltrace import ingest_stream
+    from kmltrace.errors import KmltraceError
+    from kmltrace.formats.sniff import detect
+
+    if len(targets) != 1 or not Path(targets[0]).is_file():
+        return None, 0
+    path = Path(targets[0])
+    try:
+        module = detect(path)
+    except KmltraceError:
+        return None, 0      # the whole path reports it as it reports any bad input
+    if not ingest_stream.streamable(module):
+        return None, 0
+    try:
+        parsed = ingest_stream.ingest_text(path, module, output)
+    except ingest_stream.NeedsWholeTable:
+        return None, 0
+    if parsed.count == 0:   # nothing to stream: the whole path writes the empty table
+        return None, 0
+    return [parsed], parsed.count
 
 
 def _write_atomically(table, output: Path) -> None:
@@ -76,7 +114,7 @@ def _print_table(inputs, total: int, output: str) -> None:
         table.add_column(name, justify=justify)
     for parsed in inputs:
         precision = parsed.meta.get("precision")
-        table.add_row(Text(safe_text(parsed.path)), parsed.format, str(parsed.events.height),
+        table.add_row(Text(safe_text(parsed.path)), parsed.format, str(parsed.count),
                       str(parsed.meta.get("lost_events", "")),
                       {"us": "µs", "ns": "ns", "counter": "counter"}.get(precision, ""),
                       str(len(parsed.errors)) if parsed.errors else "")
