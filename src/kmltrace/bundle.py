@@ -14,6 +14,7 @@ The raw data is authoritative; ``events.parquet`` is derived from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -180,8 +181,22 @@ def _write_cache(path: Path, stamp: list, parsed: list[Parsed]) -> None:
 
 
 def _version() -> str:
-    from kmltrace import __version__
-    return __version__
+    """The version plus a stamp of the installed code: a parser fixed in place (an editable
+    install, a source checkout) must not be hidden behind a cache built by the old one."""
+    global _CODE_STAMP
+    if _CODE_STAMP is None:
+        from kmltrace import __version__
+
+        package = Path(__file__).parent
+        digest = hashlib.sha1()
+        for source in sorted(package.rglob("*.py")):
+            st = source.stat()
+            digest.update(f"{source.relative_to(package)}:{st.st_size}:{st.st_mtime_ns};".encode())
+        _CODE_STAMP = f"{__version__}+{digest.hexdigest()[:16]}"
+    return _CODE_STAMP
+
+
+_CODE_STAMP: str | None = None
 
 
 def read_processes(path: Path) -> list[dict]:
