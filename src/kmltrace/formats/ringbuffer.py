@@ -578,8 +578,8 @@ def _task_state(state: np.ndarray, print_fmt: str) -> pl.Series:
 # -- the irq-info flags column --------------------------------------------------------------------
 
 def _flag_table() -> pl.Series:
-    """The 5-character latency flags for every (common_flags, preempt_count) pair, as the
-    kernel prints them (trace_print_lat_fmt)."""
+    """The 5-character latency flags for every (common_preempt_count << 8 | common_flags),
+    as the kernel prints them (trace_print_lat_fmt)."""
     heads = []
     for flags in range(256):
         nmi, hard, soft, bh = flags & 0x40, flags & 0x08, flags & 0x10, flags & 0x80
@@ -591,17 +591,18 @@ def _flag_table() -> pl.Series:
         heads.append(irqs + need + hs)
     tails = [(f"{pc & 0xF:x}" if pc & 0xF else ".") + (f"{pc >> 4:x}" if pc >> 4 else ".")
              for pc in range(256)]
-    return pl.Series([h + t for h in heads for t in tails], dtype=pl.String)
+    return pl.Series([h + t for t in tails for h in heads], dtype=pl.String)
 
 
 _FLAGS: pl.Series | None = None
 
 
-def _flags_column(flags: np.ndarray, preempt: np.ndarray) -> pl.Series:
+def _flags_column(lat_key: np.ndarray) -> pl.Series:
+    """The flags text of each (preempt_count << 8 | flags) key: one gather from a table."""
     global _FLAGS
     if _FLAGS is None:
         _FLAGS = _flag_table()
-    return _FLAGS.gather(flags * 256 + preempt)
+    return _FLAGS.gather(lat_key)
 
 
 def _in_threads(fn, items: list) -> list:
@@ -713,21 +714,29 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     n = ts.size
     is_event = kind >= 0
     reads = _Reads(buf)
-    word0 = reads.ints(np.where(is_event, start, 0), 4)
-    flags = np.where(is_event, (word0 >> 16) & 0xFF, 0).astype(np.int32)
-    preempt = np.where(is_event, (word0 >> 24) & 0xFF, 0).astype(np.int32)
-    del word0
-    pid = reads.ints(np.where(is_event, start + 4, 0), 4, signed=True)
+    all_events = bool(is_event.all())
+    # the common header: u16 type, u8 flags, u8 preempt_count, s32 pid
+    at = start if all_events else np.where(is_event, start, 0)
+    # (preempt_count << 8 | flags): the index of the irq-info flags text
+    lat_key = (reads.ints(at, 4) >> 16).astype(np.uint16)
+    pid = reads.ints(at + 4, 4, signed=True)
+    if not all_events:
+        lat_key[~is_event] = 0
+    del at
 
     known_ids = np.array(sorted(formats), np.int64)
     # names of the types present only: the formats are parsed when first used
     type_names: list[str | None] = [None] * (known_ids.size + 1)
     systems: list[str | None] = [None] * (known_ids.size + 1)
-    pos = np.searchsorted(known_ids, kind) if known_ids.size else np.zeros(n, np.int64)
-    pos = np.minimum(pos, max(known_ids.size - 1, 0))
-    known = is_event & (known_ids.size > 0) & (known_ids[pos] == kind if known_ids.size else False)
-    type_index = np.where(known, pos + 1, 0).astype(np.int32)
-    del pos
+    # common_type -> 1 + index in known_ids (0: no format), by one lookup per record
+    lookup = np.zeros(1 << 16, np.int32)
+    ids = known_ids[(known_ids >= 0) & (known_ids < 1 << 16)]
+    lookup[ids] = np.searchsorted(known_ids, ids) + 1
+    type_index = lookup[np.where(is_event, kind, 0) if not all_events else kind]
+    if not all_events:
+        type_index[~is_event] = 0
+    known = type_index > 0
+    del lookup, ids
 
     # each column is assembled once at full length, in time order, from the types' pieces
     columns: dict[str, list] = {}
@@ -827,9 +836,9 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
         "system": sys_names.gather(type_index),
         "event": event_names,
         "offset": offset,
-        "flags": _flags_column(flags, preempt),
+        "flags": _flags_column(lat_key),
     })
-    del flags, preempt, pid, offset, ts, cpu
+    del lat_key, pid, offset, ts, cpu
     if (~is_event).any():
         nulls = pl.Series(~is_event)
         core = core.with_columns(
