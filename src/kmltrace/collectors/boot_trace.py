@@ -169,10 +169,11 @@ def save_instance(instance: Path, saved: Path) -> None:
 
 
 def bundle_from_saved(saved: Path, output: Path, kernel: dict | None = None,
-                      command: list[str] | None = None, reader: str = "kmltrace") -> dict:
+                      command: list[str] | None = None, reader: str = "kmltrace",
+                      extra_meta: dict[str, Path] | None = None) -> dict:
     """Write a ``last_boot`` bundle from a saved instance directory (``ftrace/``, and
     ``dmesg.txt`` of the boot that read it). Raises RefusedError for a current-boot or empty
-    instance."""
+    instance. `extra_meta` (bundle name -> file) adds evidence kept beside it, unparsed."""
     saved = Path(saved)
     ftrace = saved / "ftrace"
     if not (ftrace / "header_page").is_file():
@@ -193,6 +194,9 @@ def bundle_from_saved(saved: Path, output: Path, kernel: dict | None = None,
             if (saved / name).exists():
                 shutil.copyfile(saved / name, writer.path / name)
                 writer.add_file(name, "meta")
+        for name, src in (extra_meta or {}).items():
+            shutil.copyfile(src, writer.path / name)
+            writer.add_file(name, "meta")
         events = sorted(f"{p.parent.parent.name}:{p.parent.name}"
                         for p in ftrace.glob("events/*/*/format")
                         if p.parent.parent.name != "ftrace")

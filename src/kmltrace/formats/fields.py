@@ -14,6 +14,9 @@ Kinds of values:
   ``str``    text as printed
   ``handled`` irq_handler_exit's ``handled``/``unhandled`` -> 1/0
   ``bool``   ``true``/``false`` (or 1/0)
+  ``hexdec`` ``0x21 (33)``: a boot-mapped instance's preserved text (previous boot) prints
+             every number so; 64-bit columns take the hex part (the decimal is truncated to
+             32 bits: ``ip=0xffffffff9b07e171 (-1693982351)``), narrower ones the decimal
 """
 
 from __future__ import annotations
@@ -42,8 +45,41 @@ _IRQ_VECTOR_EVENTS = tuple(
     for end in ("entry", "exit")
 )
 
+#: one number as the preserved text of a previous boot prints it: ``0x12 (18)``
+_HD = r"0x[0-9a-fA-F]+ \(-?\d+\)"
+
 #: The table: event name(s) -> how their field text becomes columns.
 EVENT_FIELDS: tuple[EventFields, ...] = (
+    # A boot-mapped instance's previous boot (6.12 ``trace`` of a persistent instance): fields
+    # print as "name=0x21 (33)", sys_enter's args as "<INVALID-SIZE>", comms as "<...>".
+    # First in the table: "vector=0xec (236)" would otherwise read as vector 0 below.
+    EventFields("exceptions", ("page_fault_user", "page_fault_kernel"),
+                r"address=(?P<address>0x[0-9a-fA-F]+) \(-?\d+\) ip=(?P<ip>0x[0-9a-fA-F]+) "
+                r"\(-?\d+\) error_code=(?P<error_code>0x[0-9a-fA-F]+)",
+                {"address": "ps", "ip": "ps", "error_code": "hex"}),
+    EventFields("irq_vectors", _IRQ_VECTOR_EVENTS, rf"^vector=(?P<vector>{_HD})",
+                {"vector": "hexdec"}),
+    EventFields("raw_syscalls", ("sys_enter",), rf"^id=(?P<id>{_HD}) args=", {"id": "hexdec"}),
+    EventFields("raw_syscalls", ("sys_exit",), rf"^id=(?P<id>{_HD}) ret=(?P<ret>{_HD})",
+                {"id": "hexdec", "ret": "hexdec"}),
+    EventFields("sched", ("sched_switch",),
+                rf"prev_comm=(?P<prev_comm>.*) prev_pid=(?P<prev_pid>{_HD}) prev_prio="
+                rf"(?P<prev_prio>{_HD}) prev_state=(?P<prev_state>0x[0-9a-fA-F]+) \(-?\d+\) "
+                rf"next_comm=(?P<next_comm>.*) next_pid=(?P<next_pid>{_HD}) "
+                rf"next_prio=(?P<next_prio>{_HD})",
+                {"prev_comm": "str", "prev_pid": "hexdec", "prev_prio": "hexdec",
+                 "prev_state": "str", "next_comm": "str", "next_pid": "hexdec",
+                 "next_prio": "hexdec"}),
+    EventFields("sched", ("sched_process_exec",),
+                rf"filename=(?P<filename>.*) pid={_HD} old_pid=(?P<old_pid>{_HD})",
+                {"filename": "str", "old_pid": "hexdec"}),
+    EventFields("sched", ("sched_process_fork",),
+                rf"parent_comm=(?P<parent_comm>.*) parent_pid=(?P<parent_pid>{_HD})"
+                rf" child_comm=(?P<child_comm>.*) child_pid=(?P<child_pid>{_HD})",
+                {"parent_comm": "str", "parent_pid": "hexdec", "child_comm": "str",
+                 "child_pid": "hexdec"}),
+    EventFields("sched", ("sched_process_exit",), rf"comm=.* pid={_HD} prio=(?P<prio>{_HD})",
+                {"prio": "hexdec"}),
     EventFields("exceptions", ("page_fault_user", "page_fault_kernel"),
                 r"address=(?P<address>\S+) ip=(?P<ip>\S+) error_code=(?P<error_code>\S+)",
                 {"address": "ps", "ip": "ps", "error_code": "hex"}),
@@ -221,6 +257,12 @@ def _convert(name: str, kind: str, text: pl.Expr) -> list[tuple[str, pl.Expr]]:
         return [(name, text.cast(pl.Int64, strict=False).cast(dtype, strict=False))]
     if kind == "hex":
         return [(name, _hex(text))]
+    if kind == "hexdec":
+        if dtype in (pl.Int64, pl.UInt64):
+            value = _hex(text.str.extract(r"^(0x[0-9a-fA-F]+)"))
+            return [(name, value.reinterpret(signed=dtype == pl.Int64))]
+        decimal = text.str.extract(r"\((-?\d+)\)$")
+        return [(name, decimal.cast(pl.Int64, strict=False).cast(dtype, strict=False))]
     if kind == "ps":
         is_hex = text.str.contains(r"^0x[0-9a-fA-F]+$")
         return [(name, pl.when(is_hex).then(_hex(text))),
