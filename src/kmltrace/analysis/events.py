@@ -74,6 +74,8 @@ def unmerged_events(capture: Capture) -> pl.LazyFrame:
     return conform(pl.concat(frames, how="diagonal_relaxed"))
 
 
+#: the columns attribution adds
+ATTRIBUTION_OUTPUT = ("row", "task_pid", "task_comm", "image")
 #: the columns attribution reads
 ATTRIBUTION_COLUMNS = ("ts_ns", "file", "seq", "cpu", "pid", "comm", "event", "next_pid",
                        "next_comm")
@@ -122,6 +124,9 @@ def attribute_by_columns(events: pl.LazyFrame) -> pl.LazyFrame:
     fast = attribute_in_place(events)
     if fast is not None:
         return fast
+    # an ingested table out of order (QEMU rows after the timed ones) is attributed afresh
+    events = events.drop(list(ATTRIBUTION_OUTPUT), strict=False)
+    names = events.collect_schema().names()
     narrow = events.select([c for c in ATTRIBUTION_COLUMNS if c in names]).with_row_index("_src")
     attr = (attribute(narrow).select("_src", "row", "task_pid", "task_comm", "image")
             .collect())
@@ -140,6 +145,7 @@ def attribute(events: pl.LazyFrame) -> pl.LazyFrame:
     A table already in time order (one text trace, an ingested table) is not sorted again:
     sorting gathers every column and is the most expensive step on large captures.
     """
+    events = events.drop(list(ATTRIBUTION_OUTPUT), strict=False)
     names = events.collect_schema().names()
     # one cheap pass over the time column decides what work is needed
     unsorted, untimed_rows, pidless_rows = events.select(
