@@ -116,3 +116,37 @@ def test_this_machine_says_it_has_no_boot_instance():
         assert ("needs Linux >= 6.12" if old else "no boot-mapped ftrace instance") in text
         if flag == "--arm-boot-trace" and not old:
             assert "reserve_mem=12M:4096:trace trace_instance=boot_map@trace" in text
+
+
+def test_read_last_boot_from_an_instance_tree(tmp_path):
+    """Synthetic tracefs tree holding the real sample's files where 6.12 puts them
+    (instances/boot_map/per_cpu/cpuN/trace_pipe_raw ...): --last-boot's reader gives the same
+    bundle as the guest's minimal reader did."""
+    assert SAMPLE is not None
+    inst = tmp_path / "tracefs" / "instances" / "boot_map"
+    ftrace = SAMPLE / "ftrace"
+    for fmt in ftrace.glob("events/*/*/format"):
+        dest = inst / fmt.relative_to(ftrace)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(fmt, dest)
+        (dest.parent / "enable").write_text("0\n")
+    for name in ("header_page", "header_event"):
+        shutil.copyfile(ftrace / name, inst / "events" / name)
+    shutil.copyfile(ftrace / "trace_clock", inst / "trace_clock")
+    shutil.copyfile(ftrace / "last_boot_info", inst / "last_boot_info")
+    shutil.copyfile(SAMPLE / "trace.txt", inst / "trace")
+    for raw in ftrace.glob("cpu*.raw"):
+        cpu = inst / "per_cpu" / raw.stem
+        cpu.mkdir(parents=True)
+        shutil.copyfile(raw, cpu / "trace_pipe_raw")
+        shutil.copyfile(ftrace / "stats" / raw.stem, cpu / "stats")
+    result = boot_trace.read_last_boot(tmp_path / "b", root=tmp_path / "tracefs",
+                                       release="6.12.95+deb12-cloud-amd64",
+                                       dmesg=(SAMPLE / "dmesg.txt").read_text())
+    assert result["cpus"] == {"0": "previous_boot", "1": "previous_boot"}
+    for raw in ftrace.glob("cpu*.raw"):
+        assert (tmp_path / "b" / "ftrace" / raw.name).read_bytes() == raw.read_bytes()
+    import json
+    manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert manifest["kind"] == "last_boot"
+    assert manifest["last_boot"]["mapped"]["instance"] == "boot_map"
