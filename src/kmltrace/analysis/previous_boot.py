@@ -125,13 +125,14 @@ def _last_faults(ctx, events: pl.LazyFrame) -> list[dict]:
 
 def _unclean(cpus: list[dict], lost: list[int], incidents: list[Incident]) -> Incident:
     ended = [c for c in cpus if c.get("last_ts_ns") is not None]
-    last_cpu = max(ended, key=lambda c: c["last_ts_ns"]) if ended else None
-    syscall = next((r for r in (last_cpu or {}).get("in_flight", [])
-                    if str(r.get("what", "")).startswith("sys_enter")), None)
+    # tasks running in a syscall when their CPU stopped recording (a task blocked in a
+    # syscall elsewhere is not what the CPU was doing)
+    running = [(c["cpu"], r) for c in cpus for r in c.get("in_flight", [])
+               if str(r.get("what", "")).startswith("sys_enter") and r.get("on_cpu") is not False]
     summary = "the previous boot ended with no shutdown: its trace stops mid-work"
-    if syscall:
-        summary += (f"; the last CPU to record (CPU {last_cpu['cpu']}) was in a syscall of pid "
-                    f"{syscall.get('pid')} ({syscall['what']})")
+    if running:
+        summary += "; in a syscall when their CPU stopped: " + ", ".join(
+            f"CPU {cpu} pid {r.get('pid')} ({r['what']})" for cpu, r in running)
     if lost:
         summary += f"; CPU(s) {', '.join(map(str, lost))} lost their buffer"
     triple = [i for i in incidents if i.kind == "triple_fault"]
@@ -148,9 +149,10 @@ def _unclean(cpus: list[dict], lost: list[int], incidents: list[Incident]) -> In
             ev.append(evidence("ftrace", describe(row)))
         for r in c.get("in_flight", []):
             ev.append(evidence("analysis", f"cpu{c['cpu']} in flight: {_flight(r)}"))
-    return Incident("unclean_reset", summary, cpu=last_cpu["cpu"] if last_cpu else None,
-                    pid=syscall.get("pid") if syscall else None,
-                    ts_ns=last_cpu["last_ts_ns"] if last_cpu else None, evidence=ev,
+    one = running[0] if len(running) == 1 else None
+    return Incident("unclean_reset", summary, cpu=one[0] if one else None,
+                    pid=one[1].get("pid") if one else None,
+                    ts_ns=max((c["last_ts_ns"] for c in ended), default=None), evidence=ev,
                     explanation=explanation, extra={"lost_cpus": lost,
                                                     "cause": "triple_fault" if triple else None})
 
