@@ -2,6 +2,8 @@
 """Benchmark of the symbol service (key "symbols" of bench/results.json).
 
 Tables:
+  vmlinux    a real vmlinux when the Debian test guest is cached
+             ($XDG_CACHE_HOME/kmltrace/guest/*/vmlinux, built by tests/system/build_debian_guest.py)
   kallsyms   this machine's /proc/kallsyms (real; as root, else skipped)
   elf150k    an ELF with 150,000 function symbols, assembled with `as` and linked with `ld`
              (bench/work/symbols/, not committed): no vmlinux is on this machine, and the real
@@ -93,6 +95,8 @@ def main() -> int:
     ap.add_argument("--subset", type=int, default=5_000)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    vmlinux = sorted((user_cache / "kmltrace" / "guest").glob("*/vmlinux"))
     os.environ["XDG_CACHE_HOME"] = str(WORK / "cache")
     from kmltrace.symbols import cache, readers
     from kmltrace.symbols.service import load_table
@@ -102,6 +106,8 @@ def main() -> int:
                      "loadavg_before": os.getloadavg()[0], "addresses": args.addresses,
                      "tables": {}}
     tables = {"elf150k": (elf, lambda: readers.read_elf(elf))}
+    if vmlinux:
+        tables["vmlinux"] = (vmlinux[-1], lambda: readers.read_elf(vmlinux[-1]))
     if Path("/proc/kallsyms").exists():
         tables["kallsyms"] = (Path("/proc/kallsyms"), lambda: readers.read_kallsyms("/proc/kallsyms"))
     for name, (path, read) in tables.items():
@@ -118,8 +124,9 @@ def main() -> int:
                "resolve_cpu_s": cpu[0], "lookup_with_text_s": round(t_lookup, 3),
                "lookup_with_text_cpu_s": cpu[1], "found": int((idx >= 0).sum()),
                "example": frame["sym_text"].drop_nulls()[0]}
-        if name == "elf150k":
+        if name in ("elf150k", "vmlinux"):
             row["input_sha256"] = sha256(path)
+            row["build_id"] = table.meta.get("build_id")
             shutil.rmtree(cache.cache_dir(), ignore_errors=True)
             cpu = []
             cold, _ = median_time(lambda: (shutil.rmtree(cache.cache_dir(), ignore_errors=True),
@@ -128,7 +135,8 @@ def main() -> int:
             warm, _ = median_time(lambda: load_table(path), args.repeats, cpu)
             row.update(load_cold_s=round(cold, 3), load_cold_cpu_s=cpu[0],
                        load_warm_s=round(warm, 3), load_warm_cpu_s=cpu[1])
-            row["addr2line"] = compare_addr2line(table, path, q[:args.subset], args.repeats)
+            if name == "elf150k":
+                row["addr2line"] = compare_addr2line(table, path, q[:args.subset], args.repeats)
         results["tables"][name] = row
     results["loadavg_after"] = os.getloadavg()[0]
     results["versions"] = versions()
