@@ -312,6 +312,12 @@ def render_markdown(report: dict) -> str:
         lines += [f"| {f['cpu']} | {_md(f.get('pid'))} | {_md(f['what'])} |" for f in flight]
     if report.get("previous_boot"):
         lines += ["", previous_boot.render_markdown(report["previous_boot"])]
+    for number, chain in enumerate(report.get("chains") or [], 1):
+        lines += ["", f"## Chain {number}", "", "| # | exception | cpl | rip | rsp | cr2 | stack |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {i} | {_md(e.get('name'))} | {_md(e.get('cpl'))} | {_md(e.get('rip'))} | "
+                  f"{_md(e.get('rsp'))} | {_md(e.get('cr2'))} | {_md(e.get('stack'))} |"
+                  for i, e in enumerate(chain, 1)]
     skipped = [a for a in report.get("analyses", []) if not a["ran"]]
     if skipped:
         lines += ["", "## Not run", ""] + [f"- {_md(a.get('note') or a['name'])}" for a in skipped]

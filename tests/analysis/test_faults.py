@@ -43,3 +43,19 @@ def test_syscalls_interrupts_and_signals_per_process():
     assert activity["syscalls_by_id"] == {"110": 2}
     assert activity["interrupts"] == {"local_timer_entry": 1}
     assert activity["signals"] == {"signal_deliver sig 11": 1}
+
+
+def test_snapshot_stack_vma_and_saved_sp_classify_stack_faults():
+    rows = frame([
+        {"ts_ns": 1 * US, "cpu": 0, "pid": 7, "event": "page_fault_user",
+         "address": 0x7ff0_0000_1000, "error_code": 2},        # inside the stack VMA
+        {"ts_ns": 2 * US, "cpu": 0, "pid": 8, "event": "page_fault_user",
+         "address": 0x40000ff8, "error_code": 2},              # 8 bytes below saved sp
+        {"ts_ns": 3 * US, "cpu": 0, "pid": 8, "event": "page_fault_user",
+         "address": 0x20000000, "error_code": 2},              # far from it
+    ])
+    snap = {"tasks": [{"pid": 7, "stack_vma": ["0x7ff000000000", "0x7ff000010000"]},
+                      {"pid": 8, "sp": "0x40001000"}]}
+    ctx = Context.build(capture(rows, meta={"snapshot": snap}))
+    klass = classified_faults(ctx).sort("row").collect().get_column("klass").to_list()
+    assert klass == ["stack", "stack", "unknown"]
