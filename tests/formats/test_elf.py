@@ -75,3 +75,16 @@ def test_fuzzed_elves_never_escape_as_tracebacks(tmp_path, edits):
         read_elf(path)
     except KmltraceError as e:
         assert "\n" not in str(e)
+
+
+def test_build_id_equals_readelf():
+    import re
+    import subprocess
+    from kmltrace.symbols.readers import build_id, open_elf
+    from tests.conftest import require_binary
+    readelf = require_binary("readelf")
+    out = subprocess.run([readelf, "-n", str(TRUE)], capture_output=True, text=True, check=True).stdout
+    expected = re.search(r"Build ID: ([0-9a-f]+)", out).group(1)
+    f, elf = open_elf(TRUE)
+    with f:
+        assert build_id(elf) == expected
