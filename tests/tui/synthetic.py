@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 
 from kmltrace.schema import conform
-from kmltrace.tui.model import Loaded
+from kmltrace.tui.session import Loaded
 
 HOSTILE_COMM = "[bold]x[/x]"
 BASE_NS = 1_000_000_000_000       # 1000 s, a plausible uptime

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 ANALYSIS_MODULES = ["kmltrace.capture", "kmltrace.analysis", "kmltrace.formats",
-                    "kmltrace.report", "kmltrace.tui.model"]
+                    "kmltrace.report", "kmltrace.tui.model", "kmltrace.tui.session",
+                    "kmltrace.tui.incident_model"]
 
 
 def test_analysis_modules_do_not_import_textual():
@@ -40,3 +41,12 @@ def test_the_tui_does_import_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_first_screen_does_not_wait_for_polars():
+    """The app module and the first screen import no polars: it loads in the background."""
+    code = ("import sys, kmltrace.tui.app, kmltrace.tui.incidents, kmltrace.tui.picker; "
+            "print('polars' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "False", out.stderr

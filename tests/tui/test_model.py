@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from kmltrace.tui import model
+from kmltrace.tui import incident_model, model
 from tests.tui import synthetic
 
 
@@ -17,8 +17,8 @@ def events():
 
 
 def test_format_and_parse_time():
-    assert model.format_ts(1_000_000_000_123) == "1000.000000123"
-    assert model.format_ts(None) == ""
+    assert incident_model.format_ts(1_000_000_000_123) == "1000.000000123"
+    assert incident_model.format_ts(None) == ""
     assert model.parse_time("1000.5") == 1_000_500_000_000
     assert model.parse_time("12ns") == 12
     assert model.parse_time("3ms") == 3_000_000
@@ -90,23 +90,23 @@ def test_timeline_lanes(events):
 
 def test_incident_filter_and_sort():
     incidents = synthetic.report()["incidents"]
-    assert [i["kind"] for i in model.filter_incidents(incidents, "severity=critical,warning")] \
+    assert [i["kind"] for i in incident_model.filter_incidents(incidents, "severity=critical,warning")] \
         == ["triple_fault", "fault_storm"]
-    assert model.filter_incidents(incidents, "pid=100 kernel") == [incidents[0]]
-    assert model.filter_incidents(incidents, "kind=oops") == []
-    by_severity = model.sort_incidents(incidents, "severity")
+    assert incident_model.filter_incidents(incidents, "pid=100 kernel") == [incidents[0]]
+    assert incident_model.filter_incidents(incidents, "kind=oops") == []
+    by_severity = incident_model.sort_incidents(incidents, "severity")
     assert [i["severity"] for i in by_severity] == ["critical", "warning", "info"]
-    by_time = model.sort_incidents(incidents, "time")
+    by_time = incident_model.sort_incidents(incidents, "time")
     assert [i["kind"] for i in by_time] == ["fault_storm", "triple_fault", "kernel_mode_process"]
 
 
 def test_incident_chain_from_report():
     report = synthetic.report()
     triple = report["incidents"][1]
-    chain = model.incident_chain(report, triple)
+    chain = incident_model.incident_chain(report, triple)
     assert [e["name"] for e in chain] == ["#PF", "#DF"]
-    assert model.chain_ends_in_reset(triple, chain)
-    assert model.incident_chain(report, report["incidents"][0]) == []
+    assert incident_model.chain_ends_in_reset(triple, chain)
+    assert incident_model.incident_chain(report, report["incidents"][0]) == []
 
 
 def test_parquet_target_loads_as_events(tmp_path, events):

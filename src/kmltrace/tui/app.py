@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import asyncio
+import importlib
 import threading
 
 from rich.text import Text
@@ -17,24 +18,33 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 
 from kmltrace.output import safe_text
-from kmltrace.tui.events import EventsScreen
-from kmltrace.tui.incident_detail import IncidentDetailScreen
 from kmltrace.tui.incidents import IncidentsScreen
-from kmltrace.tui.model import Loaded, load_all
-from kmltrace.tui.processes import ProcessesScreen
-from kmltrace.tui.snapshot import SnapshotScreen
+from kmltrace.tui.session import Loaded
 from kmltrace.tui.themes import DARK, LIGHT, THEMES
-from kmltrace.tui.timeline import TimelineScreen
 
-#: the modes, in the order of their number keys
-SCREEN_CLASSES = {
-    "incidents": IncidentsScreen,
-    "incident_detail": IncidentDetailScreen,
-    "processes": ProcessesScreen,
-    "timeline": TimelineScreen,
-    "events": EventsScreen,
-    "snapshot": SnapshotScreen,
+#: every screen class by name, imported when first shown: the other screens need polars, and
+#: the first screen must not wait for it
+SCREENS = {
+    "incidents": "kmltrace.tui.incidents:IncidentsScreen",
+    "incident_detail": "kmltrace.tui.incident_detail:IncidentDetailScreen",
+    "processes": "kmltrace.tui.processes:ProcessesScreen",
+    "timeline": "kmltrace.tui.timeline:TimelineScreen",
+    "events": "kmltrace.tui.events:EventsScreen",
+    "snapshot": "kmltrace.tui.snapshot:SnapshotScreen",
 }
+
+
+def screen_class(name: str) -> type:
+    module, attr = SCREENS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def screen_classes() -> dict[str, type]:
+    return {name: screen_class(name) for name in SCREENS}
+
+
+def _mode(name: str):
+    return lambda: screen_class(name)()
 
 
 class KmltraceApp(App):
@@ -42,10 +52,10 @@ class KmltraceApp(App):
     CSS_PATH = "app.tcss"
     MODES = {
         "incidents": IncidentsScreen,
-        "processes": ProcessesScreen,
-        "timeline": TimelineScreen,
-        "events": EventsScreen,
-        "snapshot": SnapshotScreen,
+        "processes": _mode("processes"),
+        "timeline": _mode("timeline"),
+        "events": _mode("events"),
+        "snapshot": _mode("snapshot"),
     }
     BINDINGS = [
         Binding("1", "switch_mode('incidents')", "Incidents", id="incidents"),
@@ -113,6 +123,8 @@ class KmltraceApp(App):
             self.call_from_thread(self.loading_progress, stage, fraction, loaded, done)
 
         try:
+            from kmltrace.tui.model import load_all
+
             load_all(targets, self.vmlinux, progress)
         except Exception as e:  # reported on the screen, never raised into the terminal
             message = f"loading failed: {type(e).__name__}: {e}"
@@ -170,12 +182,12 @@ class KmltraceApp(App):
     def jump_to_evidence(self, evidence: dict) -> None:
         """Show the event an incident's evidence row points at in the event view."""
         self.pending_jump = evidence
-        if isinstance(self.screen, EventsScreen):
+        if isinstance(self.screen, screen_class("events")):
             self.take_jump(self.screen)
         else:
             self.switch_mode("events")
 
-    def take_jump(self, screen: EventsScreen) -> None:
+    def take_jump(self, screen) -> None:
         evidence, self.pending_jump = self.pending_jump, None
         if evidence is not None:
             screen.jump(evidence)

@@ -31,12 +31,12 @@ class HelpScreen(ModalScreen):
     BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
 
     def compose(self) -> ComposeResult:
-        from kmltrace.tui.app import KmltraceApp, SCREEN_CLASSES
+        from kmltrace.tui.app import KmltraceApp, screen_classes
 
         with VerticalScroll(id="help"):
             yield Static(Text(INTRO), id="help-intro")
             yield Static(bindings_table("Everywhere", KmltraceApp.BINDINGS))
-            for name, cls in SCREEN_CLASSES.items():
+            for name, cls in screen_classes().items():
                 own = cls.__dict__.get("BINDINGS")     # not the ones inherited from Screen
                 if own:
                     yield Static(bindings_table(name.replace("_", " ").capitalize(), own))

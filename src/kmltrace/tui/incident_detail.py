@@ -11,8 +11,9 @@ from textual.widgets import DataTable, Label, Static
 from kmltrace.formats.raw_text import with_raw_text
 from kmltrace.tui.base import KmlScreen, literal
 from kmltrace.tui.incidents import SEVERITY_STYLE
-from kmltrace.tui.model import (chain_ends_in_reset, find_event_row, format_ts,
-                                incident_chain, vector_name)
+from kmltrace.tui.incident_model import (chain_ends_in_reset, format_ts, incident_chain,
+                                         vector_name)
+from kmltrace.tui.model import find_event_row
 
 STACK_STYLE = {"same": "bold red", "rsp0": "green", None: "dim"}
 

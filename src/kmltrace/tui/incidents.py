@@ -8,8 +8,8 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Input, Label
 
 from kmltrace.tui.base import KmlScreen, literal
-from kmltrace.tui.model import (INCIDENT_SORT_KEYS, filter_incidents, format_ts,
-                                sort_incidents)
+from kmltrace.tui.incident_model import (INCIDENT_SORT_KEYS, filter_incidents, format_ts,
+                                         sort_incidents)
 
 SEVERITY_STYLE = {"critical": "bold red", "error": "red", "warning": "yellow", "info": "cyan"}
 

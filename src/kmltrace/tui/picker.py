@@ -11,7 +11,7 @@ from textual.widgets import Label, OptionList
 from textual.widgets.option_list import Option
 
 from kmltrace.tui.base import KmlScreen, literal
-from kmltrace.tui.model import is_parquet
+from kmltrace.tui.session import is_parquet
 
 
 def candidates(directory: Path) -> list[tuple[Path, str]]:

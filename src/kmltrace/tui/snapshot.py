@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Label, TabbedContent, TabPane
 
 from kmltrace.tui.base import KmlScreen, literal
-from kmltrace.tui.model import vector_name
+from kmltrace.tui.incident_model import vector_name
 from kmltrace.tui.processes import MODE_STYLE
 
 #: gates a kernel-mode process can take while running on its own stack

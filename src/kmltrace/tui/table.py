@@ -19,7 +19,7 @@ from textual.strip import Strip
 
 from kmltrace.formats.raw_text import raw_text_expr
 from kmltrace.output import safe_text
-from kmltrace.tui.model import format_ts, vector_name
+from kmltrace.tui.incident_model import format_ts, vector_name
 
 #: (column, header, width); columns absent from the frame are left out
 DEFAULT_COLUMNS = [

@@ -9,7 +9,8 @@ from textual.containers import VerticalScroll
 from textual.widgets import Label, Static
 
 from kmltrace.tui.base import KmlScreen
-from kmltrace.tui.model import format_ts, time_span, timeline_lanes, who_letter
+from kmltrace.tui.incident_model import format_ts
+from kmltrace.tui.model import time_span, timeline_lanes, who_letter
 
 LABEL_WIDTH = 10
 COLOURS = ["cyan", "green", "blue", "magenta", "bright_cyan", "bright_green", "bright_blue",
