@@ -1,6 +1,5 @@
 """Per-process fault sequences: classes from the memory map, growth, repeats (SYNTHETIC)."""
 
-import polars as pl
 
 from kmltrace.analysis.context import Context
 from kmltrace.analysis.faults import activity_counts, classified_faults, fault_summary
