@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 
 from kmltrace.formats import Parsed
-from kmltrace.symbols.readers import read_kallsyms
 
 NAME = "kallsyms"
 _LINE = re.compile(rb"^[0-9a-f]{8,16} [A-Za-z] [^\s]+(\t\[[^\]\s]+\])?$")
