@@ -7,14 +7,16 @@ Reads the large real capture of bench/make_large_capture.py (trace.dat v7 zstd a
 trace-v6.dat uncompressed, >= 1.5 M events) and measures, side by side in one run:
 
 * kmltrace: ``kmltrace.formats.tracedat.parse`` in a fresh subprocess (import excluded from
-  the time, peak RSS of that process, the resulting table's estimated size), with the
-  default ``raw_text="all"`` and with ``raw_text="untyped"``;
+  the time; wall and CPU seconds of the parse, peak RSS of that process, the resulting
+  table's estimated size), with the default ``raw_text="untyped"`` and with
+  ``raw_text="all"``;
 * the C reference ``bench/tracecmd_ref.c`` (libtracecmd iterating every event, reading
   timestamp, CPU, type and pid), built here with gcc into bench/work/;
 * ``trace-cmd report -i FILE > /dev/null``.
 
-Wall time and CPU time (user + sys of the child) are both recorded: the machine may be
-shared, and the load average at the start and end is recorded with the figures. The best
+Wall time and CPU time (user + sys, all threads) are both recorded: the machine may be
+shared, and the load average at the start, before each tool and at the end is recorded with
+the figures. The best
 of --repeat runs of each tool is kept. Results go to bench/results.json under "binary"
 (only that key is rewritten), with tool versions and the inputs' sha256.
 """
@@ -38,15 +40,24 @@ RESULTS = REPO / "bench" / "results.json"
 WORK = REPO / "bench" / "work"
 
 CHILD = r"""
-import json, resource, sys, time
+import gc, json, resource, sys, time
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
 t0 = time.perf_counter()
 from kmltrace.formats import tracedat
 t1 = time.perf_counter()
+before = rss()
+u0 = resource.getrusage(resource.RUSAGE_SELF)
 parsed = tracedat.parse(sys.argv[1], raw_text=sys.argv[2])
 t2 = time.perf_counter()
+u1 = resource.getrusage(resource.RUSAGE_SELF)
+gc.collect()
 print(json.dumps({"events": parsed.events.height, "seconds": t2 - t1, "import_seconds": t1 - t0,
+                  "parse_cpu_seconds": (u1.ru_utime - u0.ru_utime) + (u1.ru_stime - u0.ru_stime),
                   "table_bytes": parsed.events.estimated_size(),
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "rss_before_parse_bytes": before, "rss_after_parse_bytes": rss(),
+                  "peak_rss_bytes": u1.ru_maxrss * 1024,
                   "errors": [str(e) for e in parsed.errors]}))
 """
 
@@ -93,45 +104,59 @@ def best(samples: list[dict]) -> dict:
     return min(samples, key=lambda s: s["wall_seconds"])
 
 
-def measure(path: Path, ref: Path, repeat: int) -> dict:
+def kml_summary(samples: list[dict], report: dict) -> dict:
+    k = best(samples)
+    events = k["events"]
+    return {**k, "events_per_second": round(events / k["wall_seconds"]),
+            "events_per_cpu_second": round(events / k["parse_cpu_seconds"]),
+            "best_parse_cpu_seconds": min(s["parse_cpu_seconds"] for s in samples),
+            "peak_rss_over_table": round(k["peak_rss_bytes"] / k["table_bytes"], 2),
+            "speedup_vs_trace_cmd_report_wall": round(report["wall_seconds"] /
+                                                      k["wall_seconds"], 2),
+            "speedup_vs_trace_cmd_report_cpu": round(report["cpu_seconds"] /
+                                                     k["parse_cpu_seconds"], 2)}
+
+
+def measure(path: Path, ref: Path, repeat: int, loads: list) -> dict:
     python = sys.executable
-    kml, kml_untyped, c_ref, report = [], [], [], []
+    kml, kml_all, c_ref, report = [], [], [], []
     for _ in range(repeat):
-        for mode, samples in (("all", kml), ("untyped", kml_untyped)):
+        for mode, samples in (("untyped", kml), ("all", kml_all)):
+            loads.append(os.getloadavg()[0])
             wall, cpu, out = run([python, "-c", CHILD, str(path), mode])
             child = json.loads(out)
             samples.append({"wall_seconds": child["seconds"], "process_wall_seconds": wall,
                             "process_cpu_seconds": cpu, **{k: child[k] for k in (
-                                "events", "table_bytes", "peak_rss_bytes", "import_seconds",
-                                "errors")}})
+                                "events", "parse_cpu_seconds", "table_bytes",
+                                "peak_rss_bytes", "rss_before_parse_bytes",
+                                "rss_after_parse_bytes", "import_seconds", "errors")}})
+        loads.append(os.getloadavg()[0])
         wall, cpu, out = run([str(ref), str(path)])
         fields = dict(item.split("=") for item in out.split())
         c_ref.append({"wall_seconds": wall, "cpu_seconds": cpu, "events": int(fields["events"]),
                       "inner_seconds": float(fields["seconds"])})
+        loads.append(os.getloadavg()[0])
         with open(os.devnull, "w") as null:
             wall, cpu, _ = run(["trace-cmd", "report", "-i", str(path)], stdout=null)
         report.append({"wall_seconds": wall, "cpu_seconds": cpu})
-    k, c, r = best(kml), best(c_ref), best(report)
-    ku = best(kml_untyped)
-    events = k["events"]
+    c, r = best(c_ref), best(report)
+    events = kml[0]["events"]
     return {
         "file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
         "bytes": path.stat().st_size,
         "sha256": sha256(path),
         "events": events,
-        "kmltrace": {**k, "events_per_second": round(events / k["wall_seconds"]),
-                     "peak_rss_over_table": round(k["peak_rss_bytes"] / k["table_bytes"], 2)},
-        "kmltrace_raw_untyped": {**ku, "events_per_second": round(events / ku["wall_seconds"]),
-                                 "peak_rss_over_table": round(ku["peak_rss_bytes"] /
-                                                              ku["table_bytes"], 2),
-                                 "note": "raw_text='untyped': no raw text for events whose "
-                                         "fields are all schema columns"},
-        "libtracecmd_c": {**c, "events_per_second": round(c["events"] / c["wall_seconds"])},
-        "trace_cmd_report": {**r, "events_per_second": round(events / r["wall_seconds"])},
-        "speedup_vs_trace_cmd_report": round(r["wall_seconds"] / k["wall_seconds"], 2),
-        "speedup_vs_libtracecmd_c": round(c["wall_seconds"] / k["wall_seconds"], 2),
-        "speedup_vs_trace_cmd_report_raw_untyped": round(r["wall_seconds"] / ku["wall_seconds"], 2),
-        "all_runs": {"kmltrace": kml, "kmltrace_raw_untyped": kml_untyped,
+        "kmltrace": {**kml_summary(kml, r),
+                     "note": "default raw_text='untyped': raw text only for events with a "
+                             "field outside the schema (formats/raw_text.py renders the rest "
+                             "on demand)"},
+        "kmltrace_raw_all": {**kml_summary(kml_all, r),
+                             "note": "raw_text='all': raw text built for every event"},
+        "libtracecmd_c": {**c, "events_per_second": round(c["events"] / c["wall_seconds"]),
+                          "events_per_cpu_second": round(c["events"] / c["cpu_seconds"])},
+        "trace_cmd_report": {**r, "events_per_second": round(events / r["wall_seconds"]),
+                             "events_per_cpu_second": round(events / r["cpu_seconds"])},
+        "all_runs": {"kmltrace": kml, "kmltrace_raw_all": kml_all,
                      "libtracecmd_c": c_ref, "trace_cmd_report": report},
     }
 
@@ -153,7 +178,8 @@ def main() -> int:
         return 2
     ref = build_reference()
     load_start = os.getloadavg()
-    runs = {p.name: measure(p, ref, opts.repeat) for p in inputs}
+    loads: list[float] = []
+    runs = {p.name: measure(p, ref, opts.repeat, loads) for p in inputs}
     load_end = os.getloadavg()
     import numpy
     import polars
@@ -166,6 +192,9 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_start": [round(x, 2) for x in load_start],
                     "load_average_end": [round(x, 2) for x in load_end],
+                    "load_average_1min_before_each_tool": {
+                        "min": round(min(loads), 2), "max": round(max(loads), 2),
+                        "mean": round(sum(loads) / len(loads), 2)},
                     "note": "shared machine: wall times include waiting for a CPU; the CPU "
                             "seconds show the work each tool did"},
         "goal": {"events_per_second": 2_500_000, "speedup_vs_trace_cmd_report": 3,
