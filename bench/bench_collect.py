@@ -4,7 +4,8 @@
 
 1. Slowdown: a syscall-heavy workload (tests/system/sysrate.c, N getppid calls as fast as it
    can; it times itself) runs untraced, under ``kmltrace collect`` and under ``perf record``
-   with the same tracepoints (kmltrace's default set minus any perf refuses), interleaved,
+   with the same tracepoints (kmltrace's default set minus any perf refuses), also with
+   ``perf record --realtime 1`` (kmltrace streams as a SCHED_FIFO 1 reader), interleaved,
    REPEATS times each; medians are compared.
 2. Highest loss-free rate: the workload makes getppid calls at a fixed rate for a few
    seconds (two events each: sys_enter and sys_exit) under ``kmltrace collect`` with its
@@ -20,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -84,9 +86,10 @@ def run_kmltrace(exe: Path, calls: int, events: list[str], tmp: Path, n: int) ->
             "lost": result["lost_events"]}
 
 
-def run_perf(exe: Path, calls: int, events: list[str], tmp: Path, n: int) -> dict:
+def run_perf(exe: Path, calls: int, events: list[str], tmp: Path, n: int,
+             realtime: bool = False) -> dict:
     data = tmp / f"p{n}.data"
-    cmd = ["perf", "record", "-o", str(data)]
+    cmd = ["perf", "record", "-o", str(data)] + (["--realtime", "1"] if realtime else [])
     for event in events:
         cmd += ["-e", event]
     result = subprocess.run(cmd + ["--", str(exe), "-b", str(calls)], capture_output=True,
@@ -94,25 +97,37 @@ def run_perf(exe: Path, calls: int, events: list[str], tmp: Path, n: int) -> dic
     if result.returncode != 0:
         raise SystemExit(f"perf record failed: {result.stderr.strip()[-500:]}")
     data.unlink()
-    lost = [line for line in result.stderr.splitlines() if "lost" in line.lower()]
-    samples = [line for line in result.stderr.splitlines() if "samples" in line]
+    lines = result.stderr.splitlines()
+    says = [line for line in lines if "samples" in line or "lost" in line.lower()]
+    lost = [float(m.group(1)) for line in lines
+            if (m := re.search(r"lost ([0-9.]+)%", line))]
+    chunks = [int(m.group(1)) for line in lines
+              if (m := re.search(r"lost ([0-9]+) chunks", line))]
     return {"seconds": int(key_values(result.stdout)["elapsed_ns"]) / 1e9,
-            "perf_says": samples + lost}
+            "lost_percent": max(lost, default=0.0), "lost_chunks": max(chunks, default=0),
+            "perf_says": says}
 
 
 def slowdown(exe: Path, events: list[str], tmp: Path, calls: int, repeats: int) -> dict:
-    runs = {"untraced": [], "kmltrace": [], "perf": []}
+    runs = {"untraced": [], "kmltrace": [], "perf": [], "perf_realtime": []}
     for n in range(repeats):
         runs["untraced"].append({"seconds": run_untraced(exe, calls)})
         runs["kmltrace"].append(run_kmltrace(exe, calls, events, tmp, n))
         runs["perf"].append(run_perf(exe, calls, events, tmp, n))
+        runs["perf_realtime"].append(run_perf(exe, calls, events, tmp, n, realtime=True))
     median = {k: statistics.median(r["seconds"] for r in v) for k, v in runs.items()}
+    lost = {"kmltrace": [r["lost"] for r in runs["kmltrace"]],
+            "perf_percent": [r["lost_percent"] for r in runs["perf"]],
+            "perf_realtime_percent": [r["lost_percent"] for r in runs["perf_realtime"]],
+            "perf_chunks": [r["lost_chunks"] for r in runs["perf"]],
+            "perf_realtime_chunks": [r["lost_chunks"] for r in runs["perf_realtime"]]}
     return {
         "workload": f"sysrate -b {calls} ({calls} getppid calls, {2 * calls} events)",
         "repeats": repeats,
         "median_seconds": median,
-        "slowdown": {"kmltrace": round(median["kmltrace"] / median["untraced"], 2),
-                     "perf": round(median["perf"] / median["untraced"], 2)},
+        "slowdown": {k: round(median[k] / median["untraced"], 2)
+                     for k in ("kmltrace", "perf", "perf_realtime")},
+        "lost": lost,
         "runs": runs,
     }
 
@@ -137,9 +152,11 @@ def rate_sweep(exe: Path, tmp: Path, targets: list[int], seconds: float) -> dict
                 "lost": result["lost_events"], "bytes": result["bytes"]}
         steps.append(step)
         print(json.dumps(step), file=sys.stderr)
-        if result["lost_events"] == 0 and kept_up:
+        # what counts is the rate actually sustained: on a busy machine the workload itself
+        # may fall short of the target, which is recorded (workload_kept_up) but not a loss
+        if result["lost_events"] == 0:
             best = max(best, round(achieved))
-        if result["lost_events"] or not kept_up:
+        else:
             break
     return {"buffer_kb_per_cpu": DEFAULT_BUFFER_KB, "seconds_per_step": seconds,
             "events": "raw_syscalls:*", "steps": steps,

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from kmltrace.bundle import read_manifest
+from kmltrace.collectors import command as command_mod
 from kmltrace.collectors import metadata, processes, session, tracefs
 from kmltrace.collectors.bundle_writer import BundleWriter
 from kmltrace.errors import RefusedError
@@ -123,8 +124,9 @@ def test_event_spec():
 
 def test_gated_command_waits_for_release(tmp_path):
     flag = tmp_path / "ran"
-    command = session.GatedCommand(["sh", "-c", f'echo "$KMLTRACE_TRACE_MARKER" > {flag}'],
-                                   env={session.MARKER_ENV: "/x/trace_marker"})
+    command = command_mod.GatedCommand(
+        ["sh", "-c", f'echo "$KMLTRACE_TRACE_MARKER" > {flag}'],
+        env={session.MARKER_ENV: "/x/trace_marker"})
     try:
         assert command.poll() is None and not flag.exists()  # held before exec
         command.release()
@@ -135,6 +137,6 @@ def test_gated_command_waits_for_release(tmp_path):
 
 
 def test_gated_command_that_cannot_exec_exits_127(tmp_path):
-    command = session.GatedCommand([str(tmp_path / "missing")])
+    command = command_mod.GatedCommand([str(tmp_path / "missing")])
     command.release()
     assert command.wait(10) == 127

@@ -9,7 +9,6 @@ starts, and only then the command is released.
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,12 +16,13 @@ from pathlib import Path
 
 from kmltrace.collectors import metadata, tracefs
 from kmltrace.collectors.bundle_writer import BundleWriter, default_output
+from kmltrace.collectors.command import GatedCommand
 from kmltrace.collectors.processes import ExecListener, ProcessWatcher
-from kmltrace.collectors.stream import Streamer
+from kmltrace.collectors.stream import Streamer, no_change, realtime
 from kmltrace.errors import KmltraceError, RefusedError
 
-#: per-CPU ring buffer of our instance. Streaming empties it every POLL_INTERVAL; 4 MiB per
-#: CPU holds ~80k events, i.e. 160 ms at 500k events/s on one CPU (see docs/collect.md).
+#: per-CPU ring buffer of our instance: 4 MiB per CPU holds ~80k events, 160 ms at 500k
+#: events/s on one CPU, against a reader woken at 10% and polling every 20 ms at the latest
 DEFAULT_BUFFER_KB = 4096
 POLL_INTERVAL = 0.02
 #: a pump that moved this much means a burst: poll again without sleeping
@@ -113,115 +113,6 @@ def _totals(stats: dict[int, dict]) -> tuple[int, int]:
     return events, lost
 
 
-#: while it streams, the collector runs SCHED_FIFO at this priority (like perf record
-#: --realtime): on a busy machine a reader that waits for the CPU loses events
-REALTIME_PRIORITY = 1
-
-
-def _no_change() -> None:
-    pass
-
-
-def _realtime() -> tuple[dict, object]:
-    """Make this thread a real-time reader; returns what the manifest records and a
-    function that puts the old policy back (decoding must not run real-time)."""
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
-    except OSError as e:
-        return {"realtime": False, "error": e.strerror}, lambda: None
-
-    def restore():
-        try:
-            os.sched_setscheduler(0, policy, param)
-        except OSError:
-            pass
-    return {"realtime": True, "policy": "SCHED_FIFO", "priority": REALTIME_PRIORITY}, restore
-
-
-class GatedCommand:
-    """A command forked now and held before exec until :meth:`release`, so that our
-    instance can filter on its pid before it does anything."""
-
-    def __init__(self, argv: list[str], stdout: int | None = None,
-                 env: dict[str, str] | None = None):
-        env = {**os.environ, **(env or {})}
-        policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
-        gate_r, gate_w = os.pipe()
-        # closed by the exec itself (O_CLOEXEC): EOF on it tells the parent exec happened
-        exec_r, exec_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
-        if pid == 0:  # the child: wait for the gate, then become the command
-            try:
-                os.close(gate_w)
-                os.close(exec_r)
-                os.read(gate_r, 1)
-                os.close(gate_r)
-                # the command keeps the scheduling it would have had, whatever the collector's
-                os.sched_setscheduler(0, policy, param)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                if stdout is not None:
-                    os.dup2(stdout, 1)
-                os.execvpe(argv[0], argv, env)
-            except BaseException as e:  # noqa: BLE001 - the child must never return
-                try:
-                    os.write(2, f"kmltrace: cannot run {argv[0]!r}: {e}\n".encode())
-                    os.write(exec_w, b"x")
-                finally:
-                    os._exit(127)
-        os.close(gate_r)
-        os.close(exec_w)
-        self.pid = pid
-        self._gate_w: int | None = gate_w
-        self._exec_r: int | None = exec_r
-        self.returncode: int | None = None
-
-    def release(self) -> None:
-        """Let the command exec, and wait until it has (so its exe and maps are its own)."""
-        if self._gate_w is None:
-            return
-        try:
-            os.write(self._gate_w, b"g")
-        finally:
-            os.close(self._gate_w)
-            self._gate_w = None
-        try:
-            os.read(self._exec_r, 1)  # EOF at exec, a byte if exec failed
-        finally:
-            os.close(self._exec_r)
-            self._exec_r = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float) -> int | None:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.returncode
-
-    def terminate(self, grace: float = 3.0) -> None:
-        """SIGTERM, then SIGKILL after `grace` seconds."""
-        self.release()
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self.poll() is not None:
-                return
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and self.poll() is None:
-                time.sleep(0.02)
-        if self.poll() is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-
-
 class Collector:
     """Runs one capture. ``stop`` (a threading.Event) ends it early (SIGINT, SIGTERM)."""
 
@@ -310,7 +201,7 @@ class Collector:
             streamer = Streamer(inst.path, writer.ftrace, page_size=self._page_size(inst),
                                 cpus=cpus)
             perf = None
-            restore_scheduling = _no_change
+            restore_scheduling = no_change
             listener = ExecListener(watcher)
             if listener.open():
                 listener.start()
@@ -323,7 +214,7 @@ class Collector:
                     perf = PerfRecorder(events, writer.path, pid=self._perf_pid())
                     perf.start()
                 streamer.open()
-                info["scheduling"], restore_scheduling = _realtime()
+                info["scheduling"], restore_scheduling = realtime()
                 inst.write("tracing_on", "1")
                 self._release_command()
                 watcher.poll()

@@ -141,3 +141,29 @@ class Streamer:
                     except OSError:
                         pass
         self.streams.clear()
+
+
+#: while it streams, the collector runs SCHED_FIFO at this priority (like perf record
+#: --realtime): on a busy machine a reader that waits for the CPU loses events
+REALTIME_PRIORITY = 1
+
+
+def no_change() -> None:
+    pass
+
+
+def realtime() -> tuple[dict, object]:
+    """Make this thread a real-time reader; returns what the manifest records and a
+    function that puts the old policy back (decoding must not run real-time)."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except OSError as e:
+        return {"realtime": False, "error": e.strerror}, no_change
+
+    def restore():
+        try:
+            os.sched_setscheduler(0, policy, param)
+        except OSError:
+            pass
+    return {"realtime": True, "policy": "SCHED_FIFO", "priority": REALTIME_PRIORITY}, restore
