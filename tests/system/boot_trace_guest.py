@@ -59,6 +59,7 @@ BOOTWORK_C = r"""
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <termios.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -71,6 +72,7 @@ int main(int argc, char **argv)
                         MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     dprintf(console, "bootwork pid=%d region=%p pages=%d calls=%d end=%s\n", getpid(),
             (void *)region, PAGES, CALLS, crash ? "crash" : "exit");
+    tcdrain(console);                   /* the line must leave the UART before the reset */
     for (long i = 0; i < PAGES; i++)
         region[i * 4096] = 1;           /* PAGES user page faults in region */
     for (int i = 0; i < CALLS; i++)

@@ -22,6 +22,8 @@ from kmltrace.schema import SYS_ENTER
 #: x86_64 reboot(2): the path of every clean reboot, halt and poweroff
 REBOOT_NR = 169
 LAST_EVENTS = 6
+#: x86_64 kernel text mapping (KASLR moves the kernel inside it)
+KERNEL_TEXT = 0xFFFFFFFF80000000
 LAST_FAULTS = 5
 FAULT_EVENTS = ("page_fault_user", "page_fault_kernel")
 EVENT_COLUMNS = ("ts_ns", "cpu", "task_pid", "event", "id", "vector", "address", "ip",
@@ -89,7 +91,8 @@ def analyse(ctx, in_flight: list[dict], incidents: list[Incident]) -> PreviousBo
 
     reboot = (events.filter((pl.col("event") == SYS_ENTER) & (pl.col("id") == REBOOT_NR))
               .select("ts_ns", "cpu", "task_pid").collect())
-    faults = _last_faults(ctx, events)
+    delta = (info.get("last_boot_info") or {}).get("text_delta")
+    faults = _last_faults(ctx, events, delta)
     ended = "shutdown (reboot(2) entered)" if reboot.height else "no shutdown"
     section = {"instance": (info.get("mapped") or {}).get("instance"),
                "mapped": info.get("mapped"), "last_boot_info": info.get("last_boot_info"),
@@ -101,7 +104,7 @@ def analyse(ctx, in_flight: list[dict], incidents: list[Incident]) -> PreviousBo
     return out
 
 
-def _last_faults(ctx, events: pl.LazyFrame) -> list[dict]:
+def _last_faults(ctx, events: pl.LazyFrame, text_delta: int | None = None) -> list[dict]:
     faults = (events.filter(pl.col("event").is_in(FAULT_EVENTS))
               .select([c for c in ("row", "ts_ns", "cpu", "task_pid", "event", "address", "ip",
                                    "error_code") if c in events.collect_schema().names()])
@@ -114,10 +117,16 @@ def _last_faults(ctx, events: pl.LazyFrame) -> list[dict]:
     out = []
     for (pid,), group in faults.group_by("task_pid", maintain_order=True):
         mode, comm = modes.get(pid, ("unknown", None))
-        out.append({"pid": pid, "comm": comm, "mode": mode,
-                    "faults": [{k: (hex(v) if k in ("address", "ip") and v is not None else v)
-                                for k, v in r.items() if k != "row"}
-                               for r in group.iter_rows(named=True)]})
+        rows = []
+        for r in group.iter_rows(named=True):
+            row = {k: (hex(v) if k in ("address", "ip") and v is not None else v)
+                   for k, v in r.items() if k != "row"}
+            if text_delta is not None and (r.get("ip") or 0) >= KERNEL_TEXT:
+                # the old boot's kernel text address where it is in this boot (KASLR moved
+                # it by last_boot_info's text delta): look this one up in today's kallsyms
+                row["ip_this_boot"] = hex((r["ip"] + text_delta) % (1 << 64))
+            rows.append(row)
+        out.append({"pid": pid, "comm": comm, "mode": mode, "faults": rows})
     # kernel-mode processes first, then by their last fault, latest first
     out.sort(key=lambda p: (p["mode"] != "kernel", -(p["faults"][-1].get("ts_ns") or 0)))
     return out
