@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.conftest import require_qemu
+from tests.conftest import require, require_qemu
 from tests.system import boot_trace_guest as guest_mod
 
 pytestmark = pytest.mark.system
@@ -33,7 +33,10 @@ def _kmltrace(*args) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def guest():
     require_qemu()
-    return guest_mod.build(log=lambda m: print(m, file=sys.stderr))
+    try:
+        return guest_mod.build(log=lambda m: print(m, file=sys.stderr))
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        require(False, f"cannot build the Debian 6.12 guest: {e}")
 
 
 def _cycle(guest, tmp_path_factory, name, **kw):
