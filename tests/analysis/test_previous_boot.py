@@ -69,3 +69,17 @@ def test_other_captures_have_no_previous_boot_section():
     report = _report(other)
     assert "previous_boot" not in report
     assert not [i for i in report["incidents"] if i["kind"] == "unclean_reset"]
+
+
+def test_triple_fault_only_with_other_evidence(tmp_path):
+    """With the same run's QEMU ``-d cpu_reset`` log as another input, the chains analysis
+    finds the triple fault and the previous boot's unclean_reset names it as the cause."""
+    copy = tmp_path / "b"
+    shutil.copytree(BUNDLE, copy, ignore=shutil.ignore_patterns("events.*"))
+    report = build_report(capture_mod.load([copy, copy / "qemu-cpu_reset.log"]),
+                          postmortem=True)
+    assert [i for i in report["incidents"] if i["kind"] == "triple_fault"]
+    ours = [i for i in report["incidents"]
+            if i["kind"] == "unclean_reset" and "previous boot" in i["summary"]]
+    assert len(ours) == 1 and ours[0]["cause"] == "triple_fault"
+    assert "shows a triple fault" in ours[0]["explanation"]

@@ -150,3 +150,26 @@ def test_read_last_boot_from_an_instance_tree(tmp_path):
     manifest = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert manifest["kind"] == "last_boot"
     assert manifest["last_boot"]["mapped"]["instance"] == "boot_map"
+
+
+def test_arm_enables_the_kml_events(tmp_path, monkeypatch):
+    """Synthetic tracefs tree of a fresh boot (the mapping line, no previous-boot line)."""
+    inst = tmp_path / "instances" / "boot_map"
+    (inst / "per_cpu" / "cpu0").mkdir(parents=True)
+    (inst / "last_boot_info").write_text("")
+    (inst / "tracing_on").write_text("0\n")
+    for ev in ("exceptions/page_fault_user", "raw_syscalls/sys_enter", "sched/sched_switch"):
+        (inst / "events" / ev).mkdir(parents=True)
+        (inst / "events" / ev / "enable").write_text("0\n")
+    for system in ("exceptions", "raw_syscalls"):
+        (inst / "events" / system / "enable").write_text("0\n")
+    monkeypatch.setattr(boot_trace.metadata, "_dmesg", lambda: (
+        "Tracing: mapped boot instance boot_map at physical memory 0x000000003de00000 of "
+        "size 0xc00000\n"))
+    result = boot_trace.arm(root=tmp_path, release="6.12.95")
+    assert result["instance"] == "boot_map"
+    assert {"exceptions", "raw_syscalls", "sched/sched_switch"} <= set(result["enabled_now"])
+    assert (inst / "events" / "sched" / "sched_switch" / "enable").read_text() == "1"
+    assert (inst / "tracing_on").read_text() == "1"
+    assert "<...>" in result["survives"]
+    assert "irq_vectors" in result["missing"]
