@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TRACEFS, require_binary, require_tracefs
+from tests.conftest import REPO, TRACEFS, require, require_binary, require_tracefs
 
 pytestmark = pytest.mark.system
 
@@ -226,15 +228,39 @@ def test_sigkill_leaves_an_instance_that_is_named_and_cleaned(binaries, tmp_path
     assert_unchanged(before)
 
 
+NOBODY = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+
+
+def nobody_python(setpriv: str, workdir: Path) -> tuple[str, dict]:
+    """An interpreter and environment under which user nobody can import kmltrace: this one
+    when nobody may read it (and the checkout), else the system python3 with copies of the
+    pure-Python packages the refusal needs in a world-readable directory."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    probe = [setpriv, *NOBODY, sys.executable, "-c", "import kmltrace.verbs.collect"]
+    if subprocess.run(probe, env=env, cwd="/", capture_output=True).returncode == 0:
+        return sys.executable, env
+    import click
+    import rich
+
+    import kmltrace
+    workdir.chmod(0o755)
+    for package in (kmltrace, click, rich):
+        shutil.copytree(Path(package.__file__).parent, workdir / package.__name__)
+    system_python = shutil.which("python3", path="/usr/bin:/bin")
+    require(system_python is not None, "user nobody cannot run this Python, and there is no "
+            "system python3 to run a readable copy with")
+    return system_python, {**os.environ, "PYTHONPATH": str(workdir)}
+
+
 def test_non_root_is_refused_with_one_line(tmp_path):
     require_tracefs()
     setpriv = require_binary("setpriv")
-    result = subprocess.run([setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                             sys.executable, "-m", "kmltrace", "collect", "--duration", "1",
-                             "-o", str(tmp_path / "b")],
-                            capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, cwd="/")
-    assert result.returncode == 1
+    with tempfile.TemporaryDirectory(prefix="kmltrace-nobody-") as workdir:
+        python, env = nobody_python(setpriv, Path(workdir))
+        result = subprocess.run([setpriv, *NOBODY, python, "-s", "-m", "kmltrace", "collect",
+                                 "--duration", "1", "-o", str(tmp_path / "b")],
+                                capture_output=True, text=True, timeout=60, env=env, cwd="/")
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs root" in lines[0], result.stderr
     assert not (tmp_path / "b").exists()

@@ -9,7 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-from kmltrace.bundle import write_manifest
 from kmltrace.errors import RefusedError
 
 
@@ -56,6 +55,8 @@ class BundleWriter:
         return True
 
     def write_manifest(self, manifest: dict) -> None:
+        from kmltrace.bundle import write_manifest  # (polars: not needed to refuse early)
+
         write_manifest(self.path, {**manifest, "files": self.files})
 
     def finish(self) -> Path:
