@@ -90,3 +90,20 @@ def test_fault_loop_on_one_cpu_is_found_while_another_cpu_works():
         rows.append({"ts_ns": 2 * i * US + 500, "cpu": 1, "pid": 6, "event": "sys_enter", "id": 0})
     found = incidents(build_report(capture(frame(rows))), "fault_loop")
     assert [(i["repeats"], i["cpu"]) for i in found] == [(40, 0)]
+
+
+def test_exited_tasks_are_not_left_in_a_syscall():
+    """exit_group never returns: a real workload whose child exited must not show the child's
+    last sys_enter as in flight (pids from the workload's own output)."""
+    import json
+
+    from kmltrace.capture import load
+    from tests.conftest import SAMPLES
+
+    sample = SAMPLES / "host-6.18-workload"
+    expected = json.loads((sample / "expected.json").read_text())
+    report = build_report(load([sample / "trace.txt"]))
+    stuck = [f for f in report["in_flight"] if f["what"].startswith("sys_enter")]
+    assert expected["child_pid"] not in {f["pid"] for f in stuck}
+    # both workload processes exited before the capture ended: neither is in a syscall
+    assert expected["pid"] not in {f["pid"] for f in stuck}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from kmltrace.schema import SCHED_SWITCH, SYS_ENTER, SYS_EXIT
+from kmltrace.schema import SCHED_PROCESS_EXIT, SCHED_SWITCH, SYS_ENTER, SYS_EXIT
 
 
 def _pairs(ctx) -> pl.Expr:
@@ -38,7 +38,14 @@ def in_flight(ctx) -> list[dict]:
     last_sys = (_last_rows(events.filter(pl.col("event").is_in([SYS_ENTER, SYS_EXIT])),
                            "task_pid")
                 .select("task_pid", "event", "id", "ts_ns", "cpu")
-                .filter(pl.col("event") == SYS_ENTER).collect())
+                .filter(pl.col("event") == SYS_ENTER))
+    # a task that exited after its last sys_enter is not in a syscall (exit and exit_group
+    # never return, so their sys_enter has no sys_exit)
+    exits = (events.filter(pl.col("event") == SCHED_PROCESS_EXIT)
+             .group_by("task_pid").agg(pl.col("ts_ns").max().alias("exit_ns")))
+    last_sys = (last_sys.join(exits, on="task_pid", how="left")
+                .filter(pl.col("exit_ns").is_null() | (pl.col("exit_ns") < pl.col("ts_ns")))
+                .drop("exit_ns").collect())
     open_sys = {r["task_pid"]: r for r in last_sys.iter_rows(named=True)}
     last_irq = (events.filter(_pairs(ctx)).group_by("cpu")
                 .agg(pl.col("event").last(), pl.col("ts_ns").last(), pl.col("task_pid").last())
