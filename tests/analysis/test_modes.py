@@ -64,3 +64,30 @@ def test_a_process_without_evidence_is_unknown():
                    "prev_pid": 321, "next_pid": 0, "next_comm": "swapper/0"}])
     out = modes(capture(rows)).filter(pl.col("pid") == 321)
     assert out.get_column("mode").to_list() == ["unknown"]
+
+
+def test_a_kernel_thread_name_alone_is_no_evidence():
+    # a task named like a kernel thread, quiet in the capture: the name says nothing
+    rows = frame([{"ts_ns": 1, "cpu": 0, "pid": 41, "comm": "kworker/u8:2", "event": "sched_switch",
+                   "prev_pid": 41, "next_pid": 0, "next_comm": "swapper/0"}])
+    row = modes(capture(rows)).filter(pl.col("pid") == 41).row(0, named=True)
+    assert row["mode"] == "unknown"
+    assert "no evidence" in row["evidence"][0]
+
+
+def test_a_child_of_a_kernel_thread_is_a_kernel_thread():
+    rows = frame([
+        {"ts_ns": 1, "cpu": 0, "pid": 2, "comm": "kthreadd", "event": "sched_process_fork",
+         "parent_pid": 2, "child_pid": 77, "child_comm": "kthreadd"},
+        {"ts_ns": 2, "cpu": 0, "pid": 77, "comm": "worker", "event": "sched_process_fork",
+         "parent_pid": 77, "child_pid": 78, "child_comm": "worker"},
+        # forked by a process that is no kernel thread: still unknown
+        {"ts_ns": 3, "cpu": 1, "pid": 300, "comm": "sh", "event": "sched_process_fork",
+         "parent_pid": 300, "child_pid": 301, "child_comm": "kworker/9:9"},
+        {"ts_ns": 4, "cpu": 0, "pid": 78, "comm": "worker", "event": "sched_switch",
+         "prev_pid": 78, "next_pid": 301, "next_comm": "kworker/9:9"},
+    ])
+    out = modes(capture(rows))
+    mode = dict(zip(out.get_column("pid").to_list(), out.get_column("mode").to_list()))
+    assert mode[78] == "kthread"
+    assert mode[301] == "unknown"

@@ -11,14 +11,13 @@ Evidence, strongest first:
   of kernel-mode processes, a 64-bit user task has 0x33 (compat 0x23); TIF_KU (bit 31);
 - a QEMU record at CPL 0 with a user-range RIP and RSP; perf samples' cpumode;
 - the program's path under ``/trusted`` (collector metadata or sched_process_exec);
-- kernel threads: pid 0 (idle) and 2 (kthreadd), children of kthreadd (sched_process_fork),
-  a snapshot task without mm, a process entry without exe and maps, or a kernel-thread name
-  *together with* no user activity (no syscall, user fault, exec or signal) in the capture.
+- kernel threads: pid 0 (idle) and 2 (kthreadd), tasks forked by kthreadd or by another
+  kernel thread (sched_process_fork), a snapshot task without mm, a process entry without exe
+  and maps. A name is never evidence (anyone can call a program ``kworker/0``), nor are
+  sched_switch's prev_state or prio; without evidence the mode is ``unknown``, and that is said.
 """
 
 from __future__ import annotations
-
-import re
 
 import polars as pl
 
@@ -32,16 +31,6 @@ KML_CS_LOW = 0x13
 USER_CS = (0x33, 0x23)
 TIF_KU = 1 << 31
 KTHREADD_PID = 2
-#: Names the kernel gives its own threads; used only together with an absence of user activity.
-KTHREAD_NAME = re.compile(
-    r"^(kworker/|ksoftirqd/|migration/|rcu_|rcub/|rcuc/|rcuo|cpuhp/|idle_inject/|watchdog/|"
-    r"irq/|kthreadd$|khugepaged$|kswapd|kcompactd|jbd2/|oom_reaper$|kauditd$|khungtaskd$|"
-    r"ext4-|writeback$|kblockd$|kintegrityd$|ksmd$|scsi_|ipv6_addrconf$|mm_percpu_wq$|netns$|"
-    r"kdevtmpfs$|inet_frag_wq$|pool_workqueue|kdamond|psimon$|hwrng$|kstrp$|zswap|xfs|edac|"
-    r"ata_sff$|md$|kthrotld$|blkcg_punt_bio$|nvme|cryptd$|devfreq_wq$|watchdogd$|ttm|virtio|"
-    r"btrfs|loop\d|napi/|card\d|kvm|vhost-|spl_|z_|txg_|tpm_dev_wq$|charger_manager$|"
-    r"acpi_thermal_pm$|slub_flushwq$|kmpath|dm_bufio|hv_|vmw|khvcd$|krfcommd$|kerneloops$)")
-
 USER_ACTIVITY_EVENTS = (SYS_ENTER, SYS_EXIT, PAGE_FAULT_USER, SCHED_PROCESS_EXEC,
                         "signal_deliver")
 
@@ -215,12 +204,11 @@ def _decide(pid, image, r, exe, comm, pj, task, parent_of, kernel_possible):
         parent = parent_of.get(pid)
         if parent == KTHREADD_PID:
             kthread.append("forked by kthreadd (pid 2) (sched_process_fork)")
+        elif parent is not None and _kthread_ancestry(parent, parent_of):
+            kthread.append(f"forked by kernel thread {parent}, a descendant of kthreadd "
+                           "(sched_process_fork)")
     if pj is not None and not pj.get("exe") and not pj.get("maps"):
         kthread.append("process metadata: no exe and no memory map (no mm)")
-    if comm and KTHREAD_NAME.match(str(comm)) and not n("user_activity") and not kernel:
-        kthread.append(f"kernel-thread name and no user activity (no syscall, user fault, "
-                       f"exec or signal) in {n('events')} events")
-
     if kernel:
         if user:
             kernel.append("conflicting: " + "; ".join(user))
@@ -229,7 +217,20 @@ def _decide(pid, image, r, exe, comm, pj, task, parent_of, kernel_possible):
         return "kthread", kthread
     if user:
         return "user", user
-    return "unknown", kthread or ["no evidence of the mode in this capture"]
+    return "unknown", kthread or ["no evidence of the mode in this capture (no fork from "
+                                  "kthreadd, no user activity, no snapshot or process metadata)"]
+
+
+def _kthread_ancestry(pid, parent_of: dict, limit: int = 64) -> bool:
+    """Whether `pid` descends from kthreadd through forks the capture saw (only kernel
+    threads fork from kthreadd's children: user processes never have it as an ancestor)."""
+    for _ in range(limit):
+        if pid == KTHREADD_PID:
+            return True
+        pid = parent_of.get(pid)
+        if pid is None:
+            return False
+    return False
 
 
 def _saved_tgids(capture) -> dict[int, int]:
