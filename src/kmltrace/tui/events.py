@@ -34,12 +34,14 @@ class RowDetail(Widget):
 
 class EventsScreen(KmlScreen):
     BINDINGS = [
-        Binding("f", "prompt('filter')", "Filter", tooltip=PROMPTS["filter"]),
-        Binding("slash", "prompt('search')", "Search", tooltip=PROMPTS["search"]),
-        Binding("n", "search_next(1)", "Next match"),
-        Binding("N", "search_next(-1)", "Prev match", key_display="N"),
-        Binding("g", "prompt('goto')", "Go to time", tooltip=PROMPTS["goto"]),
-        Binding("escape", "close_prompt", "Close", show=False),
+        Binding("f", "prompt('filter')", "Filter", tooltip=PROMPTS["filter"], id="events.filter"),
+        Binding("slash", "prompt('search')", "Search", tooltip=PROMPTS["search"],
+                id="events.search"),
+        Binding("n", "search_next(1)", "Next match", id="events.next_match"),
+        Binding("N", "search_next(-1)", "Prev match", key_display="N", id="events.prev_match"),
+        Binding("g", "prompt('goto')", "Go to time", tooltip=PROMPTS["goto"],
+                id="events.go_to_time"),
+        Binding("escape", "close_prompt", "Close", show=False, id="events.close"),
     ]
 
     prompt_kind: str | None = None

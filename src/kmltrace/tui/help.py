@@ -23,12 +23,13 @@ def bindings_table(title: str, bindings) -> Table:
             binding = Binding(*binding)
         keys = binding.key_display or binding.key
         table.add_row(Text(keys, style="bold"), Text(binding.description or binding.action),
+                      Text(binding.id or "", style="italic"),
                       Text(binding.tooltip or "", style="dim"))
     return table
 
 
 class HelpScreen(ModalScreen):
-    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close", id="help.close")]
 
     def compose(self) -> ComposeResult:
         from kmltrace.tui.app import KmltraceApp, screen_classes

@@ -59,8 +59,9 @@ def chain_diagram(chain: list[dict], reset: bool) -> Text:
 
 class IncidentDetailScreen(KmlScreen):
     BINDINGS = [
-        Binding("escape", "app.pop_screen", "Back"),
-        Binding("j", "jump", "Jump to event", tooltip="Open the selected evidence row's event"),
+        Binding("escape", "app.pop_screen", "Back", id="incident_detail.back"),
+        Binding("j", "jump", "Jump to event", tooltip="Open the selected evidence row's event",
+                id="incident_detail.jump_to_event"),
     ]
 
     def __init__(self, incident: dict) -> None:

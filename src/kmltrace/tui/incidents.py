@@ -16,11 +16,14 @@ SEVERITY_STYLE = {"critical": "bold red", "error": "red", "warning": "yellow", "
 
 class IncidentsScreen(KmlScreen):
     BINDINGS = [
-        Binding("s", "sort", "Sort", tooltip="Sort by the next column (severity, kind, time...)"),
-        Binding("r", "reverse", "Reverse", tooltip="Reverse the sort order"),
+        Binding("s", "sort", "Sort", tooltip="Sort by the next column (severity, kind, time...)",
+                id="incidents.sort"),
+        Binding("r", "reverse", "Reverse", tooltip="Reverse the sort order",
+                id="incidents.reverse"),
         Binding("f", "focus_filter", "Filter",
-                tooltip="Filter: kind=K severity=S pid=N, other words match the summary"),
-        Binding("escape", "clear_filter", "Clear filter", show=False),
+                tooltip="Filter: kind=K severity=S pid=N, other words match the summary",
+                id="incidents.filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False, id="incidents.clear_filter"),
     ]
 
     sort_key = "severity"

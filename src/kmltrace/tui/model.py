@@ -295,7 +295,8 @@ SPARK = "▁▂▃▄▅▆▇█"
 def time_span(frame: pl.DataFrame) -> tuple[int, int] | None:
     if frame.height == 0 or "ts_ns" not in frame.columns:
         return None
-    lo, hi = frame.select(pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).row(0)
+    lo, hi = frame.select(pl.col("ts_ns").min().alias("lo"),
+                          pl.col("ts_ns").max().alias("hi")).row(0)
     if lo is None:
         return None
     return int(lo), int(hi)

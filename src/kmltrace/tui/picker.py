@@ -44,7 +44,7 @@ def candidates(directory: Path) -> list[tuple[Path, str]]:
 
 
 class PickerScreen(KmlScreen):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Cancel")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Cancel", id="picker.cancel")]
 
     def __init__(self, directory: Path | None = None) -> None:
         super().__init__()

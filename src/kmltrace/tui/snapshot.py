@@ -25,9 +25,9 @@ def gate_lacks_ist(gate: dict, kml: bool) -> bool:
 
 class SnapshotScreen(KmlScreen):
     BINDINGS = [
-        Binding("i", "tab('tab-idt')", "IDT"),
-        Binding("s", "tab('tab-tss')", "TSS"),
-        Binding("k", "tab('tab-tasks')", "Tasks"),
+        Binding("i", "tab('tab-idt')", "IDT", id="snapshot.idt"),
+        Binding("s", "tab('tab-tss')", "TSS", id="snapshot.tss"),
+        Binding("k", "tab('tab-tasks')", "Tasks", id="snapshot.tasks"),
     ]
 
     def action_tab(self, tab: str) -> None:

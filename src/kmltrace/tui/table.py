@@ -70,13 +70,13 @@ class EventTable(ScrollView, can_focus=True):
     EventTable > .eventtable--exception { color: $error; text-style: bold; }
     """
     BINDINGS = [
-        Binding("up", "cursor(-1)", "Up", show=False),
-        Binding("down", "cursor(1)", "Down", show=False),
-        Binding("pageup", "page(-1)", "Page up", show=False),
-        Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home", "edge(0)", "First", show=False),
-        Binding("end", "edge(1)", "Last", show=False),
-        Binding("enter", "select", "Details", show=False),
+        Binding("up", "cursor(-1)", "Up", show=False, id="event_table.up"),
+        Binding("down", "cursor(1)", "Down", show=False, id="event_table.down"),
+        Binding("pageup", "page(-1)", "Page up", show=False, id="event_table.page_up"),
+        Binding("pagedown", "page(1)", "Page down", show=False, id="event_table.page_down"),
+        Binding("home", "edge(0)", "First", show=False, id="event_table.first"),
+        Binding("end", "edge(1)", "Last", show=False, id="event_table.last"),
+        Binding("enter", "select", "Details", show=False, id="event_table.details"),
     ]
 
     cursor_row: reactive[int] = reactive(0, repaint=False)

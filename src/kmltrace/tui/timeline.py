@@ -20,12 +20,13 @@ MARK_STYLE = {"!": "bold white on red", "f": "bold yellow", "i": "dim white"}
 
 class TimelineScreen(KmlScreen):
     BINDINGS = [
-        Binding("plus,equals_sign", "zoom(0.5)", "Zoom in", key_display="+"),
-        Binding("minus", "zoom(2)", "Zoom out", key_display="-"),
-        Binding("left,h", "pan(-1)", "Pan left", key_display="←"),
-        Binding("right,l", "pan(1)", "Pan right", key_display="→"),
-        Binding("p", "toggle_lanes", "CPU/process"),
-        Binding("0", "reset_view", "Whole capture"),
+        Binding("plus,equals_sign", "zoom(0.5)", "Zoom in", key_display="+",
+                id="timeline.zoom_in"),
+        Binding("minus", "zoom(2)", "Zoom out", key_display="-", id="timeline.zoom_out"),
+        Binding("left,h", "pan(-1)", "Pan left", key_display="←", id="timeline.pan_left"),
+        Binding("right,l", "pan(1)", "Pan right", key_display="→", id="timeline.pan_right"),
+        Binding("p", "toggle_lanes", "CPU/process", id="timeline.cpu_process"),
+        Binding("0", "reset_view", "Whole capture", id="timeline.whole_capture"),
     ]
 
     by = "cpu"
