@@ -206,3 +206,13 @@ def test_chunked_sweep_equals_one_capstone_pass():
     for seed in range(3):
         data = np.random.default_rng(seed).integers(0, 256, 3 * SWEEP_CHUNK + 77, dtype=np.uint8).tobytes()
         assert list(sweep(md, data, 0x401000)) == list(md.disasm_lite(data, 0x401000))
+
+
+def test_data_objects_in_text_are_not_sites(tmp_path):
+    require_binary("objdump")
+    exe = build(tmp_path, "data_in_text.c")
+    dumped = objdump_counts(exe)     # objdump -d also shows an object's bytes as data
+    assert (dumped["wrgsbase"], dumped["syscall"], dumped["swapgs"]) == (0, 0, 0)
+    info = audit_elf(exe)
+    assert info["gs_writes"] == [] and info["kernel_entries"]["syscall"] == 0
+    assert info["sites_in_data_objects"] == 3

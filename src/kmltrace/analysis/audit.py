@@ -16,10 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from kmltrace.analysis.incidents import Incident, evidence
 from kmltrace.errors import InputError, KmltraceError
 from kmltrace.output import hexstr
-from kmltrace.symbols.readers import open_elf, read_elf
+from kmltrace.symbols.readers import object_ranges, open_elf, read_elf
 
 ARCH_SET_GS = 0x1001
 SYS_ARCH_PRCTL = 158
@@ -153,11 +155,16 @@ def _audit_elf(path: Path) -> dict:
             symbols = read_elf(path)
         except KmltraceError:
             symbols = None
-        sites, counts = _scan(code, elf.elfclass, plt_names, symbols)
+        try:
+            objects = object_ranges(path)
+        except KmltraceError:
+            objects = None
+        sites, counts, in_data = _scan(code, elf.elfclass, plt_names, symbols, objects)
     if info["static"] and symbols is not None and info["libc"] is None:
         info["libc"] = _static_libc(symbols)
     info["gs_writes"] = sites
     info["kernel_entries"] = counts
+    info["sites_in_data_objects"] = in_data      # decoded from data tables: not counted
     return info
 
 
@@ -270,23 +277,34 @@ def _plt_names(f, elf, code, path: Path) -> dict[int, str]:
     return out
 
 
-def _scan(code, elfclass: int, plt_names: dict[int, str], symbols) -> tuple[list[dict], dict]:
-    """One linear sweep: GS-writing sites and the kernel-entry instruction counts."""
+def _in_data(address: int, objects) -> bool:
+    if objects is None or not len(objects[0]):
+        return False
+    i = int(np.searchsorted(objects[0], np.uint64(address), side="right")) - 1
+    return i >= 0 and address < int(objects[1][i])
+
+
+def _scan(code, elfclass: int, plt_names: dict[int, str], symbols, objects=None
+          ) -> tuple[list[dict], dict, int]:
+    """One linear sweep: GS-writing sites and the kernel-entry instruction counts. What lies
+    inside a data object (a table that a compiler or OpenSSL put in .text) is data, not a
+    site: it is only counted, apart (the third value)."""
     md = _disassembler(elfclass)
     counts = {"syscall": 0, "sysenter": 0, "int80": 0}
+    in_data = 0
     sites: list[dict] = []
     for _name, start, data in code:
         regs: dict[str, int] = {}
         for a, size, mnem, ops in sweep(md, data, start):
-            kind = None
+            kind, entry = None, None
             if mnem == "syscall":
-                counts["syscall"] += 1
+                entry = "syscall"
                 if regs.get("ax") == SYS_ARCH_PRCTL and regs.get("di") == ARCH_SET_GS:
                     kind = "arch_prctl(ARCH_SET_GS) by syscall"
             elif mnem == "sysenter":
-                counts["sysenter"] += 1
+                entry = "sysenter"
             elif mnem == "int" and ops == "0x80":
-                counts["int80"] += 1
+                entry = "int80"
             elif mnem in ("wrgsbase", "swapgs", "lgs") or (mnem == "pop" and ops == "gs"):
                 kind = mnem if mnem != "pop" else "pop %gs"
             elif mnem == "mov" and ops.startswith("gs,"):
@@ -295,11 +313,17 @@ def _scan(code, elfclass: int, plt_names: dict[int, str], symbols) -> tuple[list
                 kind = "wrmsr to a GS base MSR"
             elif mnem == "call":
                 kind = _call_kind(ops, regs, plt_names, symbols)
-            if kind:
-                sites.append({"address": hexstr(a), "kind": kind, "instruction": f"{mnem} {ops}".strip(),
-                              "symbol": symbols.symbolize(a) if symbols is not None else None})
+            if (kind or entry) and _in_data(a, objects):    # checked only for the rare hits
+                in_data += 1
+            else:
+                if entry:
+                    counts[entry] += 1
+                if kind:
+                    sites.append({"address": hexstr(a), "kind": kind,
+                                  "instruction": f"{mnem} {ops}".strip(),
+                                  "symbol": symbols.symbolize(a) if symbols is not None else None})
             _track(mnem, ops, regs)
-    return sites, counts
+    return sites, counts, in_data
 
 
 def _call_kind(ops: str, regs: dict, plt_names: dict[int, str], symbols) -> str | None:

@@ -95,7 +95,8 @@ def read_elf(path: str | Path) -> SymbolTable:
         raise InputError(f"damaged ELF: {type(e).__name__}: {e}", path=str(path)) from None
 
 
-def _read_elf(path: Path) -> SymbolTable:
+def _raw_symbols(path: Path):
+    """(Elf_Sym records, string table bytes, meta) of the ELF's symtab (dynsym if stripped)."""
     f, elf = open_elf(path)
     with f:
         symtabs = [s for s in elf.iter_sections() if s["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM")]
@@ -103,14 +104,34 @@ def _read_elf(path: Path) -> SymbolTable:
         meta = {"kind": "elf", "build_id": build_id(elf), "elf_type": elf["e_type"],
                 "load_base": load_bias_base(elf),
                 "interp": any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments())}
-        if not symtabs:
-            return SymbolTable.build([], [], source=str(path), meta=meta)
-        section = symtabs[0]
         dtype = _SYM64 if elf.elfclass == 64 else _SYM32
+        if not symtabs:
+            return np.zeros(0, dtype=dtype), b"", meta
+        section = symtabs[0]
         data = _section_bytes(f, elf, section, path)
         strings = _section_bytes(f, elf, elf.get_section(section["sh_link"]), path)
-    count = len(data) // dtype.itemsize
-    syms = np.frombuffer(data, dtype=dtype, count=count)
+    return np.frombuffer(data, dtype=dtype, count=len(data) // dtype.itemsize), strings, meta
+
+
+def object_ranges(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (starts, ends) of the ELF's data objects (STT_OBJECT with a size): bytes that a
+    linear sweep would misread as code when they sit in an executable section."""
+    try:
+        syms, _, _ = _raw_symbols(Path(path))
+    except InputError:
+        raise
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise InputError(f"damaged ELF: {type(e).__name__}: {e}", path=str(path)) from None
+    objs = syms[((syms["info"] & 0xF) == STT_OBJECT) & (syms["size"] > 0) & (syms["shndx"] != 0)]
+    order = np.argsort(objs["value"], kind="stable")
+    starts = objs["value"][order].astype(np.uint64)
+    return starts, starts + objs["size"][order].astype(np.uint64)
+
+
+def _read_elf(path: Path) -> SymbolTable:
+    syms, strings, meta = _raw_symbols(path)
     kind, bind = syms["info"] & 0xF, syms["info"] >> 4
     keep = ((syms["shndx"] != 0) & (syms["value"] != 0) & (syms["name"] != 0)
             & ((kind == STT_FUNC) | (kind == STT_OBJECT) | (kind == STT_NOTYPE)))
