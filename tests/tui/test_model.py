@@ -80,9 +80,12 @@ def test_timeline_lanes(events):
     assert span == (synthetic.BASE_NS, synthetic.BASE_NS + 399 * 10_000)
     lanes = model.timeline_lanes(events, span[0], span[1] + 1, 40)
     assert [lane.label for lane in lanes] == ["CPU 0", "CPU 1"]
-    assert set(lanes[0].cells) == {"f"}        # CPU 0: only page faults
-    assert set(lanes[1].pids) == {200}         # CPU 1: pid 200 ran throughout
+    assert set(lanes[0].pids) == {100}         # CPU 0: pid 100 ran throughout...
+    assert set(lanes[0].cells) == {model.who_letter(100)}
+    assert set(lanes[0].marks) == {"f"}        # ...faulting in every column
+    assert set(lanes[1].pids) == {200}         # CPU 1: pid 200, syscalls only
     assert set(lanes[1].cells) == {model.who_letter(200)}
+    assert set(lanes[1].marks) == {" "}
     per_pid = model.timeline_lanes(events, span[0], span[1] + 1, 40, by="pid")
     assert [lane.label for lane in per_pid] == ["pid 100", "pid 200"]
     assert set(per_pid[1].cells) == {"1"}      # pid 200 on CPU 1

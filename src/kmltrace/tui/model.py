@@ -348,15 +348,16 @@ def sparkline(values: list[int]) -> str:
 @dataclass
 class Lane:
     label: str
-    cells: list[str]            # one character per column: a pid's letter, a mark, or space
+    cells: list[str]            # one character per column: who ran (a pid's letter / CPU digit)
     pids: list[int | None]      # who ran in each column (for the legend)
+    marks: list[str]            # "!" exception, "f" page fault, "i" interrupt, " " none
 
 
 def timeline_lanes(frame: pl.DataFrame, t0: int, t1: int, width: int,
                    by: str = "cpu", limit: int = 32) -> list[Lane]:
     """Lanes of `width` columns over [t0, t1): per CPU (who ran: the pid with most events in
-    the column) or per pid (on which CPU), with ``!`` exceptions, ``f`` page faults and ``i``
-    interrupts marked over the column where they happened."""
+    the column) or per pid (on which CPU); each lane's ``marks`` say where ``!`` exceptions,
+    ``f`` page faults and ``i`` interrupts happened (the strongest per column)."""
     if width <= 0 or t1 <= t0 or frame.height == 0:
         return []
     step = max(1, (t1 - t0 + width - 1) // width)
@@ -384,14 +385,14 @@ def timeline_lanes(frame: pl.DataFrame, t0: int, t1: int, width: int,
     lanes: dict[int, Lane] = {}
     for key in lanes_order:
         label = f"CPU {key}" if by == "cpu" else f"pid {key}"
-        lanes[key] = Lane(label, [" "] * width, [None] * width)
+        lanes[key] = Lane(label, [" "] * width, [None] * width, [" "] * width)
     for key, col, who, m in cells.iter_rows():
         lane = lanes.get(key)
         if lane is None or not 0 <= col < width:
             continue
         lane.pids[col] = who
-        lane.cells[col] = "!" if m == 3 else "f" if m == 2 else "i" if m == 1 else \
-            (who_letter(who) if by == "cpu" else who_digit(who))
+        lane.cells[col] = who_letter(who) if by == "cpu" else who_digit(who)
+        lane.marks[col] = "!" if m == 3 else "f" if m == 2 else "i" if m == 1 else " "
     return [lanes[k] for k in lanes_order]
 
 

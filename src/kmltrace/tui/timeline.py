@@ -40,7 +40,8 @@ class TimelineScreen(KmlScreen):
 
     @staticmethod
     def legend() -> Text:
-        text = Text("legend: letters = pid running (per CPU) / digit = CPU (per process); ")
+        text = Text("legend: letters = pid running (per CPU) / digit = CPU (per process); "
+                    "under each lane: ")
         for mark, meaning in (("!", "exception"), ("f", "page fault"), ("i", "interrupt")):
             text.append(mark, style=MARK_STYLE[mark])
             text.append(f" {meaning}  ")
@@ -76,13 +77,16 @@ class TimelineScreen(KmlScreen):
         for lane in lanes:
             text.append(lane.label.ljust(LABEL_WIDTH)[:LABEL_WIDTH], style="bold")
             for cell, who in zip(lane.cells, lane.pids):
-                if cell in MARK_STYLE:
-                    text.append(cell, style=MARK_STYLE[cell])
-                elif self.by == "cpu" and who:
+                if self.by == "cpu" and who:
                     text.append(cell, style=COLOURS[int(who) % len(COLOURS)])
                 else:
                     text.append(cell, style="dim" if cell in "-·" else "")
             text.append("\n")
+            if any(m != " " for m in lane.marks):      # the marks under the lane they belong to
+                text.append(" " * LABEL_WIDTH)
+                for mark in lane.marks:
+                    text.append(mark, style=MARK_STYLE.get(mark, ""))
+                text.append("\n")
         if self.by == "cpu":
             seen = sorted({p for lane in lanes for p in lane.pids if p})
             if seen:
