@@ -496,8 +496,9 @@ def _field_columns(reads: _Reads, fmt: EventFormat, start: np.ndarray, length: n
             es = f.element_size or 1
             count = f.array_len
             if es in (1, 2, 4, 8) and es * count <= f.size:
-                mat = reads.ints((start + f.offset)[:, None] + np.arange(count) * es, es,
-                                 f.signed)
+                # the array's bytes of every record in one row gather, seen as its elements
+                mat = reads.bytes_block(start + f.offset, es * count).view(
+                    f"<{'i' if f.signed else 'u'}{es}")
             else:
                 mat = np.zeros((n, count), np.uint64)
             dtype = _column_dtype(f)
@@ -855,11 +856,11 @@ _NUMPY_OF = {pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.Int64:
 
 
 class _NumericColumns:
-    """Full-length numeric columns filled type by type, so no per-type copy outlives its type."""
+    """Numeric columns collected type by type, made full-length once every type is read."""
 
     def __init__(self, n: int):
         self.n = n
-        self.arrays: dict[str, tuple[np.ndarray, np.ndarray, pl.DataType]] = {}
+        self.parts: dict[str, tuple[pl.DataType, type, list]] = {}
         self.refused: set[str] = set()
 
     def put(self, piece: _Piece, rows: np.ndarray) -> bool:
@@ -867,27 +868,36 @@ class _NumericColumns:
         if isinstance(values, pl.Series) or values.ndim != 1 or piece.name in self.refused:
             self.refused.add(piece.name)
             return False
-        found = self.arrays.get(piece.name)
+        found = self.parts.get(piece.name)
         if found is None:
             dtype = FIELD_COLUMNS.get(piece.name) or piece.dtype
             np_dtype = _NUMPY_OF.get(dtype)
             if np_dtype is None:
                 self.refused.add(piece.name)
                 return False
-            found = (np.zeros(self.n, np_dtype), np.zeros(self.n, bool), dtype)
-            self.arrays[piece.name] = found
-        found[0][rows] = values
-        found[1][rows] = True
+            found = (dtype, np_dtype, [])
+            self.parts[piece.name] = found
+        # the first type's dtype holds for the column (as a store into its array would)
+        found[2].append((rows, values.astype(found[1], copy=False)))
         return True
 
     def finish(self) -> dict[str, pl.Series]:
         out = {}
-        for name in list(self.arrays):
-            values, covered, dtype = self.arrays.pop(name)
-            rows = np.flatnonzero(covered) if _is_sparse(covered.sum(), self.n) else None
-            if rows is not None:
-                out[name] = _sparse_column(name, rows, values[rows], dtype, self.n)
+        for name in list(self.parts):
+            dtype, np_dtype, parts = self.parts.pop(name)
+            total = sum(rows.size for rows, _ in parts)
+            if _is_sparse(total, self.n):
+                rows = np.concatenate([r for r, _ in parts])
+                values = np.concatenate([v for _, v in parts])
+                out[name] = _sparse_column(name, rows, values, dtype, self.n)
                 continue
+            # values of uncovered rows are never read: no need to zero them
+            values = np.empty(self.n, np_dtype)
+            covered = np.zeros(self.n, bool)
+            for rows, v in parts:
+                values[rows] = v
+                covered[rows] = True
+            del parts
             # a masked array becomes a column with nulls without another pass
             out[name] = pl.Series(name, np.ma.MaskedArray(values, mask=~covered)) \
                 if not covered.all() else pl.Series(name, values)
