@@ -158,8 +158,10 @@ def test_walk_skips_non_elves_and_survives_hostile_files(tmp_path, programs):
     skipped = {Path(s["path"]).name: s["reason"] for s in result.skipped}
     assert skipped["README"] == "not an ELF" and skipped["\x1b[31mred"] == "not an ELF"
     failed = sorted(Path(e.path).name for e in result.errors)
-    assert failed == ["bad_sections", "huge_count", "loop", "self", "truncated"]
-    assert all("\n" not in str(e) for e in result.errors)
+    assert failed == ["bad_sections", "huge_count", "self", "truncated"]
+    assert [Path(w.path).name for w in result.warnings] == ["loop"]
+    assert "symlink loop" in str(result.warnings[0])
+    assert all("\n" not in str(e) for e in result.errors + result.warnings)
 
 
 def test_verb_json_and_exit_status(tmp_path, programs):
@@ -172,6 +174,12 @@ def test_verb_json_and_exit_status(tmp_path, programs):
     gs = next(i for i in doc["incidents"] if i["kind"] == "gs_write")
     assert gs["severity"] == "warning" and len(gs["evidence"]) == sum(GS_SITES.values())
     assert all(e["address"].startswith("0x") for e in gs["evidence"])
+    looped = tmp_path / "looped"
+    looped.mkdir()
+    shutil.copy(programs["dynamic"], looped / "prog")
+    os.symlink(".", looped / "X11")                  # as Debian's /usr/bin/X11 -> .
+    loop = runner.invoke(audit_verb, [str(looped)])
+    assert loop.exit_code == 0 and "X11: symlink loop" in loop.stderr
     missing = runner.invoke(audit_verb, [str(tmp_path / "nope"), str(programs["dynamic"])])
     assert missing.exit_code == 1
     assert "nope: cannot read" in missing.stderr and "ELF programs" in missing.stdout

@@ -41,18 +41,21 @@ _STOPS = {"ret", "jmp", "iret", "iretd", "iretq", "sysret", "hlt", "ud2"}
 class Audit:
     binaries: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
-    errors: list[KmltraceError] = field(default_factory=list)
+    errors: list[KmltraceError] = field(default_factory=list)      # unreadable, damaged
+    warnings: list[KmltraceError] = field(default_factory=list)    # symlink loops not followed
     incidents: list[Incident] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {"binaries": self.binaries, "incidents": [i.to_json() for i in self.incidents],
-                "skipped": self.skipped, "errors": [str(e) for e in self.errors]}
+                "skipped": self.skipped, "errors": [str(e) for e in self.errors],
+                "warnings": [str(w) for w in self.warnings]}
 
 
 # -- walking ---------------------------------------------------------------------------------------
 
 def walk(paths: list[str | Path]) -> Iterator[tuple[str, Path, object]]:
-    """("file", path, None) | ("skip", path, reason) | ("error", path, KmltraceError), in order.
+    """("file", path, None) | ("skip", path, reason) | ("error" or "loop", path, KmltraceError),
+    in order.
     Directories are walked (symlinks followed, each directory and file once: a symlink loop
     is one error line and the walk goes on)."""
     seen_dirs: set = set()
@@ -70,8 +73,8 @@ def _walk(path: Path, seen_dirs: set, seen_files: dict):
     key = (st.st_dev, st.st_ino)
     if stat.S_ISDIR(st.st_mode):
         if key in seen_dirs:
-            yield "error", path, InputError("symlink loop: this directory is already being "
-                                            "walked; not followed", path=str(path))
+            yield "loop", path, InputError("symlink loop: this directory is already being "
+                                           "walked; not followed", path=str(path))
             return
         seen_dirs.add(key)
         try:
@@ -98,6 +101,8 @@ def audit_paths(paths: list[str | Path]) -> Audit:
     for kind, path, detail in walk(paths):
         if kind == "error":
             result.errors.append(detail)
+        elif kind == "loop":
+            result.warnings.append(detail)
         elif kind == "skip":
             result.skipped.append({"path": str(path), "reason": detail})
         else:

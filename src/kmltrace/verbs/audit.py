@@ -17,7 +17,7 @@ def audit(paths, as_json):
     interpreter and libc, the sites that write GS (gs_write, with symbol and address) and the
     syscall / sysenter / int $0x80 sites. Non-ELF files are listed as skipped. A path that
     cannot be read, or a damaged ELF, is one error line; the walk goes on and the exit status
-    is 1.
+    is 1. A symlink loop is one line too, not followed, and does not change the status.
 
     \b
     Examples:
@@ -27,8 +27,8 @@ def audit(paths, as_json):
     from kmltrace.analysis.audit import audit_paths
 
     result = audit_paths(list(paths))
-    for error in result.errors:
-        print_error(error)
+    for problem in result.warnings + result.errors:
+        print_error(problem)
     if as_json:
         print_json(result.to_json())
     else:
@@ -65,4 +65,4 @@ def _print_rich(result) -> None:
             for ev in inc.evidence:
                 console.print(Text("    " + safe_text(ev["text"])))
     console.print(Text(f"{len(result.binaries)} ELF(s), {len(result.skipped)} skipped, "
-                       f"{len(result.errors)} error(s)"))
+                       f"{len(result.errors)} error(s), {len(result.warnings)} symlink loop(s)"))
