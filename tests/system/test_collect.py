@@ -336,3 +336,44 @@ def test_short_lived_exec_is_read_when_it_happens():
     sleeps = [r for r in watcher.result() if r["exe"] and r["exe"].endswith("/sleep")]
     assert len(sleeps) == 1 and sleeps[0]["comm"] == "sleep"
     assert any(m["path"] == "[stack]" for m in sleeps[0]["maps"])
+
+
+THREADED = """
+import os, sys, threading, time
+go, calls = sys.argv[1], int(sys.argv[2])
+def work():
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    for _ in range(calls):
+        os.getppid()
+    print(threading.get_native_id(), flush=True)
+threads = [threading.Thread(target=work) for _ in range(2)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
+
+
+def test_pid_follows_every_existing_thread(binaries, tmp_path):
+    """--pid on a running multi-threaded process: threads that existed before the capture
+    are traced too (set_event_pid filters tasks, not processes)."""
+    go, calls, out = tmp_path / "go", 3000, tmp_path / "bundle"
+    target = subprocess.Popen([sys.executable, "-c", THREADED, str(go), str(calls)],
+                              stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # both threads exist and wait for the go file
+    proc = subprocess.Popen([sys.executable, "-m", "kmltrace", "collect", "--json", "-o",
+                             str(out), "--events", "raw_syscalls:*", "--pid", str(target.pid)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_tracing(proc.pid)
+    time.sleep(0.3)
+    go.touch()
+    tids = [int(line) for line in target.communicate(timeout=60)[0].split()]
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["stop_reason"] == "pid_exit"
+    pl, events = decoded(out)
+    assert len(tids) == 2
+    for tid in tids:
+        assert events.filter((pl.col("pid") == tid) & (pl.col("event") == "sys_enter") &
+                             (pl.col("id") == GETPPID)).height == calls

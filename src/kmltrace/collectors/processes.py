@@ -71,6 +71,22 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def tree_tasks(pid: int) -> list[int]:
+    """Every task (thread) of `pid` and of its descendant processes, as they are now."""
+    out, todo, seen = [], [pid], set()
+    while todo:
+        proc = todo.pop()
+        if proc in seen:
+            continue
+        seen.add(proc)
+        try:
+            out.extend(sorted(int(t.name) for t in (PROC / str(proc) / "task").iterdir()))
+        except OSError:
+            continue  # gone meanwhile
+        todo.extend(children(proc))
+    return out or [pid]
+
+
 @dataclass
 class ProcessWatcher:
     """Records processes of the traced set at every :meth:`poll`.

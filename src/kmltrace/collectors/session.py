@@ -17,7 +17,7 @@ from pathlib import Path
 from kmltrace.collectors import metadata, tracefs
 from kmltrace.collectors.bundle_writer import BundleWriter, default_output
 from kmltrace.collectors.command import GatedCommand
-from kmltrace.collectors.processes import ExecListener, ProcessWatcher
+from kmltrace.collectors.processes import ExecListener, ProcessWatcher, tree_tasks
 from kmltrace.collectors.stream import Streamer, no_change, realtime
 from kmltrace.errors import KmltraceError, RefusedError
 
@@ -205,6 +205,10 @@ class Collector:
             listener = ExecListener(watcher)
             if listener.open():
                 listener.start()
+                if info["filter"].get("system_wide") and inst.exists("set_event_notrace_pid"):
+                    # the listener is a thread of ours: its reads are not the machine's work
+                    inst.write("set_event_notrace_pid", f" {listener.native_id}", append=True)
+                    info["filter"]["excluded_pids"].append(listener.native_id)
                 info["process_reads"] = "at fork and exec (proc connector) and polled"
             else:
                 info["process_reads"] = f"polled (proc connector: {listener.error})"
@@ -266,8 +270,11 @@ class Collector:
         if opts.pid is not None:
             watcher.roots = [opts.pid]
             inst.write("options/event-fork", "1")
-            inst.write("set_event_pid", str(opts.pid))
-            return {"pid": opts.pid, "follow_forks": True}
+            # set_event_pid filters tasks: every thread of the tree that exists already;
+            # event-fork adds the ones created from now on
+            tasks = tree_tasks(opts.pid)
+            inst.write("set_event_pid", " ".join(str(t) for t in tasks))
+            return {"pid": opts.pid, "follow_forks": True, "tasks_at_start": len(tasks)}
         if opts.comm is not None:
             watcher.comm = opts.comm
             quoted = opts.comm.replace("\\", "\\\\").replace('"', '\\"')
