@@ -237,8 +237,15 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         is_data &= ~short
     d_start = (seg.start + header.data_offset) + rec_page[is_data].astype(np.int64) * ps + \
         rec_pos[is_data].astype(np.int64) * 4 + np.where(r_tl[is_data] == 0, 8, 4)
+    # common_type, the low half of the first data word: the word after the header, except
+    # for type_len 0 records (their length word comes first)
+    first_word = r_next[is_data]
     del r_next
-    kind = _Reads(buf).ints(d_start, 2).astype(np.int32)     # common_type
+    long_records = np.flatnonzero(r_tl[is_data] == 0)
+    if long_records.size:
+        first_word[long_records] = _Reads(buf).ints(d_start[long_records], 4)
+    kind = (first_word & 0xFFFF).astype(np.int32)
+    del first_word, long_records
     data_pages = rec_page[is_data]
     del rec_page, rec_pos
     recs = _Records(ts=ts[is_data], kind=kind, start=d_start,
