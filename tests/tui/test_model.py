@@ -126,3 +126,11 @@ def test_clip_buckets_keeps_one_image_span(events):
     first, last = synthetic.BASE_NS + 1_500_000, synthetic.BASE_NS + 2_500_000
     assert model.clip_buckets(values, events, first, last) == [0, 50, 50, 0]
     assert model.clip_buckets(values, events, None, None) == values
+
+
+def test_search_finds_fields_of_events_without_raw_text(events):
+    """Binary-decoded events keep no raw text: the search looks at their typed fields."""
+    bare = events.with_columns(pl.lit(None, dtype=pl.String).alias("raw"))
+    row = model.search_row(bare, "address=0x7ffd0000", 0)     # row 0's address (synthetic)
+    assert row == 0
+    assert model.search_row(bare, "address=0x7ffce000", 0) == 2     # 0x7ffd0000 - 2 pages

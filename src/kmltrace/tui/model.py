@@ -218,15 +218,20 @@ def apply_filter(frame: pl.DataFrame, text: str) -> pl.DataFrame:
 # -- finding rows --------------------------------------------------------------------------------
 
 def _haystack(frame: pl.DataFrame) -> pl.Expr:
-    parts = [pl.col(c).cast(pl.String).fill_null("") for c in ("comm", "event", "raw")
+    from kmltrace.formats.raw_text import raw_text_expr
+
+    parts = [pl.col(c).cast(pl.String).fill_null("") for c in ("comm", "event")
              if c in frame.columns]
+    # binary-decoded events keep no raw text: search the text they would print
+    parts.append(raw_text_expr(frame.schema).fill_null(""))
     return pl.concat_str(parts, separator=" ").str.to_lowercase()
 
 
 def search_row(frame: pl.DataFrame, text: str, start: int = 0,
                backwards: bool = False) -> int | None:
     """The first row at or after `start` (before, when `backwards`) whose comm, event or raw
-    text contains `text` (case-insensitive, literal); None when there is none."""
+    text (rendered from the typed fields where the row has none) contains `text`
+    (case-insensitive, literal); None when there is none."""
     if not text or frame.height == 0:
         return None
     hits = frame.select(_haystack(frame).str.contains(text.lower(), literal=True)
