@@ -155,6 +155,8 @@ def test_workload_counts_exact_and_settings_restored(binaries, tmp_path):
     processes = json.loads((out / "processes.json").read_text())
     mine = [r for r in processes if r["pid"] == pid]  # sh, then kmlwork (if sh was seen)
     assert mine[-1]["exe"] == str(binaries["kmlwork"])
+    if "ts_ns" in mine[-1]:  # read at its exec: stamped on the trace's own clock
+        assert abs(mine[-1]["ts_ns"] - exec_ts[0]) < 5_000_000
     assert any(m_["path"] == "[stack]" for m_ in mine[-1]["maps"])
     manifest = json.loads((out / "bundle.json").read_text())
     assert manifest["kind"] == "collect" and manifest["kernel"]["kml"] is False
@@ -312,11 +314,17 @@ def test_perf_alongside_sees_the_same_calls(binaries, tmp_path):
 
     _, parsed = load_bundle(out)
     by_format = {p.format: p.events for p in parsed}
+    times = {}
     for fmt in ("ftrace_raw", "perf_script"):
         events = by_format[fmt]
         enters = events.filter((pl.col("pid") == pid) & (pl.col("event") == "sys_enter") &
                                (pl.col("id") == GETPPID))
         assert enters.height == calls, fmt
+        times[fmt] = enters["ts_ns"].sort()
+    # one clock (CLOCK_MONOTONIC) for both: the same call is stamped within microseconds
+    # (perf script prints microseconds)
+    gap = (times["ftrace_raw"] - times["perf_script"]).abs()
+    assert gap.median() < 5_000 and gap.max() < 100_000
 
 
 def test_short_lived_exec_is_read_when_it_happens():
@@ -328,6 +336,7 @@ def test_short_lived_exec_is_read_when_it_happens():
     listener = ExecListener(watcher)
     require(listener.open(), f"no proc connector (CONFIG_PROC_EVENTS): {listener.error}")
     listener.start()
+    started = time.monotonic_ns()
     try:
         child = subprocess.run(["sh", "-c", "exec sleep 0.02"], check=True)
     finally:
@@ -335,6 +344,7 @@ def test_short_lived_exec_is_read_when_it_happens():
     assert child.returncode == 0
     sleeps = [r for r in watcher.result() if r["exe"] and r["exe"].endswith("/sleep")]
     assert len(sleeps) == 1 and sleeps[0]["comm"] == "sleep"
+    assert abs(sleeps[0]["ts_ns"] - started) < 2_000_000_000  # CLOCK_MONOTONIC of its exec
     assert any(m["path"] == "[stack]" for m in sleeps[0]["maps"])
 
 

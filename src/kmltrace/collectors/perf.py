@@ -16,9 +16,14 @@ from pathlib import Path
 from kmltrace.errors import RefusedError
 
 
+#: ftrace trace_clock names perf record -k can use too
+PERF_CLOCKS = {"mono": "CLOCK_MONOTONIC", "mono_raw": "CLOCK_MONOTONIC_RAW",
+               "boot": "CLOCK_BOOTTIME", "tai": "CLOCK_TAI"}
+
+
 class PerfRecorder:
     def __init__(self, events: list[str], out_dir: Path, pid: int | None = None,
-                 mmap_pages: int = 1024):
+                 mmap_pages: int = 1024, clock: str | None = None):
         self.perf = shutil.which("perf")
         if self.perf is None:
             raise RefusedError("--perf needs perf on PATH (Debian: apt-get install linux-perf)")
@@ -28,12 +33,16 @@ class PerfRecorder:
         self.log = out_dir / "perf.log"
         self.pid = pid
         self.mmap_pages = mmap_pages
+        #: ftrace's clock; perf uses the same one where it can ("mono" -> -k mono)
+        self.clock = clock if clock in PERF_CLOCKS else None
         self.proc: subprocess.Popen | None = None
         #: events perf refused (some tracepoints cannot be opened through perf)
         self.skipped: list[str] = []
 
     def command(self) -> list[str]:
         cmd = [self.perf, "record", "-o", str(self.data), "-m", str(self.mmap_pages)]
+        if self.clock:
+            cmd += ["-k", PERF_CLOCKS[self.clock]]
         for event in self.events:
             cmd += ["-e", event]
         cmd += ["-p", str(self.pid)] if self.pid is not None else ["-a"]
@@ -77,7 +86,8 @@ class PerfRecorder:
 
     def stop(self) -> dict:
         """Stop perf, write perf script text; returns what the manifest records."""
-        info = {"command": self.command(), "data": self.data.name, "skipped": self.skipped}
+        info = {"command": self.command(), "data": self.data.name, "skipped": self.skipped,
+                "clock": self.clock or "perf"}
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:

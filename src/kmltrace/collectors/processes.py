@@ -114,11 +114,14 @@ class ProcessWatcher:
             return (_read(PROC / str(pid) / "comm") or "").strip() == self.comm
         return True
 
-    def record(self, pid: int) -> None:
-        """Read `pid` now (called the moment it forks or execs)."""
+    def record(self, pid: int, ts_ns: int | None = None) -> None:
+        """Read `pid` now (called the moment it forks or execs, at `ts_ns` CLOCK_MONOTONIC:
+        the trace's own clock when the instance uses "mono")."""
         row = read_process(pid)
         if row is None or (row["exe"] is None and not row["maps"]):
             return
+        if ts_ns is not None:
+            row["ts_ns"] = ts_ns
         with self.lock:
             self.rows[(pid, row["exe"])] = row
 
@@ -158,6 +161,8 @@ class ProcessWatcher:
             if key in self.rows and not row["maps"]:
                 continue  # exiting: keep the maps read while it lived
             with self.lock:
+                if key in self.rows and "ts_ns" in self.rows[key]:
+                    row["ts_ns"] = self.rows[key]["ts_ns"]  # when it was seen to exec
                 self.rows[key] = row
 
     def result(self) -> list[dict]:
@@ -226,7 +231,7 @@ class ExecListener(threading.Thread):
     def handle(self, data: bytes) -> None:
         if len(data) < _DATA_AT + 8:
             return
-        what = _EVENT.unpack_from(data, _EVENT_AT)[0]
+        what, _, ts_ns = _EVENT.unpack_from(data, _EVENT_AT)
         watcher = self.watcher
         if what == PROC_EVENT_FORK and len(data) >= _DATA_AT + 16:
             parent_pid, parent_tgid, child_pid, child_tgid = struct.unpack_from("=iiii", data,
@@ -236,11 +241,11 @@ class ExecListener(threading.Thread):
             if watcher.roots and (parent_tgid in watcher.tree or parent_tgid in watcher.roots):
                 watcher.tree.add(child_tgid)
             if watcher.roots and watcher.wants(child_tgid):
-                watcher.record(child_tgid)
+                watcher.record(child_tgid, ts_ns)
         elif what == PROC_EVENT_EXEC:
             pid, tgid = struct.unpack_from("=ii", data, _DATA_AT)
             if watcher.wants(tgid):
-                watcher.record(tgid)
+                watcher.record(tgid, ts_ns)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -34,6 +34,7 @@ WAKE_PERCENT = 10
 #: 2.4 GB for 190 MB); their event table is built when the bundle is first read
 DECODE_NOW_MAX_BYTES = 256 << 20
 PROGRESS_INTERVAL = 0.5
+TRACE_CLOCK = "mono"
 
 DEFAULT_EVENTS = ["exceptions:*", "irq_vectors:*", "nmi:*", "raw_syscalls:*",
                   "sched:sched_switch", "sched:sched_process_exec", "sched:sched_process_fork",
@@ -187,6 +188,10 @@ class Collector:
             info["instance"] = inst.name
             inst.write("tracing_on", "0")
             inst.write("buffer_size_kb", str(opts.buffer_kb))
+            # CLOCK_MONOTONIC, synchronised across CPUs, and the clock of the proc connector
+            # (processes.json ts_ns) and of perf record -k mono: one timeline for all three
+            if TRACE_CLOCK in inst.read("trace_clock").replace("[", " ").replace("]", " ").split():
+                inst.write("trace_clock", TRACE_CLOCK)
             info["overwrite"] = inst.read("options/overwrite").strip() == "1"
             if inst.exists("buffer_percent"):
                 inst.write("buffer_percent", str(WAKE_PERCENT))
@@ -215,7 +220,8 @@ class Collector:
             try:
                 if opts.perf:
                     from kmltrace.collectors.perf import PerfRecorder
-                    perf = PerfRecorder(events, writer.path, pid=self._perf_pid())
+                    perf = PerfRecorder(events, writer.path, pid=self._perf_pid(),
+                                        clock=metadata.current_clock(inst.read("trace_clock")))
                     perf.start()
                 streamer.open()
                 info["scheduling"], restore_scheduling = realtime()
