@@ -34,6 +34,7 @@ NEEDS: dict[str, Needs] = {
     "faults": Needs(any_of=(FAULTS,)),
     "landing": Needs(any_of=(FAULTS + ("hw_interrupt", "local_timer_entry"),)),
     "gs_write": Needs(all_of=("sys_enter",)),
+    "gs_state": Needs(),
     "fault_storm": Needs(any_of=(FAULTS,)),
     "fault_loop": Needs(any_of=(FAULTS,)),
     "in_flight": Needs(),
@@ -89,14 +90,16 @@ def build_report(capture, postmortem: bool = False, events: pl.LazyFrame | None 
     def run_landing():
         landed = landing.landings(ctx).collect()
         stacks.extend(landing.landing_counts(landed))
+        # no faults analysed: an empty table of the same shape (never a narrower one)
         fault_rows = classified if classified is not None else pl.DataFrame(
-            schema={"task_pid": pl.Int32, "image": pl.Int32, "klass": pl.String})
+            schema=landing.FAULT_ROW_SCHEMA)
         return landing.landing_incidents(ctx, landed, fault_rows)
 
     incidents += runner.run("landing", run_landing, []) or []
     incidents += landing.ist_missing_incidents(ctx)
     incidents += snapshot_checks.snapshot_task_incidents(capture)
     incidents += runner.run("gs_write", lambda: gs.gs_incidents(ctx), []) or []
+    incidents += runner.run("gs_state", lambda: gs.cpu_state_gs_incidents(ctx), []) or []
     incidents += runner.run("fault_storm", lambda: storms.storm_incidents(ctx), []) or []
     incidents += runner.run("fault_loop", lambda: storms.loop_incidents(ctx), []) or []
     in_flight = runner.run("in_flight", lambda: inflight.in_flight(ctx), [])

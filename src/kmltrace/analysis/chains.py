@@ -323,16 +323,24 @@ def _starved(row: dict) -> str | None:
 def _close_qemu(chain: list[dict], triple: dict | None, gates, symbolize, result: ChainResult,
                 reset: dict | None = None) -> None:
     vectors = [r["vector"] for r in chain]
-    starved = [r for r in chain if _starved(r)]
+    below_rsp = [r for r in chain if _starved(r)]
     looped = bool(chain) and chain[-1]["repeats"] >= LOOP_MIN_REPEATS
     escalated = len(chain) > 1
-    if not (triple or reset or DF_VECTOR in vectors or starved or looped or escalated):
+    if not (triple or reset or DF_VECTOR in vectors or below_rsp or looped or escalated):
         return                                   # delivered and handled: not an episode
-    exceptions = []
+    exceptions, failed_lines = [], set()
     for i, row in enumerate(chain):
         nested_next = i + 1 < len(chain) and chain[i + 1]["prev_vector"] == row["vector"]
         failed = nested_next or (triple is not None and i == len(chain) - 1)
+        if failed:
+            failed_lines.add(row["line"])
         exceptions.append(_qemu_exception(row, gates, symbolize, delivered=not failed))
+    # starvation: the frame could not be pushed (its delivery faulted), or the fault repeats
+    # forever. A #PF delivered once, its frame on another stack (an IST), after which the
+    # instruction did not fault again, was handled: the stack grew, as on a KML kernel whose
+    # #PF gate has an IST; that is the chain's story, not an incident.
+    starved = [r for r in below_rsp if r["line"] in failed_lines
+               or r["repeats"] >= LOOP_MIN_REPEATS]
     _infer_df_stack(chain, exceptions, triple)
     if triple is not None:
         # the fault raised while delivering the last one: it has no record of its own

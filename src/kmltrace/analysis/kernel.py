@@ -47,8 +47,11 @@ def kernel_info(capture, events: pl.LazyFrame | None = None) -> KernelInfo:
         if isinstance(captured, dict) and isinstance(captured.get("cpus"), int):
             info.cpus = max(info.cpus or 0, captured["cpus"])
     for parsed in capture.inputs:
-        if isinstance(parsed.meta.get("cpus"), int):
+        if isinstance(parsed.meta.get("cpus"), int) and not _host_trace(parsed):
             info.cpus = max(info.cpus or 0, parsed.meta["cpus"])
+        if isinstance(parsed.meta.get("cpu_state"), list) and parsed.meta["cpu_state"]:
+            # a guest memory dump has one CPU state per guest CPU
+            info.cpus = max(info.cpus or 0, len(parsed.meta["cpu_state"]))
         if isinstance(parsed.meta.get("kernel"), str):
             info.release = info.release or parsed.meta["kernel"]
     for snap in capture.metas("snapshot"):
@@ -73,7 +76,9 @@ def kernel_info(capture, events: pl.LazyFrame | None = None) -> KernelInfo:
             info.kml_evidence.append(f"{file}:{line}: {raw}")
     if events is not None:
         if info.cpus is None:
-            top = events.select(pl.col("cpu").max()).collect().item()
+            # the host's kvm events number the host's CPUs, not the guest's
+            guest = (pl.col("source") != "kvm") & ~pl.col("system").fill_null("").str.starts_with("kvm")
+            top = events.filter(guest).select(pl.col("cpu").max()).collect().item()
             info.cpus = None if top is None else int(top) + 1
     if not info.ist and info.kml is None:
         # a kernel nobody identified (a bare QEMU log of some kernel) has no known IDT:
@@ -84,3 +89,12 @@ def kernel_info(capture, events: pl.LazyFrame | None = None) -> KernelInfo:
         info.ist_source = ("KML 4.0 layout (every ordinary gate on IST 5)" if info.kml
                            else "mainline x86_64 layout (IST only for #DF, NMI, #DB, #MC)")
     return info
+
+
+def _host_trace(parsed) -> bool:
+    """A host's kvm:* trace: its CPU count is the host's, not the traced kernel's."""
+    events = parsed.events
+    if not events.height or "system" not in events.columns:
+        return False
+    systems = events.get_column("system").drop_nulls().unique().to_list()
+    return bool(systems) and all(str(s).startswith("kvm") for s in systems)

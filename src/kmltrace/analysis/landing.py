@@ -2,7 +2,11 @@
 landed (``rsp0``, ``istN`` or ``same``; see analysis/stacks.py), and the incidents that follow:
 
 - ``redzone_clobber``: a ``same`` landing while a kernel-mode process ran on its own
-  user-range stack: the CPU pushed the frame below its %rsp, over the 128-byte red zone;
+  user-range stack: the CPU pushed the frame below its %rsp, over the 128-byte red zone.
+  Only frames that were pushed count (``pushed``): a delivery during which the CPU faulted
+  again (the next record names it as ``prev_vector``, or a triple fault followed), or a CPL 0
+  #PF whose CR2 lies within the frame below RSP, never wrote its frame: that is starvation
+  (analysis/chains.py), not a clobbered red zone;
 - ``stack_starvation`` (predicted, warning): a kernel-mode process faulted on its own stack
   pages while the #PF gate has no IST: the first such fault that finds no mapped page cannot
   push its frame, and the machine double-faults and resets;
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from kmltrace.analysis.chain_model import FRAME_BYTES
 from kmltrace.analysis.faults import DELIVERY_COLUMNS
 from kmltrace.analysis.incidents import Incident, evidence
 from kmltrace.analysis.kernel import USER_TOP
@@ -23,18 +28,34 @@ from kmltrace.schema import (EXCEPTION, PAGE_FAULT_EVENTS, PF_USER, PF_VECTOR, V
 ORDINARY_GATES = (PF_VECTOR, 13, 6, 0)
 LOCAL_TIMER_VECTOR = 0xEC
 MAX_EVIDENCE = 5
+#: the classified fault rows landing_incidents reads (analysis/faults.py gives more)
+FAULT_ROW_SCHEMA = {"row": pl.Int64, "ts_ns": pl.Int64, "cpu": pl.Int32, "task_pid": pl.Int32,
+                    "task_comm": pl.String, "image": pl.Int32, "source": pl.String,
+                    "file": pl.String, "line": pl.Int64, "event": pl.String,
+                    "vector": pl.Int32, "ip": pl.UInt64, "address": pl.UInt64,
+                    "error_code": pl.UInt64, "klass": pl.String}
 
 
 def landings(ctx) -> pl.LazyFrame:
-    """Exception and interrupt rows with ``cpl``, ``on_user_stack``, ``ist`` and ``stack``."""
+    """Exception and interrupt rows with ``cpl``, ``on_user_stack``, ``ist``, ``stack`` and
+    ``pushed`` (False when the CPU could not write the frame)."""
     ev = pl.col("event")
     is_pf = ev.is_in(list(PAGE_FAULT_EVENTS))
     u_set = (pl.col("error_code") & PF_USER) != 0
     delivered = (is_pf | (ev == EXCEPTION) | (ev == "hw_interrupt")
                  | ((pl.col("system") == "irq_vectors") & ev.is_in(ctx.events_named("_entry"))))
-    rows = (ctx.events.select(DELIVERY_COLUMNS)
-            .filter(delivered & (is_pf | pl.col("vector").is_not_null())))
-    return rows.with_columns(
+    names = set(ctx.events.collect_schema().names())
+    prev = pl.col("prev_vector") if "prev_vector" in names else pl.lit(None, dtype=pl.Int32)
+    # QEMU's records of one CPU in log order: a fault raised while delivering a record (or a
+    # triple fault) comes next and names the record's vector as prev_vector
+    nested = (ev == EXCEPTION) | (ev == "triple_fault")
+    rows = (ctx.events.select(*DELIVERY_COLUMNS, prev.alias("_prev"))
+            .filter((delivered & (is_pf | pl.col("vector").is_not_null())) | nested)
+            .with_columns(pl.when(nested).then(pl.col("_prev")).alias("_prev"))
+            .with_columns(pl.col("_prev").shift(-1).over("file", "cpu", order_by="row")
+                          .alias("_next_prev"))
+            .filter(ev != "triple_fault"))
+    rows = rows.with_columns(
         pl.when(is_pf).then(pl.lit(PF_VECTOR)).otherwise(pl.col("vector")).cast(pl.Int32)
         .alias("vector"),
         # a page fault's U/S bit is the CPL it was taken at; other records carry their CPL
@@ -48,6 +69,12 @@ def landings(ctx) -> pl.LazyFrame:
         .when((ev == "page_fault_user") & (pl.col("cpl") == 0)).then(pl.lit(True))
         .alias("on_user_stack"),
     ).with_columns(landing_stack_expr(pl.col("cpl"), pl.col("ist")).alias("stack"))
+    rsp, cr2 = pl.col("rsp"), pl.col("address")
+    frame_faulted = ((pl.col("vector") == PF_VECTOR) & (pl.col("stack") == "same")
+                     & (rsp > cr2) & (pl.when(rsp > cr2).then(rsp - cr2) <= FRAME_BYTES))
+    return rows.with_columns(
+        ~(pl.col("_next_prev").eq_missing(pl.col("vector")) | frame_faulted.fill_null(False))
+        .alias("pushed")).drop("_prev", "_next_prev")
 
 
 def landing_counts(frame: pl.DataFrame) -> list[dict]:
@@ -88,7 +115,8 @@ def landing_incidents(ctx, landed: pl.DataFrame, faults: pl.DataFrame) -> list[I
     mode = kernel_rows.select(pl.col("pid").alias("task_pid"), "image",
                               pl.lit(True).alias("_kernel_mode"))
     clobbers = (landed.join(mode, on=["task_pid", "image"], how="inner", nulls_equal=True)
-                .filter((pl.col("stack") == "same") & pl.col("on_user_stack").fill_null(False)))
+                .filter((pl.col("stack") == "same") & pl.col("on_user_stack").fill_null(False)
+                        & pl.col("pushed")))
     for (pid, image), group in clobbers.group_by(["task_pid", "image"], maintain_order=True):
         first = group.row(0, named=True)
         incidents.append(Incident(
@@ -105,6 +133,8 @@ def landing_incidents(ctx, landed: pl.DataFrame, faults: pl.DataFrame) -> list[I
     pf_ist = ctx.kernel.ist.get(PF_VECTOR)
     if pf_ist is None or pf_ist > 0:   # unknown gate, or #PF has its own stack
         return incidents
+    faults = faults.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in
+                                  FAULT_ROW_SCHEMA.items() if c not in faults.columns])
     starving = (faults.join(mode, on=["task_pid", "image"], how="inner", nulls_equal=True)
                 # faults in the process's own code (page_fault_kernel is kernel code, which
                 # runs on the kernel stack)

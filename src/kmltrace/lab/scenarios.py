@@ -78,18 +78,21 @@ def _scenarios() -> list[Scenario]:
                  "CPL 0 code on a user-range stack pushes below its mapped page; #PF and #DF "
                  "have no IST, so neither frame can be pushed: triple fault, reset",
                  reset=True, vectors=(14, 8), gates={14: 0, 8: 0},
-                 incidents=("triple_fault", "stack_starvation"), facts=starve),
+                 incidents=("triple_fault", "stack_starvation"),
+                 absent=("redzone_clobber",),     # neither frame was ever pushed
+                 facts=starve),
         Scenario("pf-ist", "SC_PF_IST",
                  "the same push, but the #PF gate uses IST 1: the frame goes on the IST stack, "
                  "the handler maps the page and the push completes; no reset",
                  reset=False, vectors=(14,), gates={14: ist, 8: 0},
-                 absent=("triple_fault", "double_fault"), facts=starve,
+                 absent=("triple_fault", "double_fault", "redzone_clobber"), facts=starve,
                  serial=r"lab: push completed on a grown stack"),
         Scenario("df-ist", "SC_DF_IST",
                  "the same push, #PF without IST (its frame cannot be pushed) and #DF on IST 1 "
                  "as in mainline Linux: the double fault is delivered and handled; no reset",
                  reset=False, vectors=(14, 8), gates={14: 0, 8: ist},
-                 incidents=("double_fault", "stack_starvation"), absent=("triple_fault",),
+                 incidents=("double_fault", "stack_starvation"),
+                 absent=("triple_fault", "redzone_clobber"),
                  facts=starve, serial=r"lab: #DF delivered"),
         Scenario("redzone-noist", "SC_REDZONE_NOIST",
                  "CPL 0 code on a user-range stack keeps 128 bytes below %rsp while the LAPIC "
@@ -109,7 +112,7 @@ def _scenarios() -> list[Scenario]:
                  "goes on RSP0, the handler maps the page; nothing is wrong",
                  reset=False, vectors=(14, c["SYSCALL_VECTOR"]), gates={14: 0},
                  absent=("triple_fault", "double_fault", "stack_starvation", "redzone_clobber",
-                         "fault_loop"),
+                         "fault_loop", "gs_write", "kernel_mode_process"),
                  facts={"cpl": 3, "rsp": c["STARVE_RSP"], "cr2": c["STARVE_CR2"],
                         "error_code": c["CPL3_PF_ERROR"], "rip_symbol": "user_push"},
                  serial=r"lab: CPL 3 program done"),
@@ -117,14 +120,14 @@ def _scenarios() -> list[Scenario]:
                  "CPL 0 code loads %gs and writes its GS base (wrgsbase, or the MSR where the "
                  "CPU lacks FSGSBASE) over the kernel's per-CPU base, then traps (int3)",
                  reset=False, vectors=(3,), gates={3: ist},
-                 absent=("triple_fault", "redzone_clobber"),
+                 incidents=("gs_write",), absent=("triple_fault", "redzone_clobber"),
                  facts={"cpl": 0, "gs_base": c["GS_USER_VALUE"], "rip_symbol": "gs_wrgsbase"},
                  serial=r"lab: gs_base=0x0*7ffff7ff0000"),
         Scenario("fault-loop", "SC_FAULT_LOOP",
                  "the starvation push with #PF on IST 1, whose handler goes back to the faulting "
                  "stack and pushes there: the same #PF at the same instruction, forever, no reset",
                  reset=False, vectors=(14, 14, 14), gates={14: ist},
-                 incidents=("fault_loop",), absent=("triple_fault",),
+                 incidents=("fault_loop",), absent=("triple_fault", "redzone_clobber"),
                  facts={**starve, "loop_symbol": "loop_push"},
                  timeout=10.0, log_cap=512 << 10),
     ]
