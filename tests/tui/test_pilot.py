@@ -119,7 +119,11 @@ async def test_event_view_paging_filter_search_goto():
         await pilot.press("f", "ctrl+u", "enter")
         await settle(app, pilot)
         assert table.row_count == 400
-        await pilot.press("home", "slash", *"address=0x37", "enter")
+        await pilot.press("home", "slash", *"address=0x25")   # incremental: no Enter
+        await pilot.pause(0.6)
+        await settle(app, pilot)
+        assert table.cursor_row == 25
+        await pilot.press("escape", "home", "slash", "ctrl+u", *"address=0x37", "enter")
         await settle(app, pilot)
         assert table.cursor_row == 37
         await pilot.press("n")

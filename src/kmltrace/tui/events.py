@@ -47,6 +47,7 @@ class EventsScreen(KmlScreen):
     prompt_kind: str | None = None
     filter_text = ""
     search_text = ""
+    _search_timer = None
 
     def body(self) -> ComposeResult:
         yield Label("", id="events-count")
@@ -136,7 +137,13 @@ class EventsScreen(KmlScreen):
     def on_input_changed(self, event: Input.Changed) -> None:
         if self.prompt_kind == "search" and event.value and self.app.loaded.events is not None:
             self.search_text = event.value
-            self.run_search(event.value, self.table.cursor_row, False)
+            # wait for a pause in typing: a search of millions of rows runs in a thread that
+            # cannot be stopped, so one per keystroke would pile up
+            if self._search_timer is not None:
+                self._search_timer.stop()
+            self._search_timer = self.set_timer(
+                0.25, lambda value=event.value, row=self.table.cursor_row:
+                self.run_search(value, row, False))
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         kind, value = self.prompt_kind, event.value.strip()
@@ -157,7 +164,9 @@ class EventsScreen(KmlScreen):
             else:
                 self.table.move_to(row, center=True)
         elif kind == "search" and value:
-            self.search_text = value      # the incremental search already stands on a match
+            self.search_text = value      # the incremental search may already stand on a match
+            if self._search_timer is not None:
+                self._search_timer.stop()
             self.run_search(value, self.table.cursor_row, False)
         self.action_close_prompt()
 
