@@ -82,6 +82,10 @@ def test_own_program_sites_match_the_source(programs):
         assert site["symbol"].split("+")[0] == GS_FUNCTIONS[site["kind"]]
         assert site["address"].startswith("0x")
     assert info["kernel_entries"] == {"syscall": 2, "sysenter": 1, "int80": 1}
+    calls = sorted(s["instruction"].split(" <")[1] for s in info["gs_writes"]
+                   if s["instruction"].startswith("call"))
+    assert calls == ["arch_prctl@plt>", "syscall@plt>"]          # as objdump names them
+    assert not any(s.get("outside_functions") for s in info["gs_writes"])
 
 
 def test_static_program_same_sites_and_objdump_counts(programs):

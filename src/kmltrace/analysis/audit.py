@@ -324,11 +324,32 @@ def _scan(code, elfclass: int, plt_names: dict[int, str], symbols, objects=None
                 if entry:
                     counts[entry] += 1
                 if kind:
-                    sites.append({"address": hexstr(a), "kind": kind,
-                                  "instruction": f"{mnem} {ops}".strip(),
-                                  "symbol": symbols.symbolize(a) if symbols is not None else None})
+                    sites.append(_site(a, kind, mnem, ops, symbols, plt_names))
             _track(mnem, ops, regs)
     return sites, counts, in_data
+
+
+def _site(address: int, kind: str, mnem: str, ops: str, symbols, plt_names) -> dict:
+    """One GS-writing site: address, what it does, the instruction (a call with its target's
+    name, as objdump prints it) and the function holding it."""
+    text = f"{mnem} {ops}".strip()
+    if mnem == "call":
+        try:
+            target = int(ops, 16)
+        except ValueError:
+            target = None
+        name = plt_names.get(target)
+        if name:
+            text += f" <{name}@plt>"
+        elif target is not None and symbols is not None and symbols.symbolize(target):
+            text += f" <{symbols.symbolize(target).split('/')[0].removesuffix('+0x0')}>"
+    site = {"address": hexstr(address), "kind": kind, "instruction": text,
+            "symbol": symbols.symbolize(address) if symbols is not None else None}
+    if site["symbol"] is None and symbols is not None and \
+            symbols.meta.get("symbols_from") == "SHT_SYMTAB":
+        # a full symbol table and no function here: most likely data in a code section
+        site["outside_functions"] = True
+    return site
 
 
 def _call_kind(ops: str, regs: dict, plt_names: dict[int, str], symbols) -> str | None:
@@ -388,7 +409,9 @@ def incidents_of(info: dict) -> list[Incident]:
         out.append(Incident(
             "gs_write", f"{path}: {len(sites)} GS-writing site(s), first {first['kind']} at {where}",
             evidence=[evidence(path, f"{s['address']} {s.get('symbol') or '?'}: {s['instruction']} "
-                                     f"({s['kind']})", address=s["address"]) for s in sites],
+                                     f"({s['kind']})" + (", outside every function: likely data"
+                                                         if s.get("outside_functions") else ""),
+                               address=s["address"]) for s in sites],
             explanation="Under KML both GS base MSRs hold the kernel's per-CPU base while a "
             "kernel-mode program runs; a program that sets its own GS base corrupts the "
             "kernel's per-CPU data on the next interrupt.",

@@ -17,7 +17,7 @@ import polars as pl
 from kmltrace.symbols.table import SymbolTable
 
 #: bump when the table layout or the reading rules change
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 
 
 def cache_dir() -> Path:

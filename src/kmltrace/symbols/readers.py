@@ -102,6 +102,7 @@ def _raw_symbols(path: Path):
         symtabs = [s for s in elf.iter_sections() if s["sh_type"] in ("SHT_SYMTAB", "SHT_DYNSYM")]
         symtabs.sort(key=lambda s: s["sh_type"] != "SHT_SYMTAB")
         meta = {"kind": "elf", "build_id": build_id(elf), "elf_type": elf["e_type"],
+                "symbols_from": symtabs[0]["sh_type"] if symtabs else None,
                 "load_base": load_bias_base(elf),
                 "interp": any(s["p_type"] == "PT_INTERP" for s in elf.iter_segments())}
         dtype = _SYM64 if elf.elfclass == 64 else _SYM32
