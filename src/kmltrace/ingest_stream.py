@@ -129,9 +129,17 @@ def _attributed(batch: pl.DataFrame, first_row: int, execs: dict[int, int]) -> p
 
 
 def _join_parts(parts_dir: Path, tmp: Path) -> None:
-    """One parquet file from the parts, streamed: columns as merged_events orders them."""
+    """One parquet file from the parts, streamed: columns as merged_events orders them.
+
+    One scan of every part with the union of their columns (a column a part lacks is read as
+    nulls), in low-memory mode: a concatenation of one scan per part held ~50 % more."""
     parts = sorted(parts_dir.glob("part-*.parquet"))
-    frame = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-    names = [n for n in in_column_order(frame).collect_schema().names() if n not in ATTRIBUTION]
-    frame = conform(frame)
+    schema: dict = {}
+    for part in parts:
+        for name, dtype in pl.read_parquet_schema(part).items():
+            if schema.get(name, pl.Null) == pl.Null:
+                schema[name] = dtype
+    frame = pl.scan_parquet(parts, schema=schema, missing_columns="insert", low_memory=True)
+    frame = in_column_order(conform(frame))
+    names = [n for n in frame.collect_schema().names() if n not in ATTRIBUTION]
     frame.select(*names, *ATTRIBUTION).sink_parquet(tmp)

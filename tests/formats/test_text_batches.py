@@ -83,3 +83,16 @@ def test_lost_events_and_bad_lines_are_counted_once_across_batches(tmp_path):
     assert messages[5] == (f"{path}:{bad_at[5]}: {len(bad_at) - 5} more lines are not tracefs "
                            "trace lines (the next one here)")
     assert len(messages) == 6
+
+
+@pytest.mark.parametrize("batch_bytes", [1, 3, 7, 1 << 20])
+def test_read_batches_numbers_lines_across_batches(tmp_path, batch_bytes):
+    # synthetic: blank lines, a line longer than a batch, no newline at the end
+    path = tmp_path / "lines.txt"
+    path.write_bytes(b"a\n\nlonger than a batch\n  \nlast")
+    from kmltrace.formats import text_lines
+    frames = list(text_lines.read_batches(path, batch_bytes))
+    table = pl.concat(frames)
+    assert table["line"].to_list() == [1, 2, 3, 4, 5]
+    assert table["text"].to_list() == ["a", None, "longer than a batch", "  ", "last"]
+    assert all(frame.height for frame in frames)

@@ -57,13 +57,15 @@ class TextParse:
 
     def __init__(self, path: Path, grammar: Grammar, *, event_frame: Step | None = None,
                  lines_frame: Step | None = None, events_done: Callable | None = None,
-                 batch_bytes: int | None = None):
+                 batch_bytes: int | None = None, whole: bool = False):
         self.path = Path(path)
         self.grammar = grammar
         self.event_frame = event_frame
         self.lines_frame = lines_frame      # applied to each batch of lines (trace-cmd prefixes)
         self.events_done = events_done      # applied to each batch of events
         self.batch_bytes = batch_bytes or text_lines.BATCH_BYTES
+        # whole: one batch, read and split by one streaming query (no line batches kept)
+        self.whole = whole
         self.errors: list = []
         self.meta: dict = {}
         self.header_meta: dict = {}         # what the file's header says (added to meta)
@@ -80,6 +82,14 @@ class TextParse:
         carry: pl.DataFrame | None = None
         reader = text_lines.read_batches(path, self.batch_bytes)
         try:
+            if self.whole:
+                lines = text_lines.scan_lines(path)
+                if truncated is not None:
+                    lines = lines.filter(pl.col("line") != truncated)
+                frame, _ = self._lines_to_events(lines, last=True)
+                if frame is not None:
+                    yield frame
+                reader = iter(())
             batch = next(reader, None)
             while batch is not None:
                 following = next(reader, None)
@@ -88,7 +98,8 @@ class TextParse:
                     carry = None
                 if truncated is not None:
                     batch = batch.filter(pl.col("line") != truncated)
-                frame, carry = self._lines_to_events(batch, last=following is None)
+                frame, carry = self._lines_to_events(batch.lazy(), last=following is None,
+                                                     batch=batch)
                 del batch
                 if frame is not None:
                     yield frame
@@ -99,10 +110,9 @@ class TextParse:
             raise InputError(f"cannot read as text lines: {first}", path=str(path)) from None
         self._finish(truncated)
 
-    def _lines_to_events(self, batch: pl.DataFrame, last: bool):
-        """(events of `batch` or None, lines carried to the next batch or None)."""
+    def _lines_to_events(self, lines: pl.LazyFrame, last: bool, batch: pl.DataFrame | None = None):
+        """(events of `lines` or None, lines of `batch` carried to the next batch or None)."""
         grammar = self.grammar
-        lines = batch.lazy()
         if self.lines_frame is not None:
             lines = self.lines_frame(lines)
         collected = _classified(lines, grammar).collect(engine="streaming")
@@ -134,14 +144,17 @@ class TextParse:
         digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
         if digits is not None:
             self._frac_digits = max(digits, self._frac_digits or 0)
-        frame = self._typed(events)
+        # the lazy frame is the only reference left: freed once _typed has collected it
+        lazy = events.lazy()
+        del events
+        frame = self._typed(lazy)
         self.events += frame.height
         return frame, carry
 
-    def _typed(self, events: pl.DataFrame) -> pl.DataFrame:
+    def _typed(self, events: pl.LazyFrame) -> pl.DataFrame:
         grammar = self.grammar
         lost_row = pl.col("lost").is_not_null()
-        frame = events.lazy().pipe(grammar.body).with_columns(
+        frame = events.pipe(grammar.body).with_columns(
             pl.when(lost_row).then(pl.lit(LOST_EVENTS)).otherwise(pl.col("event")).alias("event"),
             pl.when(lost_row).then(pl.col("__body")).otherwise(pl.col("raw")).alias("raw"),
             _timestamp_ns().alias("ts_ns"),
@@ -154,7 +167,7 @@ class TextParse:
         system = (grammar.system if grammar.system is not None
                   else fieldtable.system_of(pl.col("event")))
         table = frame.with_columns(system.alias("system")).collect()
-        del events
+        del events, frame
         # which field-table entries fit: judged on a few rows of each event
         sample = fieldtable.field_sample(table.select("event", "raw"))
         table = conform(fieldtable.field_columns(table.lazy(), sample=sample)).collect()
@@ -187,6 +200,7 @@ class TextParse:
 
 def run(path: Path, grammar: Grammar, **options):
     """Parse the text trace at `path` whole: (events conformed or None, errors, meta)."""
+    options.setdefault("whole", True)
     parse = TextParse(path, grammar, **options)
     frames = list(parse.batches())
     if not frames:
@@ -197,15 +211,20 @@ def run(path: Path, grammar: Grammar, **options):
 
 
 def in_column_order(frame):
-    """`frame` conformed, its field columns in the field table's order, whatever batch
-    brought them first (so a batch-by-batch parse gives the columns of a whole one)."""
-    frame = conform(frame)
+    """`frame` (conformed batches) with its field columns in the field table's order,
+    whatever batch brought them first (a batch-by-batch parse gives a whole one's columns).
+    Only a selection: a cast of a whole table, even to its own dtypes, copies it."""
     names = (frame.collect_schema().names() if isinstance(frame, pl.LazyFrame)
              else frame.columns)
     rank = _field_rank()
     extra = [n for n in names if n not in rank]
     fields = sorted((n for n in names if n in rank), key=rank.__getitem__)
-    return frame.select(*extra, *fields)
+    if extra + fields == names:
+        return frame
+    if isinstance(frame, pl.LazyFrame):
+        return frame.select(*extra, *fields)
+    # a DataFrame's select runs through the query engine, which copied the table here
+    return pl.DataFrame([frame.get_column(n) for n in extra + fields])
 
 
 def _field_rank() -> dict[str, int]:

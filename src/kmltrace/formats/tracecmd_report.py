@@ -101,7 +101,7 @@ def text_parse(path: Path, **options) -> text_pipeline.TextParse:
 
 def parse(path: Path) -> Parsed:
     path = Path(path)
-    parse = text_parse(path)
+    parse = text_parse(path, whole=True)
     frames = list(parse.batches())
     if not frames:
         return Parsed(path=str(path), format=NAME, errors=parse.errors, meta={})
