@@ -133,6 +133,11 @@ def test_fault_loop_same_pf_same_instruction():
     (loop,) = incidents(postmortem(bundle), "fault_loop")
     assert loop["severity"] == "critical"
     assert f"ip={label(bundle, 'loop_push'):#x} address={C['STARVE_CR2']:#x}" in loop["summary"]
+    # each #PF went to the IST stack: its frame was pushed, the stack just never grew
+    (starving,) = incidents(postmortem(bundle), "stack_starvation")
+    assert starving["severity"] == "error"
+    assert f"delivered on ist{C['IST_INDEX']}" in starving["summary"]
+    assert "could not push" not in starving["summary"]
 
 
 # -- KVM: the reset and what the host saw -------------------------------------------------------

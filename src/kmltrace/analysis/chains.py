@@ -492,10 +492,18 @@ def _starvation_incident(row, exceptions, chain, ended, looped, proof, chain_no)
         "a stack that needs to grow, or is exhausted, cannot take the very fault that would "
         "grow it. Gates a kernel-mode process can take (#PF, #DF, the timer) need IST stacks.")
     severity = "critical" if ended else "error"
-    summary = (f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is {_relative(below)} "
-               f"RSP {hexstr(rsp)} ({(row['file'] or 'qemu').rsplit('/', 1)[-1]}:{row['line']})"
-               + ("; it led to a reset" if ended else "; survived (delivered on another stack)"
-                  if df is not None or exc["stack"] not in (None, "same") else "; no reset"))
+    where_logged = f"({(row['file'] or 'qemu').rsplit('/', 1)[-1]}:{row['line']})"
+    if exc["delivered"]:
+        # a loop: each #PF was delivered (its frame went elsewhere) but the stack never grew
+        on = f" on {exc['stack']}" if exc["stack"] and exc["stack"] != "same" else ""
+        summary = (f"#PF at CPL 0 on a missing stack page (CR2 {hexstr(cr2)} is "
+                   f"{_relative(below)} RSP {hexstr(rsp)}) {where_logged} repeated "
+                   f"{row['repeats']} times: delivered{on}, the stack never grew; no reset")
+    else:
+        summary = (f"#PF at CPL 0 could not push its frame: CR2 {hexstr(cr2)} is "
+                   f"{_relative(below)} RSP {hexstr(rsp)} {where_logged}"
+                   + ("; it led to a reset" if ended else "; survived (delivered on another stack)"
+                      if df is not None or exc["stack"] not in (None, "same") else "; no reset"))
     return Incident("stack_starvation", summary, severity=severity, cpu=row.get("cpu"),
                     evidence=proof, explanation=" ".join(text),
                     extra={"chain": chain_no, "rsp": hexstr(rsp), "cr2": hexstr(cr2),
