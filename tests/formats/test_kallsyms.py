@@ -40,7 +40,7 @@ def test_kallsyms_target_names_the_bundle_kernel_addresses(snapshot):
     faults = capture.events().filter(pl.col("event") == "page_fault_kernel").collect()
     names = [t.split("+")[0] for t in sym.kernel_lookup(faults["ip"])["sym_text"].to_list()]
     printed = re.findall(r"page_fault_kernel: .* ip=(\S+)", (WORKLOAD / "trace.txt").read_text())
-    assert faults.height == len(printed) == 11 and Counter(names) == Counter(printed)
+    assert faults.height == len(printed) > 0 and Counter(names) == Counter(printed)
 
 
 def test_hidden_kallsyms_is_one_error_line(tmp_path):
