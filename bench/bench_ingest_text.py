@@ -8,14 +8,18 @@ Input: the capture of bench/make_large_capture.py (>= 1.5 M events; regenerate i
 ``sudo python3 bench/make_large_capture.py``). Measured, each in its own process under
 ``/usr/bin/time`` (wall time, CPU time, peak RSS):
 
-- kmltrace: ``parse`` of ``trace.txt`` (tracefs text), ``trace-cmd-report.txt`` and
-  ``perf-script.txt`` into the event table (polars DataFrame, all field columns typed);
+- kmltrace: ``kmltrace ingest TEXT -o OUT.parquet`` of ``trace.txt`` (tracefs text),
+  ``trace-cmd-report.txt`` and ``perf-script.txt``: the whole command (start-up, format
+  detection, parsing batch by batch, attribution, the parquet written);
+- kmltrace ``parse()`` of the same files (the whole event table in memory, as ``report``
+  and the other verbs get it), for reference;
 - ``trace-cmd report -i trace.dat`` writing the same text (to /dev/null);
 - ``perf script --ns -i perf.data`` writing the same text (to /dev/null).
 
 Goal (issue 2): >= 1.5 M lines/s and peak RSS < 1.5x the text's size. Results go to
 bench/results.json under "ingest_text" (only that key is rewritten), with tool versions, the
-inputs' sha256, and the machine's load average (the machine may be shared).
+inputs' sha256, and the machine's load average sampled every second during the run (the
+machine may be shared: CPU seconds are the load-independent figure).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +42,7 @@ RESULTS = REPO / "bench" / "results.json"
 KEY = "ingest_text"
 TEXTS = ("trace.txt", "trace-cmd-report.txt", "perf-script.txt")
 
+#: parse() as report and the other verbs call it: the whole event table in memory
 PARSE = """
 import json, sys, time
 from pathlib import Path
@@ -47,10 +53,34 @@ start = time.perf_counter()
 parsed = module.parse(path)
 elapsed = time.perf_counter() - start
 print(json.dumps({"format": parsed.format, "events": parsed.events.height,
-                  "errors": len(parsed.errors), "parse_s": elapsed,
-                  "precision": parsed.meta.get("precision"),
+                  "errors": len(parsed.errors), "parse_s": round(elapsed, 2),
                   "table_bytes": parsed.events.estimated_size()}))
 """
+
+INGEST = """
+import sys
+from kmltrace.cli import main
+sys.argv = ["kmltrace", "ingest", sys.argv[1], "-o", sys.argv[2], "--json"]
+main()
+"""
+
+
+class LoadSampler(threading.Thread):
+    """The 1-minute load average, sampled every second while the benchmark runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.wait(1.0):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict:
+        values = self.samples or [os.getloadavg()[0]]
+        return {"mean": round(sum(values) / len(values), 2), "min": round(min(values), 2),
+                "max": round(max(values), 2), "samples": len(values)}
 
 
 def timed(command: list[str], stdout=subprocess.PIPE) -> tuple[dict, str]:
@@ -114,29 +144,49 @@ def main() -> int:
             return 1
 
     load_before = os.getloadavg()
-    results: dict = {"kmltrace": {}, "tools": {}}
-    for name in TEXTS:
-        path = large / name
-        lines = count_lines(path)
-        size = path.stat().st_size
-        usage, out = timed([sys.executable, "-c", PARSE, str(path)])
-        parsed = json.loads(out.strip().splitlines()[-1])
-        results["kmltrace"][name] = {
-            **parsed, **usage, "lines": lines, "bytes": size,
-            "lines_per_s": round(lines / usage["wall_s"]),
-            "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
-            "peak_rss_over_text": round(usage["peak_rss_bytes"] / size, 2),
-        }
-        print(f"kmltrace {name}: {lines} lines in {usage['wall_s']} s "
-              f"({lines / usage['wall_s'] / 1e6:.2f} M lines/s, cpu {usage['cpu_s']} s), "
-              f"peak RSS {usage['peak_rss_bytes'] / 2**20:.0f} MiB = "
-              f"{usage['peak_rss_bytes'] / size:.2f}x text", flush=True)
+    sampler = LoadSampler()
+    sampler.start()
+    # "kmltrace": the goal's command (ingest to parquet); "kmltrace_parse": parse() alone
+    results: dict = {"kmltrace": {}, "kmltrace_parse": {}, "tools": {}}
+    with tempfile.TemporaryDirectory(prefix="kmltrace-bench-") as scratch:
+        for name in TEXTS:
+            path = large / name
+            lines = count_lines(path)
+            size = path.stat().st_size
+            out = Path(scratch) / "events.parquet"
+            usage, stdout = timed([sys.executable, "-c", INGEST, str(path), str(out)])
+            report = json.loads(stdout)
+            results["kmltrace"][name] = {
+                "command": f"kmltrace ingest {_shown(path)} -o OUT.parquet --json",
+                "format": report["inputs"][0]["format"], "events": report["events"],
+                "errors": len(report["errors"]), "precision": report["inputs"][0].get("precision"),
+                "parquet_bytes": out.stat().st_size,
+                **usage, "lines": lines, "bytes": size,
+                "lines_per_s": round(lines / usage["wall_s"]),
+                "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
+                "peak_rss_over_text": round(usage["peak_rss_bytes"] / size, 2),
+            }
+            out.unlink()
+            usage_p, stdout = timed([sys.executable, "-c", PARSE, str(path)])
+            results["kmltrace_parse"][name] = {
+                **json.loads(stdout.strip().splitlines()[-1]), **usage_p,
+                "lines_per_s": round(lines / usage_p["wall_s"]),
+                "lines_per_cpu_s": round(lines / usage_p["cpu_s"]) if usage_p["cpu_s"] else None,
+                "peak_rss_over_text": round(usage_p["peak_rss_bytes"] / size, 2)}
+            print(f"kmltrace parse() {name}: {usage_p['wall_s']} s, cpu {usage_p['cpu_s']} s, "
+                  f"peak RSS {usage_p['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
+            print(f"kmltrace ingest {name}: {lines} lines in {usage['wall_s']} s "
+                  f"({lines / usage['wall_s'] / 1e6:.2f} M lines/s, cpu {usage['cpu_s']} s = "
+                  f"{lines / usage['cpu_s'] / 1e6:.2f} M lines per CPU s), peak RSS "
+                  f"{usage['peak_rss_bytes'] / 2**20:.0f} MiB = "
+                  f"{usage['peak_rss_bytes'] / size:.2f}x text", flush=True)
 
     report_lines = count_lines(large / "trace-cmd-report.txt")
     usage, _ = timed(["trace-cmd", "report", "-i", str(large / "trace.dat")],
                      stdout=subprocess.DEVNULL)
     results["tools"]["trace-cmd report"] = {
         **usage, "lines": report_lines, "lines_per_s": round(report_lines / usage["wall_s"]),
+        "lines_per_cpu_s": round(report_lines / usage["cpu_s"]) if usage["cpu_s"] else None,
         "command": f"trace-cmd report -i {_shown(large / 'trace.dat')} > /dev/null"}
     print(f"trace-cmd report: {report_lines} lines in {usage['wall_s']} s "
           f"({report_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
@@ -146,10 +196,12 @@ def main() -> int:
                      stdout=subprocess.DEVNULL)
     results["tools"]["perf script"] = {
         **usage, "lines": perf_lines, "lines_per_s": round(perf_lines / usage["wall_s"]),
+        "lines_per_cpu_s": round(perf_lines / usage["cpu_s"]) if usage["cpu_s"] else None,
         "command": f"perf script --ns -i {_shown(large / 'perf.data')} > /dev/null"}
     print(f"perf script: {perf_lines} lines in {usage['wall_s']} s "
           f"({perf_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
 
+    sampler.stop.set()
     import polars
 
     import kmltrace
@@ -160,6 +212,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                     "loadavg_before": [round(x, 2) for x in load_before],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                    "loadavg_1min_during": sampler.summary(),
                     "note": "shared machine: other jobs run at the same time; cpu_s is "
                             "the process's own CPU time"},
         "versions": {"kmltrace": kmltrace.__version__, "polars": polars.__version__,
