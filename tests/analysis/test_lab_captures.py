@@ -83,6 +83,8 @@ def test_starvation_pf_at_cpl0_below_rsp_then_df_then_reset():
     assert reset["shutdown"] is True
     # neither frame was ever pushed: nothing landed in a red zone
     assert "redzone_clobber" not in kinds(report)
+    same = {s["vector"]: s for s in report["stacks"] if s["stack"] == "same"}
+    assert {v: (s["count"], s["not_pushed"]) for v, s in same.items()} == {14: (1, 1), 8: (1, 1)}
 
 
 def test_df_ist_double_fault_delivered_is_an_error_not_critical():

@@ -18,8 +18,10 @@ def test_kernel_mode_faults_without_ist_clobber_the_red_zone_and_predict_starvat
     assert starvation["count"] == 3 and starvation["pid"] == 100
     clobber = next(i for i in report["incidents"] if i["kind"] == "redzone_clobber")
     assert clobber["count"] == 3
-    assert {"vector": 14, "name": "#PF", "cpl": 0, "stack": "same", "count": 3} in report["stacks"]
-    assert {"vector": 14, "name": "#PF", "cpl": 3, "stack": "rsp0", "count": 1} in report["stacks"]
+    assert {"vector": 14, "name": "#PF", "cpl": 0, "stack": "same", "count": 3,
+            "not_pushed": 0} in report["stacks"]
+    assert {"vector": 14, "name": "#PF", "cpl": 3, "stack": "rsp0", "count": 1,
+            "not_pushed": 0} in report["stacks"]
 
 
 def test_on_a_kml_kernel_the_same_faults_land_on_ist5():
@@ -28,7 +30,8 @@ def test_on_a_kml_kernel_the_same_faults_land_on_ist5():
     cap = capture(frame(kml_process_rows(gs=False)), processes=[stack_maps()], bundles=[bundle])
     report = build_report(cap)
     assert kinds(report) == ["kernel_mode_process"]
-    assert {"vector": 14, "name": "#PF", "cpl": 0, "stack": "ist5", "count": 3} in report["stacks"]
+    assert {"vector": 14, "name": "#PF", "cpl": 0, "stack": "ist5", "count": 3,
+            "not_pushed": 0} in report["stacks"]
 
 
 def test_snapshot_idt_without_ist_on_kml_is_ist_missing():

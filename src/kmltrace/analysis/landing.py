@@ -79,10 +79,13 @@ def landings(ctx) -> pl.LazyFrame:
 
 def landing_counts(frame: pl.DataFrame) -> list[dict]:
     """How many deliveries of each vector landed where, from which CPL (for the report)."""
-    grouped = (frame.group_by("vector", "cpl", "stack").agg(pl.len().alias("count"))
+    grouped = (frame.group_by("vector", "cpl", "stack")
+               .agg(pl.len().alias("count"), (~pl.col("pushed")).sum().alias("not_pushed"))
                .sort("count", descending=True))
+    # not_pushed: deliveries whose frame was never written (the push itself faulted)
     return [{"vector": v, "name": VECTOR_NAMES.get(v, f"vector {v}" if v is not None else None),
-             "cpl": c, "stack": s, "count": n} for v, c, s, n in grouped.iter_rows()]
+             "cpl": c, "stack": s, "count": n, "not_pushed": u}
+            for v, c, s, n, u in grouped.iter_rows()]
 
 
 def _evidence_rows(frame: pl.DataFrame) -> list[dict]:
