@@ -12,12 +12,9 @@ chunks. The CPU data itself is ring-buffer pages, decoded by :mod:`kmltrace.form
 from __future__ import annotations
 
 import mmap
-import os
 import re
 import struct
-import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -397,34 +394,24 @@ def _cpu_data(r: _Reader, info: TraceDat, buffer: _Buffer, chunks: list[_Chunk],
 
 def _decompress_into(buf: np.ndarray, chunks: list[_Chunk], segments: list[CpuSegment],
                      compression: str, info: TraceDat, path: str) -> None:
-    """Decompress every chunk straight into its place in `buf`, in threads (zstandard and
-    zlib release the GIL); a chunk that fails ends its CPU's data there."""
-    local = threading.local()
-
-    def one(chunk: _Chunk):
-        decompress = getattr(local, "decompress", None)
-        if decompress is None:
-            decompress = local.decompress = _decompressor(compression, path)
+    """Decompress every chunk straight into its place in `buf`; a chunk that fails ends its
+    CPU's data there. (One thread: trace-cmd's chunks are ~40 KiB, and handing them to
+    threads cost more CPU than it saved.)"""
+    decompress = _decompressor(compression, path)
+    cut: set[int] = set()
+    for chunk in chunks:
+        if chunk.segment in cut:
+            continue
+        cpu = segments[chunk.segment].cpu
         try:
             out = decompress(chunk.blob, chunk.size)
+            n = min(len(out), chunk.size)
+            buf[chunk.dest:chunk.dest + n] = np.frombuffer(out, np.uint8, n)
+            failure = None if n == chunk.size else \
+                f"cpu{cpu} chunk decompressed to {len(out)} of {chunk.size} bytes"
         except Exception as e:    # zstd/zlib raise their own types: name the place
-            return f"cannot decompress cpu{segments[chunk.segment].cpu} chunk: {e}"
-        n = min(len(out), chunk.size)
-        buf[chunk.dest:chunk.dest + n] = np.frombuffer(out, np.uint8, n)
-        if n < chunk.size:
-            return f"cpu{segments[chunk.segment].cpu} chunk decompressed to {len(out)} " \
-                   f"of {chunk.size} bytes"
-        return None
-
-    workers = min(4, os.cpu_count() or 1)
-    if workers > 1 and len(chunks) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            failures = list(pool.map(one, chunks, chunksize=16))
-    else:
-        failures = [one(c) for c in chunks]
-    cut: set[int] = set()
-    for chunk, failure in zip(chunks, failures):
-        if failure is None or chunk.segment in cut:
+            failure = f"cannot decompress cpu{cpu} chunk: {e}"
+        if failure is None:
             continue
         # the CPU's data ends before the chunk that failed
         cut.add(chunk.segment)
