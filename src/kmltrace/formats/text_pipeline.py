@@ -115,7 +115,9 @@ class TextParse:
         grammar = self.grammar
         if self.lines_frame is not None:
             lines = self.lines_frame(lines)
-        collected = _classified(lines, grammar).collect(engine="streaming")
+        # streaming: the whole file never materialises every intermediate column at once
+        engine = "streaming" if self.whole else "auto"
+        collected = _classified(lines, grammar).collect(engine=engine)
         if collected.get_column("__many").any():
             collected = _exact(collected, grammar)
         carry = None
