@@ -310,6 +310,16 @@ def save_bundle(inst: Instance, bundle: Path, workload: dict, maps_dir: Path,
     return {"cpus": cpus, "lost": lost}
 
 
+class CountMismatch(SystemExit):
+    """A capture whose counts are not the workload's (kept apart so the run can be retried)."""
+
+
+#: a real kernel occasionally shows one more fault than the workload made (seen once in
+#: dozens of runs on a loaded machine: a second exception at an already-touched heap page);
+#: the capture is then retried rather than committed with numbers that are not exact
+CAPTURE_ATTEMPTS = 3
+
+
 def check_counts(trace_txt: Path, w: dict) -> None:
     """Self-check of the capture (not of kmltrace): the workload's numbers must be exact."""
     import re
@@ -349,7 +359,7 @@ def check_counts(trace_txt: Path, w: dict) -> None:
     got = {"faults": faults, "getppid": getppid, "set_gs": set_gs}
     expect = {"faults": want, "getppid": {w["pid"]: w["M"], w["child_pid"]: w["K"]}, "set_gs": 1}
     if got != expect:
-        raise SystemExit(f"{trace_txt}: counts are not exact: got {got}, expected {expect}")
+        raise CountMismatch(f"{trace_txt}: counts are not exact: got {got}, expected {expect}")
     print(f"{trace_txt}: counts exact ({got})")
 
 
@@ -805,8 +815,15 @@ def main() -> int:
         build_dir = Path(tmp)
         os.chmod(build_dir, 0o755)
         if opts.only in (None, "workload"):
-            COMMANDS.clear()
-            capture_workload(opts.out / f"{prefix}-workload", args, build_dir)
+            for attempt in range(1, CAPTURE_ATTEMPTS + 1):
+                COMMANDS.clear()
+                try:
+                    capture_workload(opts.out / f"{prefix}-workload", args, build_dir)
+                    break
+                except CountMismatch as e:
+                    print(f"attempt {attempt}: {e}", file=sys.stderr)
+                    if attempt == CAPTURE_ATTEMPTS:
+                        raise
         if opts.only in (None, "lossy"):
             COMMANDS.clear()
             capture_lossy(opts.out / f"{prefix}-lossy", args, build_dir)
