@@ -24,7 +24,6 @@ of --repeat runs of each tool is kept. Results go to bench/results.json under "b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -35,8 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results.json"
 WORK = REPO / "bench" / "work"
 
 CHILD = r"""
@@ -73,14 +74,6 @@ def run(command: list[str], stdout=subprocess.PIPE) -> tuple[float, float, str]:
         raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, proc.stdout if stdout == subprocess.PIPE else ""
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def version(command: list[str]) -> str:
@@ -208,9 +201,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     if not opts.no_write:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        data["binary"] = result
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        save_result("binary", result)
     return 0
 
 

@@ -29,9 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SYSRATE_SRC = REPO / "tests" / "system" / "sysrate.c"
-RESULTS = REPO / "bench" / "results.json"
 
 
 def key_values(text: str) -> dict[str, str]:
@@ -206,9 +208,7 @@ def main() -> None:
             "command": "sudo python bench/bench_collect.py" + (" --quick" if args.quick else ""),
             "note": "2 shared cores; other work ran on the machine at the same time",
         }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["collect"] = result
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    save_result("collect", result)
     print(json.dumps({k: result[k] for k in ("overhead", "rate", "burst")}, indent=2,
                      default=str)[:4000])
 

@@ -19,7 +19,6 @@ parser's CPU time (user+sys, all threads) beside its wall time.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -29,10 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "sample_traces" / "qemu-tiny" / "starvation-int-inasm.log"
 WORK = REPO / "bench" / "work" / "qemu_log"
-RESULTS = REPO / "bench" / "results.json"
 
 
 def make_input(size_mb: int) -> Path:
@@ -65,14 +66,6 @@ def cpu_timed(fn, repeats: int) -> float:
         fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tool_version(cmd: list[str]) -> str:
@@ -129,9 +122,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["qemu_log"] = result
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")   # others' keys keep their order
+    save_result("qemu_log", result)
     print(json.dumps(result, indent=2))
 
 

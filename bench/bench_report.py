@@ -20,7 +20,6 @@ lisa-linux==3.1.0 'numpy<2' 'pandas<2.1' 'pyarrow<15' nest_asyncio
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -30,20 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / "work"
 LARGE = WORK / "large"
 TABLE = WORK / "report-table.parquet"
 LISA_PY = WORK / "lisa-venv" / "bin" / "python"
-RESULTS = BENCH / "results.json"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -264,9 +257,7 @@ def main():
         trace["same_count"] = runs[0]["faults"] == kml["page_fault_user"]
         trace["goal_speedup"] = 50
     result["load_average_end"] = list(os.getloadavg())
-    data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    data["report"] = result
-    RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+    save_result("report", result)
     print(json.dumps(result, indent=2))
 
 

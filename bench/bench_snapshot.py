@@ -18,7 +18,6 @@ of REPEATS, every one in a fresh child process (drgn's debug-info load included)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -28,8 +27,10 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results.json"
 
 
 def timed(argv: list[str], repeats: int) -> tuple[float, str]:
@@ -42,14 +43,6 @@ def timed(argv: list[str], repeats: int) -> tuple[float, str]:
             raise SystemExit(f"{argv[:4]} failed: {result.stderr[-500:]}")
         out = result.stdout
     return statistics.median(times), out
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -103,9 +96,7 @@ def main() -> None:
                     "load_1min": round(os.getloadavg()[0], 2)},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["snapshot"] = result
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    save_result("snapshot", result)
     print(json.dumps(result, indent=2))
 
 

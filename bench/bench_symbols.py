@@ -22,7 +22,6 @@ Measured in one run (median of REPEATS):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -35,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "symbols"
-RESULTS = REPO / "bench" / "results.json"
 SYMBOLS = 150_000
 
 
@@ -83,10 +84,6 @@ def median_time(fn, repeats: int, cpu: list | None = None):
     if cpu is not None:
         cpu.append(round(statistics.median(cpus), 3))
     return statistics.median(times), value
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> int:
@@ -140,9 +137,7 @@ def main() -> int:
         results["tables"][name] = row
     results["loadavg_after"] = os.getloadavg()[0]
     results["versions"] = versions()
-    doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    doc["symbols"] = results
-    RESULTS.write_text(json.dumps(doc, indent=2) + "\n")
+    save_result("symbols", results)
     print(json.dumps(results, indent=2))
     return 0
 

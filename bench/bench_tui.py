@@ -23,7 +23,6 @@ Results go to bench/results.json under the key "tui" (other keys are left alone)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -32,9 +31,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import save_result, sha256  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "tui"
-RESULTS = REPO / "bench" / "results.json"
 TOOLONG_VENV = REPO / "bench" / "work" / "toolong-venv"
 SIZE = (160, 48)
 PAGE_MOVES = 30
@@ -241,14 +242,6 @@ def package_version(python: str, name: str) -> str:
     return out.stdout.strip() or "?"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--large", type=Path, default=REPO / "bench" / "work" / "large",
@@ -290,9 +283,7 @@ def main() -> None:
         "note": "each tool in its own process, measured with Textual's pilot (headless); "
                 "2 shared cores, other work ran on the machine at the same time",
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["tui"] = result
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    save_result("tui", result)
     print(json.dumps({"kmltrace": kml, "toolong": toolong}, indent=2))
 
 
