@@ -82,3 +82,18 @@ def test_cli_streams_with_small_batches(tmp_path, monkeypatch):
     assert report["inputs"][0]["precision"] == "ns"
     assert_workload_counts(table)
     assert table.equals(_whole(path))
+
+
+def test_a_text_the_reader_refuses_is_reported_by_the_whole_path(tmp_path):
+    # synthetic: a trace line behind zstd's magic bytes (polars' reader refuses the file)
+    path = tmp_path / "zstd-magic.txt"
+    path.write_bytes(b"\x28\xb5\x2f\xfd# tracer: nop\n"
+                     b"              sh-1   [000] .....   1.000001: sys_exit: NR 1 = 0\n")
+    out = tmp_path / "events.parquet"
+    result = CliRunner().invoke(main, ["ingest", str(path), "-o", str(out), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["events"] == 0
+    assert len(report["errors"]) == 1 and "cannot read as text lines" in report["errors"][0]
+    assert result.stderr.count("\n") == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

@@ -84,8 +84,8 @@ def _streamed(targets, output: Path):
         return None, 0
     try:
         parsed = ingest_stream.ingest_text(path, module, output)
-    except ingest_stream.NeedsWholeTable:
-        return None, 0
+    except (ingest_stream.NeedsWholeTable, KmltraceError):
+        return None, 0      # the whole path merges it, or keeps what it can and reports
     if parsed.count == 0:   # nothing to stream: the whole path writes the empty table
         return None, 0
     return [parsed], parsed.count
