@@ -22,6 +22,8 @@ class Capture:
     bundles: list[dict] = field(default_factory=list)     # manifests, each with "path"
     processes: list[dict] = field(default_factory=list)   # bundles' processes.json rows
     vmlinux: str | None = None
+    #: parquet event tables (``kmltrace ingest`` output): scanned lazily, never read whole
+    tables: list[str] = field(default_factory=list)
 
     @property
     def errors(self) -> list[KmltraceError]:
@@ -38,6 +40,18 @@ class Capture:
         if not frames:
             return empty_events().lazy()
         return conform(pl.concat(frames, how="diagonal_relaxed"))
+
+    def table_events(self) -> pl.LazyFrame | None:
+        """The parquet TARGETs' events as one lazy scan (None without any): each query reads
+        only its own columns and row groups, so a table larger than memory can be analysed."""
+        if not self.tables:
+            return None
+        scans = [pl.scan_parquet(t) for t in self.tables]
+        return conform(scans[0] if len(scans) == 1 else pl.concat(scans, how="diagonal_relaxed"))
+
+    def table_rows(self) -> int:
+        """Rows of the parquet TARGETs (from their footers)."""
+        return sum(p.count for p in self.inputs if p.format == "parquet" and p.path in self.tables)
 
     def metas(self, key: str) -> list:
         """Every input's ``meta[key]`` where present (e.g. "snapshot", "elf", "kallsyms")."""
@@ -62,9 +76,41 @@ def load(targets: list[str | Path], vmlinux: str | None = None) -> Capture:
                 capture.vmlinux = str(path / elf)
             capture.processes.extend(bundle.read_processes(path))
             capture.inputs.extend(parsed)
+        elif is_event_table(path):
+            capture.inputs.append(_event_table(capture, path))
         else:
             capture.inputs.append(parse_file(path))
     # a Linux kernel's dump also gives tasks and saved registers, read with drgn
     from kmltrace.collectors.snapshot import enrich_vmcore_inputs
     enrich_vmcore_inputs(capture)
     return capture
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def is_event_table(path: Path) -> bool:
+    """A parquet file (``kmltrace ingest`` writes the event table as one)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == PARQUET_MAGIC
+    except OSError:
+        return False
+
+
+def _event_table(capture: Capture, path: Path) -> Parsed:
+    """A parquet event table is not read here: only its footer (schema, row count)."""
+    from kmltrace.errors import InputError
+
+    try:
+        names = pl.read_parquet_schema(path)
+        rows = pl.scan_parquet(path).select(pl.len()).collect().item()
+    except Exception as e:  # polars raises several kinds for a damaged footer
+        return Parsed(path=str(path), format="parquet",
+                      errors=[InputError(f"unreadable parquet event table: {e}", path=str(path))])
+    if "event" not in names:
+        return Parsed(path=str(path), format="parquet", errors=[InputError(
+            "a parquet TARGET must be an event table (kmltrace ingest): no column 'event'",
+            path=str(path))])
+    capture.tables.append(str(path))
+    return Parsed(path=str(path), format="parquet", event_count=rows)

@@ -10,6 +10,7 @@ import polars as pl
 from kmltrace.analysis.events import (attribute_by_columns, attribute_in_place,
                                       available_events, overlapping_pairs, unmerged_events)
 from kmltrace.analysis.kernel import KernelInfo, kernel_info
+from kmltrace.schema import conform
 
 #: Columns analyses read beyond the core ones; absent ones are added as nulls so that
 #: expressions need no per-source special cases.
@@ -66,9 +67,17 @@ class Context:
         analysis reads only its columns from the source (polars streams a parquet scan)
         instead of holding every column of every row.
         """
+        tables = capture.table_events() if getattr(capture, "tables", None) else None
+        if events is None and unmerged is None and tables is not None:
+            # parquet TARGETs stay a scan; other inputs' events (if any) join them lazily
+            others = [p for p in capture.inputs if p.events.height]
+            unmerged = (conform(pl.concat([tables, unmerged_events(capture)],
+                                          how="diagonal_relaxed")) if others else tables)
         keep_raw = any(p.format == "console" or "console" in
                        p.events.get_column("source").unique().to_list()
                        for p in capture.inputs if p.events.height)
+        if tables is not None and not keep_raw:
+            keep_raw = tables.select((pl.col("source") == "console").any()).collect().item()
         # work that would be repeated by every query (sorting, joining, dropping duplicates)
         # is done once, in memory; a table already in order is read lazily instead, each
         # query taking only its own columns (and rows, for a parquet scan)

@@ -155,12 +155,14 @@ def activity_counts(ctx) -> dict[tuple, dict]:
     events = ctx.events
     out: dict[tuple, dict] = {}
 
+    # ties sorted by name: the JSON must not depend on the engine's group order
     def fill(frame: pl.DataFrame, key: str, name_col: str):
         for pid, image, name, n in frame.iter_rows():
             out.setdefault((pid, image), {}).setdefault(key, {})[str(name)] = n
 
     fill(events.filter(pl.col("event") == SYS_ENTER)
-         .group_by("task_pid", "image", "id").agg(pl.len()).sort("len", descending=True)
+         .group_by("task_pid", "image", "id").agg(pl.len())
+         .sort("len", "id", descending=[True, False])
          .collect(), "syscalls_by_id", "id")
     interrupts = events.filter(
         (pl.col("system").is_in(list(INTERRUPT_SYSTEMS)) & pl.col("event").is_in(ctx.events_named("_entry")))
@@ -171,10 +173,12 @@ def activity_counts(ctx) -> dict[tuple, dict]:
         .then(pl.concat_str([pl.col("event"), pl.lit(" vector "),
                              pl.col("vector").cast(pl.String)]))
         .otherwise(pl.col("event")).alias("_what"))
-         .group_by("task_pid", "image", "_what").agg(pl.len()).sort("len", descending=True)
+         .group_by("task_pid", "image", "_what").agg(pl.len())
+         .sort("len", "_what", descending=[True, False])
          .collect(), "interrupts", "_what")
     fill(events.filter(pl.col("event").is_in(list(SIGNAL_EVENTS)))
          .with_columns(pl.concat_str([pl.col("event"), pl.lit(" sig "), pl.col("sig").cast(pl.String)])
                        .alias("_what"))
-         .group_by("task_pid", "image", "_what").agg(pl.len()).collect(), "signals", "_what")
+         .group_by("task_pid", "image", "_what").agg(pl.len())
+         .sort("len", "_what", descending=[True, False]).collect(), "signals", "_what")
     return out

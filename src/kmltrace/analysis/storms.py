@@ -40,34 +40,44 @@ def fault_loops(ctx) -> pl.DataFrame:
                   .select("_cpu").unique().collect().get_column("_cpu"))
     if not candidates.len():
         return pl.DataFrame()
+    vector = pl.when(pl.col("event") == EXCEPTION).then(pl.col("vector")).otherwise(14)
+    # the run detection (a window per CPU, not streamable) sees only narrow columns: the row,
+    # the CPU, whether it is a fault and one hash of what makes two faults identical; the
+    # wide columns are fetched afterwards for the rows of long runs only
+    key = pl.struct(pl.col("event"), vector.alias("_vector"), pl.col("ip"),
+                    fault_address().alias("_a"), pl.col("error_code")).hash()
     seq = (ctx.events.filter(~_interrupt() & pl.col("cpu").fill_null(-1).is_in(candidates.implode()))
-           .select("row", "ts_ns", "cpu", "task_pid", "task_comm", "event", "vector", "ip",
-                   "error_code", "file", "line", "source", fault_address().alias("fault_address"),
-                   is_fault().alias("_fault"))
-           .with_columns(pl.col("cpu").fill_null(-1).alias("_cpu"),
-                         pl.when(pl.col("event") == EXCEPTION).then(pl.col("vector"))
-                         .otherwise(14).alias("_vector")))
-    key = ("event", "_vector", "ip", "fault_address", "error_code")
+           .select("row", pl.col("cpu").fill_null(-1).alias("_cpu"),
+                   is_fault().fill_null(False).alias("_fault"), key.alias("_key")))
     # a row continues the run when it is a fault identical to the previous row on its CPU
     # (rows are in time order, so the previous row of the CPU is its shift within the group)
-    same = pl.all_horizontal([pl.col(c).eq_missing(pl.col(c).shift(1).over("_cpu"))
-                              for c in key])
-    continues = pl.col("_fault") & pl.col("_fault").shift(1).over("_cpu").fill_null(False) & same
+    same = pl.col("_key") == pl.col("_key").shift(1).over("_cpu")
+    continues = (pl.col("_fault") & pl.col("_fault").shift(1).over("_cpu").fill_null(False)
+                 & same.fill_null(False))
     runs = seq.with_columns(continues.alias("_continues")).with_columns(
         (~pl.col("_continues")).cum_sum().over("_cpu").alias("_run"),
         # a run is long enough where LOOP_MIN_REPEATS - 1 rows in a row continued it
         (pl.col("_continues").cast(pl.Int32).rolling_sum(LOOP_MIN_REPEATS - 1).over("_cpu")
          >= LOOP_MIN_REPEATS - 1).alias("_long"))
     long_runs = runs.filter(pl.col("_long")).select("_cpu", "_run").unique()
-    runs = runs.join(long_runs, on=["_cpu", "_run"], how="semi")
-    return (runs.filter(pl.col("_fault"))
+    loop_rows = (runs.join(long_runs, on=["_cpu", "_run"], how="semi")
+                 .filter(pl.col("_fault")).select("row", "_cpu", "_run").collect())
+    if not loop_rows.height:
+        return pl.DataFrame()
+    detail = (ctx.events.filter(pl.col("row").is_in(loop_rows.get_column("row").implode()))
+              .select("row", "ts_ns", "task_pid", "task_comm", vector.alias("_vector"), "ip",
+                      "error_code", "file", "line", "source",
+                      fault_address().alias("fault_address"))
+              .join(loop_rows.lazy(), on="row"))
+    # first/last by row, not by position: a streaming group-by keeps no order
+    first = lambda c: pl.col(c).sort_by("row").first()
+    return (detail
             .group_by("_cpu", "_run").agg(
-                pl.len().alias("repeats"), pl.col("row").first(), pl.col("ts_ns").first(),
-                pl.col("ts_ns").last().alias("last_ts"), pl.col("task_pid").first(),
-                pl.col("task_comm").first(), pl.col("_vector").first().alias("vector"),
-                pl.col("ip").first(), pl.col("fault_address").first(),
-                pl.col("error_code").first(), pl.col("file").first(), pl.col("line").first(),
-                pl.col("line").last().alias("last_line"), pl.col("source").first())
+                pl.len().alias("repeats"), pl.col("row").min(), first("ts_ns"),
+                pl.col("ts_ns").sort_by("row").last().alias("last_ts"), first("task_pid"),
+                first("task_comm"), first("_vector").alias("vector"), first("ip"),
+                first("fault_address"), first("error_code"), first("file"), first("line"),
+                pl.col("line").sort_by("row").last().alias("last_line"), first("source"))
             .filter(pl.col("repeats") >= LOOP_MIN_REPEATS).sort("row").collect())
 
 
