@@ -7,6 +7,9 @@ table of ten million events scrolls as fast as one of ten.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import polars as pl
 from rich.segment import Segment
 from rich.style import Style
@@ -38,7 +41,22 @@ DEFAULT_COLUMNS = [
 
 HEX_COLUMNS = {"ip", "address", "error_code", "cs", "ss", "rsp", "cr2", "handler",
                "parent_ip", "sa_handler", "sa_flags"}
-PAGE = 256
+BLOCK = 128            # rows formatted at a time (one page move needs at most two blocks)
+CACHED_BLOCKS = 8
+KIND = "__kind"
+FAULT_EVENTS = ("page_fault_user", "page_fault_kernel")
+EXCEPTION_EVENTS = ("exception", "triple_fault", "cpu_reset", "oops")
+
+
+@dataclass(slots=True)
+class _Block:
+    """Rows start..start+len(cells) of the frame: the slice, its formatted cells, each row's
+    kind and its joined line (filled when first drawn)."""
+    start: int
+    frame: pl.DataFrame
+    cells: list[tuple[str, ...]]
+    kinds: list[int]
+    lines: list[str | None]
 
 
 def format_cell(column: str, value) -> str:
@@ -97,10 +115,8 @@ class EventTable(ScrollView, can_focus=True):
         super().__init__(**kwargs)
         self.frame = pl.DataFrame()
         self.columns: list[tuple[str, str, int]] = []
-        self._page_start = -1
-        self._page: list[tuple[str, ...]] = []
-        self._kinds: list[int] = []
-        self._lines: list[str | None] = []
+        self._blocks: OrderedDict[int, _Block] = OrderedDict()
+        self._select: list[pl.Expr] | None = None
         if frame is not None:
             self.set_frame(frame)
 
@@ -111,7 +127,8 @@ class EventTable(ScrollView, can_focus=True):
         self.columns = [c for c in DEFAULT_COLUMNS if c[0] in frame.columns]
         if "line" not in frame.columns and "offset" in frame.columns:
             self.columns.append(("offset", "offset", 10))
-        self._page_start, self._page, self._kinds, self._lines = -1, [], [], []
+        self._blocks.clear()
+        self._select = None
         width = sum(w + 1 for _, _, w in self.columns)
         self.virtual_size = Size(width, frame.height + 1)
         self.set_reactive(EventTable.cursor_row, 0)
@@ -126,7 +143,9 @@ class EventTable(ScrollView, can_focus=True):
         """Every non-null column of `row` (for the detail pane)."""
         if not 0 <= row < self.frame.height:
             return {}
-        return {k: v for k, v in self.frame.row(row, named=True).items() if v is not None}
+        block = self._block(row)
+        values = block.frame.row(row - block.start, named=True)
+        return {k: v for k, v in values.items() if v is not None}
 
     def visible_text(self) -> list[str]:
         """The data rows as drawn now, for tests and benchmarks."""
@@ -134,37 +153,62 @@ class EventTable(ScrollView, can_focus=True):
         height = max(0, self.size.height - 1)
         return [" ".join(self._cells(r)) for r in range(top, min(top + height, self.row_count))]
 
-    def _load_page(self, row: int) -> None:
+    @property
+    def _block_rows(self) -> int:
         # a table read from disk pays per read, not per row: fetch more at once
-        size = PAGE if isinstance(self.frame, pl.DataFrame) else PAGE * 16
-        start = max(0, row - size // 4)
+        return BLOCK if isinstance(self.frame, pl.DataFrame) else BLOCK * 16
+
+    def _expressions(self, schema) -> list[pl.Expr]:
+        """The columns shown plus each row's kind (0 plain, 1 page fault, 2 exception), built
+        once per frame: building the raw-text expression costs as much as running it."""
+        if self._select is None:
+            names = [c for c, _, _ in self.columns]
+            # binary-decoded typed events carry no raw text: render it for the rows shown
+            exprs = [raw_text_expr(schema) if n == "raw" else pl.col(n) for n in names]
+            kind = pl.lit(0, dtype=pl.Int8)
+            if "event" in schema:
+                event, fault = pl.col("event"), pl.col("event").is_in(FAULT_EVENTS)
+                exception = event.is_in(EXCEPTION_EVENTS)
+                if "vector" in schema:
+                    fault = fault | (pl.col("vector") == 14).fill_null(False)
+                    exception = exception | (pl.col("vector") < 32).fill_null(False)
+                kind = pl.when(fault).then(1).when(exception).then(2).otherwise(0)
+            self._select = exprs + [kind.cast(pl.Int8).alias(KIND)]
+        return self._select
+
+    def _block(self, row: int) -> "_Block":
+        """The formatted block holding `row` (a few blocks are kept, the least recent dropped)."""
+        size = self._block_rows
+        index = row // size
+        block = self._blocks.get(index)
+        if block is not None:
+            self._blocks.move_to_end(index)
+            return block
+        start = index * size
         chunk = self.frame.slice(start, size)
         names = [c for c, _, _ in self.columns]
-        # binary-decoded typed events carry no raw text: render it for the rows shown
-        data = chunk.select([raw_text_expr(chunk.collect_schema()) if n == "raw" else n
-                             for n in names]).rows()
-        self._page = [tuple(format_cell(n, v) for n, v in zip(names, values)) for values in data]
-        kinds = []
-        if "event" in chunk.columns:
-            vec = chunk["vector"].to_list() if "vector" in chunk.columns else [None] * chunk.height
-            for event, vector in zip(chunk["event"].to_list(), vec):
-                if event in ("page_fault_user", "page_fault_kernel") or vector == 14:
-                    kinds.append(1)
-                elif event in ("exception", "triple_fault", "cpu_reset", "oops") or \
-                        (vector is not None and vector < 32):
-                    kinds.append(2)
-                else:
-                    kinds.append(0)
-        else:
-            kinds = [0] * chunk.height
-        self._kinds = kinds
-        self._lines: list[str | None] = [None] * len(self._page)
-        self._page_start = start
+        data = chunk.select(self._expressions(chunk.collect_schema()))
+        kinds = data[KIND].to_list()
+        cells = [tuple(format_cell(n, v) for n, v in zip(names, values))
+                 for values in data.drop(KIND).rows()]
+        block = self._blocks[index] = _Block(start, chunk, cells, kinds, [None] * len(cells))
+        while len(self._blocks) > CACHED_BLOCKS:
+            self._blocks.popitem(last=False)
+        return block
 
     def _cells(self, row: int) -> tuple[str, ...]:
-        if not (self._page_start <= row < self._page_start + len(self._page)):
-            self._load_page(row)
-        return self._page[row - self._page_start]
+        block = self._block(row)
+        return block.cells[row - block.start]
+
+    def _prefetch(self) -> None:
+        """Format the blocks a page up and a page down once the screen is drawn, so the next
+        page move finds its rows ready."""
+        if not self.row_count:
+            return
+        top, page = int(self.scroll_offset.y), self.page_rows
+        for row in (top - page, top + 2 * page):
+            if 0 <= row < self.row_count:
+                self._block(row)
 
     # -- drawing ------------------------------------------------------------------------------
 
@@ -176,13 +220,14 @@ class EventTable(ScrollView, can_focus=True):
             parts.append(text.ljust(width))
         return " ".join(parts) + " "
 
-    def _line_text(self, row: int) -> str:
-        cells = self._cells(row)
-        index = row - self._page_start
-        line = self._lines[index]
+    def _line_text(self, row: int) -> tuple[str, int]:
+        """The row as one pre-joined string (cached with its block) and its kind."""
+        block = self._block(row)
+        index = row - block.start
+        line = block.lines[index]
         if line is None:
-            line = self._lines[index] = self._joined(cells)
-        return line
+            line = block.lines[index] = self._joined(block.cells[index])
+        return line, block.kinds[index]
 
     def notify_style_update(self) -> None:
         self._styles = {}
@@ -214,8 +259,8 @@ class EventTable(ScrollView, can_focus=True):
             row = int(scroll_y) + y - 1
             if row >= self.row_count:
                 return Strip.blank(width, self._style(()))
-            text = self._line_text(row)
-            key = ("odd" if row % 2 else "", self._kinds[row - self._page_start],
+            text, kind = self._line_text(row)
+            key = ("odd" if row % 2 else "", kind,
                    "cursor" if row == self.cursor_row else "")
             style = self._style(key)
         return Strip([Segment(text, style)]).crop(scroll_x, scroll_x + width) \
@@ -240,6 +285,7 @@ class EventTable(ScrollView, can_focus=True):
             self._scroll_to_cursor(center)
         self.refresh()
         self.post_message(self.CursorMoved(self, row))
+        self.call_after_refresh(self._prefetch)
 
     def _scroll_to_cursor(self, center: bool) -> None:
         row, top, page = self.cursor_row, int(self.scroll_offset.y), self.page_rows
