@@ -112,3 +112,18 @@ def test_report_on_an_ingested_table_matches_the_report_on_its_sources(tmp_path)
     key = lambda r: [(p["pid"], p.get("image"), p["mode"], p["page_faults"]) for p in r["processes"]]
     assert key(ingested) == key(direct)
     assert [i["kind"] for i in ingested["incidents"]] == [i["kind"] for i in direct["incidents"]]
+
+
+def test_postmortem_terminal_output_draws_the_chain_and_explains_it():
+    """The lab's starvation run (its source: #PF at starve_push, then #DF, then the reset)
+    is drawn as a chain, one exception a row, then RESET, with the plain-words explanation."""
+    result = CliRunner().invoke(main, ["postmortem", str(SAMPLES / "lab-starvation-tcg")],
+                                terminal_width=160)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    chain = out[out.index("Fault chain 1"):]
+    rows = [line for line in chain.splitlines() if line.startswith("│")]
+    assert "#PF (14)" in rows[0] and "starve_push" in rows[0] and "same" in rows[0]
+    assert "#DF (8)" in rows[1]
+    assert "RESET" in rows[3]
+    assert "stack_starvation: At CPL 0" in out

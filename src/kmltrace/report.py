@@ -226,6 +226,10 @@ def render_rich(report: dict, console) -> None:
         incidents.add_row(t(i["severity"], SEVERITY_STYLE.get(i["severity"])), t(i["kind"]),
                           t(i.get("pid")), t(i.get("comm")), t(i["summary"]))
     console.print(incidents)
+    _render_chains(report, console, t)
+    for i in report["incidents"]:
+        if i.get("explanation") and i["severity"] in ("critical", "error"):
+            console.print(t(f"{i['kind']}: ", "bold") + t(i["explanation"]))
 
     procs = Table(title=f"Processes ({len(report['processes'])})")
     for col in ("pid", "img", "comm", "exe", "mode", "faults", "syscalls"):
@@ -266,10 +270,26 @@ def render_rich(report: dict, console) -> None:
     for a in report.get("analyses", []):
         if not a["ran"]:
             console.print(t(f"not run: {a.get('note') or a['name']}", "yellow"))
-    for chain_no, chain in enumerate(report.get("chains", []) or []):
-        console.print(t(f"chain {chain_no + 1}: " + " -> ".join(
-            f"{e.get('name')}@{e.get('rip')} cpl={e.get('cpl')} stack={e.get('stack')}"
-            for e in chain)))
+
+
+def _render_chains(report: dict, console, t) -> None:
+    """Each fault episode as the CPU saw it, one exception a row, the reset last."""
+    from rich.table import Table
+
+    for number, chain in enumerate(report.get("chains") or [], 1):
+        table = Table(title=f"Fault chain {number}")
+        for col in ("#", "exception", "CPL", "CS:RIP", "symbol", "SS:RSP", "CR2", "error",
+                    "stack"):
+            table.add_column(col)
+        for step, e in enumerate(chain, 1):
+            stack = e.get("stack") or ("not delivered" if e.get("delivered") is False else "?")
+            table.add_row(t(step), t(f"{e.get('name')} ({e.get('vector')})"), t(e.get("cpl")),
+                          t(f"{e.get('cs') or '?'}:{e.get('rip') or '?'}"), t(e.get("symbol")),
+                          t(f"{e.get('ss') or '?'}:{e.get('rsp') or '?'}"), t(e.get("cr2")),
+                          t(e.get("error_code")), t(stack))
+        if chain and chain[-1].get("shutdown"):
+            table.add_row(t(""), t("RESET", "bold red"), *[t("") for _ in range(7)])
+        console.print(table)
 
 
 def _int_or_none(value):
