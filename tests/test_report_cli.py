@@ -118,7 +118,7 @@ def test_postmortem_terminal_output_draws_the_chain_and_explains_it():
     """The lab's starvation run (its source: #PF at starve_push, then #DF, then the reset)
     is drawn as a chain, one exception a row, then RESET, with the plain-words explanation."""
     result = CliRunner().invoke(main, ["postmortem", str(SAMPLES / "lab-starvation-tcg")],
-                                terminal_width=160)
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
     chain = out[out.index("Fault chain 1"):]
