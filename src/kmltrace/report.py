@@ -280,7 +280,8 @@ def _render_chains(report: dict, console, t) -> None:
         table = Table(title=f"Fault chain {number}")
         for col in ("#", "exception", "CPL", "CS:RIP", "symbol", "SS:RSP", "CR2", "error",
                     "stack"):
-            table.add_column(col)
+            # an address cut short is worse than one that wraps
+            table.add_column(col, overflow="fold", no_wrap=col in ("#", "CPL"))
         for step, e in enumerate(chain, 1):
             stack = e.get("stack") or ("not delivered" if e.get("delivered") is False else "?")
             table.add_row(t(step), t(f"{e.get('name')} ({e.get('vector')})"), t(e.get("cpl")),
