@@ -111,8 +111,8 @@ def exception_exits(kvm: pl.DataFrame) -> pl.DataFrame:
 def exit_reason_counts(kvm: pl.DataFrame) -> dict[str, int]:
     """kvm_exit reasons and how often each occurred (the report's view of a KVM host)."""
     exits = kvm.filter(pl.col("event") == "kvm_exit").group_by("exit_reason").len()
-    return {r["exit_reason"] or "?": r["len"] for r in exits.sort("len", descending=True)
-            .iter_rows(named=True)}
+    exits = exits.sort(["len", "exit_reason"], descending=[True, False])   # ties by name
+    return {r["exit_reason"] or "?": r["len"] for r in exits.iter_rows(named=True)}
 
 
 def last_emulated(kvm: pl.DataFrame, ts_ns: int | None, pid: int | None) -> dict | None:

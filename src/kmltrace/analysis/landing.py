@@ -81,7 +81,9 @@ def landing_counts(frame: pl.DataFrame) -> list[dict]:
     """How many deliveries of each vector landed where, from which CPL (for the report)."""
     grouped = (frame.group_by("vector", "cpl", "stack")
                .agg(pl.len().alias("count"), (~pl.col("pushed")).sum().alias("not_pushed"))
-               .sort("count", descending=True))
+               # ties by key: the order must not depend on the engine's group order
+               .sort(["count", "vector", "cpl", "stack"], descending=[True, False, False, False],
+                     nulls_last=True))
     # not_pushed: deliveries whose frame was never written (the push itself faulted)
     return [{"vector": v, "name": VECTOR_NAMES.get(v, f"vector {v}" if v is not None else None),
              "cpl": c, "stack": s, "count": n, "not_pushed": u}
