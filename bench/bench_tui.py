@@ -12,7 +12,8 @@ lines (bench/work/tui/trace-10M.txt) for toolong.
 Measured, each tool in its own process, with Textual's pilot (``App.run_test``):
 - kmltrace: time from start to the first screen (incidents, with the loading bar), to the event
   view showing the first rows of the 10 M-row table, one page move (pagedown: median and max
-  of 30), a jump to the end, and the whole table read into memory;
+  of 30, through pilot.press and directly: see PAGE_MOVES_HELPER), a jump to the end, and the
+  whole table read into memory;
 - kmltrace again with the table already in memory and nothing else running in the process
   (the UI's own cost of a page move);
 - toolong (its own venv under bench/work/toolong-venv, it pins an old textual): time to its

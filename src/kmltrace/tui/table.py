@@ -1,7 +1,7 @@
 """A virtual table over a polars DataFrame: only the rows on screen are formatted and drawn.
 
 Textual's DataTable builds every row up front (seconds for tens of thousands); this widget
-uses the line API (``ScrollView.render_line``) and formats one cached page at a time, so a
+uses the line API (``ScrollView.render_line``) and formats rows in small cached blocks, so a
 table of ten million events scrolls as fast as one of ten.
 """
 
