@@ -10,7 +10,6 @@ import polars as pl
 from kmltrace.analysis.events import (attribute_by_columns, attribute_in_place,
                                       available_events, overlapping_pairs, unmerged_events)
 from kmltrace.analysis.kernel import KernelInfo, kernel_info
-from kmltrace.schema import conform
 
 #: Columns analyses read beyond the core ones; absent ones are added as nulls so that
 #: expressions need no per-source special cases.
@@ -68,11 +67,6 @@ class Context:
         instead of holding every column of every row.
         """
         tables = capture.table_events() if getattr(capture, "tables", None) else None
-        if events is None and unmerged is None and tables is not None:
-            # parquet TARGETs stay a scan; other inputs' events (if any) join them lazily
-            others = [p for p in capture.inputs if p.events.height]
-            unmerged = (conform(pl.concat([tables, unmerged_events(capture)],
-                                          how="diagonal_relaxed")) if others else tables)
         keep_raw = any(p.format == "console" or "console" in
                        p.events.get_column("source").unique().to_list()
                        for p in capture.inputs if p.events.height)

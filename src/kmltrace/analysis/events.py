@@ -69,6 +69,9 @@ def merged_events(capture: Capture) -> pl.LazyFrame:
 def unmerged_events(capture: Capture) -> pl.LazyFrame:
     """All inputs' events with duplicates dropped, not yet sorted or attributed."""
     frames = _deduplicated(capture)
+    tables = capture.table_events() if getattr(capture, "tables", None) else None
+    if tables is not None:      # parquet TARGETs (kmltrace ingest): a lazy scan, never read
+        frames.append(tables)
     if not frames:
         frames = [empty_events().lazy()]
     return conform(pl.concat(frames, how="diagonal_relaxed"))
