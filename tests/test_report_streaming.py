@@ -121,3 +121,18 @@ def test_a_table_larger_than_the_memory_limit_is_reported_by_streaming(tmp_path)
         base_images = base.filter(pl.col("task_pid") > 0).select("task_pid", "image").unique()
         assert len(report["processes"]) >= COPIES * base_images.height
         assert not [p for p in report["processes"] if p["mode"] == "kernel"]
+
+
+def test_a_damaged_or_foreign_parquet_target_is_one_error_line(tmp_path):
+    table = ingest(SAMPLES / "host-6.18-workload" / "bundle", tmp_path / "events.parquet")
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+    foreign = tmp_path / "foreign.parquet"
+    pl.DataFrame({"x": [1, 2]}).write_parquet(foreign)
+    for bad, says in ((cut, "unreadable parquet event table"), (foreign, "no column 'event'")):
+        result = run("report", bad, "--json")
+        assert result.exit_code == 1
+        assert "Traceback" not in result.output
+        report = json.loads(result.stdout)
+        assert report["inputs"][0]["format"] == "parquet"
+        assert says in report["inputs"][0]["errors"][0]
