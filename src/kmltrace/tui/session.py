@@ -31,6 +31,8 @@ class Loaded:
 PARQUET_MAGIC = b"PAR1"
 
 
+# the same test as kmltrace.capture.is_event_table, kept here because importing capture pulls
+# in polars, which the first screen must not wait for
 def is_parquet(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
