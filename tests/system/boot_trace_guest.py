@@ -172,25 +172,12 @@ def kernel_package() -> str:
                        "/etc/apt/sources.list.d and apt-get update run?)")
 
 
-@dataclass
-class BootGuest:
-    dir: Path
-    release: str
-
-    @property
-    def vmlinuz(self) -> Path:
-        return self.dir / "vmlinuz"
-
-    @property
-    def initramfs(self) -> Path:
-        return self.dir / "initramfs.cpio"
-
-
-def build(log=print) -> BootGuest:
+def build(log=print) -> debian.Guest:
     root = debian.cache_root().parent / "boot_trace"
     package = kernel_package()
     release = package.removeprefix("linux-image-")
-    guest = BootGuest(root / release, release)
+    # the same files as the snapshot guest (vmlinuz, initramfs.cpio), in a cache of its own
+    guest = debian.Guest(root / release, release)
     guest.dir.mkdir(parents=True, exist_ok=True)
     if not guest.vmlinuz.exists():
         debs = root / "debs"
@@ -253,7 +240,7 @@ class _Qmp(debian.RunningGuest):
         self.qmp_path = str(path)
 
 
-def run_cycle(guest: BootGuest, workdir: Path, crash: bool = True, memory: str = "1G",
+def run_cycle(guest: debian.Guest, workdir: Path, crash: bool = True, memory: str = "1G",
               placement: str = RESERVE_MEM, timeout: float = CYCLE_TIMEOUT) -> Cycle:
     """Boot, run bootwork, reset (triple fault) or power off then reset, boot again and save.
     Returns the console, QEMU's cpu_reset log and the extracted save directory."""
