@@ -8,6 +8,7 @@ import polars as pl
 
 from kmltrace.formats import console
 from kmltrace.formats.sniff import parse_file
+from tests.fuzzing import documents_from
 from tests.conftest import SAMPLES
 
 PUBLIC = SAMPLES / "console-public"
@@ -129,21 +130,12 @@ def test_real_debian_panic_and_reboot():
 # -- property: no input makes the parser raise anything but KmltraceError --------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from kmltrace.errors import KmltraceError  # noqa: E402
 
 _REAL = ((PUBLIC / "go-audit-30-stack-overflow.txt").read_text().splitlines()
          + SYNTHETIC.splitlines())
-_line = st.one_of(
-    st.sampled_from(_REAL),
-    st.builds(lambda l, i, s: l[:i] + s + l[i:], st.sampled_from(_REAL), st.integers(0, 140),
-              st.text(max_size=6)),
-    st.builds(lambda l, i: l[:i], st.sampled_from(_REAL), st.integers(0, 140)),
-)
-_docs = st.one_of(st.binary(max_size=400),
-                  st.lists(_line, max_size=30).map(lambda ls: "\n".join(ls).encode(
-                      "utf-8", "surrogatepass")))
+_docs = documents_from(_REAL, max_lines=30)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

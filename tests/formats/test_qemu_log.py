@@ -10,6 +10,7 @@ import pytest
 
 from kmltrace.formats import qemu_log
 from kmltrace.formats.sniff import parse_file
+from tests.fuzzing import documents_from
 from tests.conftest import SAMPLES
 
 TINY = SAMPLES / "qemu-tiny"
@@ -162,20 +163,11 @@ def test_not_a_qemu_log_is_a_clear_error(tmp_path):
 # -- property: no input makes the parser raise anything but KmltraceError --------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from kmltrace.errors import KmltraceError  # noqa: E402
 
 _REAL = (TINY / "starvation-int-inasm.log").read_text().splitlines()[23130:23200]
-_line = st.one_of(
-    st.sampled_from(_REAL),
-    st.builds(lambda l, i, s: l[:i] + s + l[i:], st.sampled_from(_REAL), st.integers(0, 140),
-              st.text(max_size=6)),
-    st.builds(lambda l, i: l[:i], st.sampled_from(_REAL), st.integers(0, 140)),
-)
-_docs = st.one_of(st.binary(max_size=400),
-                  st.lists(_line, max_size=40).map(lambda ls: "\n".join(ls).encode(
-                      "utf-8", "surrogatepass")))
+_docs = documents_from(_REAL, max_lines=40)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
