@@ -35,6 +35,9 @@ class EventFields:
     events: tuple[str, ...]
     pattern: str
     kinds: dict[str, str]
+    #: the C scanner's decoder for this entry's canonical field text (formats/_textscan.c);
+    #: the rows it decodes skip the regex, the others go through it
+    fast: str | None = None
 
 
 _IRQ_VECTOR_EVENTS = tuple(
@@ -82,17 +85,18 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
                 {"prio": "hexdec"}),
     EventFields("exceptions", ("page_fault_user", "page_fault_kernel"),
                 r"address=(?P<address>\S+) ip=(?P<ip>\S+) error_code=(?P<error_code>\S+)",
-                {"address": "ps", "ip": "ps", "error_code": "hex"}),
-    EventFields("irq_vectors", _IRQ_VECTOR_EVENTS, r"vector=(?P<vector>\d+)", {"vector": "int"}),
+                {"address": "ps", "ip": "ps", "error_code": "hex"}, fast="FAULT"),
+    EventFields("irq_vectors", _IRQ_VECTOR_EVENTS, r"vector=(?P<vector>\d+)", {"vector": "int"},
+                fast="VECTOR"),
     EventFields("irq", ("irq_handler_entry",), r"irq=(?P<irq>-?\d+) name=(?P<name>.*)$",
                 {"irq": "int", "name": "str"}),
     EventFields("irq", ("irq_handler_exit",), r"irq=(?P<irq>-?\d+) ret=(?P<ret_irq>\w+)",
                 {"irq": "int", "ret_irq": "handled"}),
     # 6.x and 4.x print the same: "NR 110 (0, 0, ...)" with %lx arguments
     EventFields("raw_syscalls", ("sys_enter",), r"NR (?P<id>-?\d+) \((?P<args>[^)]*)\)",
-                {"id": "int", "args": "hexlist"}),
+                {"id": "int", "args": "hexlist"}, fast="NR_ARGS"),
     EventFields("raw_syscalls", ("sys_exit",), r"NR (?P<id>-?\d+) = (?P<ret>-?\d+)",
-                {"id": "int", "ret": "int"}),
+                {"id": "int", "ret": "int"}, fast="NR_RET"),
     # `trace-cmd report -R` prints raw fields as name=value, arrays as little-endian bytes
     EventFields("raw_syscalls", ("sys_enter",), r"^id=(?P<id>-?\d+) args=ARRAY\[(?P<args>[^\]]*)\]",
                 {"id": "int", "args": "le_u64_bytes"}),
@@ -220,9 +224,14 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
         for name, text in sample.select(event, raw).iter_rows():
             texts.setdefault(name, []).append(text)
     specs = [spec for spec in EVENT_FIELDS if sample is None or _fits(spec, texts)]
+    # rows the C scanner decoded (``__decoded``, values in ``__fast_<column>``) skip the regexes
+    names = events.collect_schema().names()
+    scanned = DECODED in names
     structs = []
     for i, spec in enumerate(specs):
         only = pl.col(event).is_in(list(spec.events))
+        if scanned:
+            only = only & ~pl.col(DECODED)
         structs.append(pl.when(only).then(pl.col(raw)).str.extract_groups(spec.pattern)
                        .alias(f"__fields{i}"))
     per_column: dict[str, list[pl.Expr]] = {}
@@ -231,13 +240,27 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
         for name, kind in spec.kinds.items():
             text = group.struct.field(name)
             for column, expr in _convert(name, kind, text):
+                if scanned and spec.fast and FAST_PREFIX + column in names:
+                    per_column.setdefault(column, []).insert(0, pl.col(FAST_PREFIX + column))
                 per_column.setdefault(column, []).append(expr)
     columns = [
         (exprs[0] if len(exprs) == 1 else pl.coalesce(exprs)).alias(column)
         for column, exprs in per_column.items()
     ]
+    scanner_columns = [n for n in names if n == DECODED or n.startswith(FAST_PREFIX)]
     return (events.with_columns(structs).with_columns(columns)
-            .drop([f"__fields{i}" for i in range(len(specs))]))
+            .drop([f"__fields{i}" for i in range(len(specs))] + scanner_columns))
+
+
+#: The C scanner's columns: which rows it decoded, and their values (``__fast_id``, ...).
+DECODED = "__decoded"
+FAST_PREFIX = "__fast_"
+
+
+def fast_decoders(scanner) -> dict[bytes, int]:
+    """{event name: the C scanner's decoder number} from the table's ``fast`` entries."""
+    return {name.encode(): getattr(scanner, spec.fast)
+            for spec in EVENT_FIELDS if spec.fast for name in spec.events}
 
 
 def field_sample(events: pl.DataFrame, event: str = "event", per_event: int = 20) -> pl.DataFrame:

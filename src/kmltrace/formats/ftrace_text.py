@@ -156,7 +156,7 @@ def body(frame: pl.LazyFrame, *, strip_event_padding: bool = False) -> pl.LazyFr
 
 
 GRAMMAR = text_pipeline.Grammar(what="tracefs trace", source="ftrace", split=split,
-                                exact=exact, body=body)
+                                exact=exact, body=body, scanner="tracefs")
 
 
 def normalise_events(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -117,7 +117,8 @@ def body(frame: pl.LazyFrame) -> pl.LazyFrame:
 
 GRAMMAR = text_pipeline.Grammar(what="perf script", source="perf", split=split, exact=exact,
                                 body=body, system=pl.col("perf_system"),
-                                stack_re=f"{CALLCHAIN_RE}|{text_lines.STACK_RE}")
+                                stack_re=f"{CALLCHAIN_RE}|{text_lines.STACK_RE}",
+                                scanner="perf")
 
 
 def _drop_perf_system(events: pl.DataFrame) -> pl.DataFrame:

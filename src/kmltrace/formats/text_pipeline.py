@@ -23,7 +23,7 @@ import polars as pl
 
 from kmltrace.errors import InputError
 from kmltrace.formats import fields as fieldtable
-from kmltrace.formats import text_lines
+from kmltrace.formats import text_lines, text_scan
 from kmltrace.schema import (COMMON_COLUMNS, CORE_COLUMNS, LOST_EVENTS, PROVENANCE_COLUMNS,
                              conform)
 
@@ -44,6 +44,8 @@ class Grammar:
     header_re: str | None = None
     #: continuation lines that belong to the event above (stack traces, callchains)
     stack_re: str = text_lines.STACK_RE
+    #: the C scanner's grammar for these lines (text_scan.py), None: polars only
+    scanner: str | None = None
 
 
 class TextParse:
@@ -76,7 +78,110 @@ class TextParse:
         self._stack_lines = 0
         self._frac_digits: int | None = None
 
+    #: bytes cut off the start of lines before they are split (trace-cmd's buffer names)
+    def scan_prefixes(self) -> tuple[bytes, ...]:
+        return ()
+
     def batches(self):
+        module = text_scan.scanner() if self.grammar.scanner else None
+        if module is not None:
+            yield from self._scanned_batches(module)
+            return
+        yield from self._line_batches()
+
+    def _scanned_batches(self, module):
+        """The batches, with the C scanner taking the lines it is sure of (text_scan.py)."""
+        path, grammar = self.path, self.grammar
+        truncated = text_lines.last_line_truncated(path)
+        decoders = fieldtable.fast_decoders(module)
+        first_line = 1
+        carry = b""
+        try:
+            for data, last in text_scan.chunks(path, max(self.batch_bytes, text_scan.SCAN_BYTES)):
+                if carry:
+                    data, carry = carry + data, b""
+                scanned = text_scan.scan(module, data, first_line, grammar.scanner,
+                                         self.scan_prefixes(), decoders)
+                fast, deferred = scanned.fast, scanned.deferred
+                if truncated is not None:
+                    fast = fast.filter(pl.col("line") != truncated)
+                    deferred = deferred.filter(pl.col("line") != truncated)
+                slow = self._classified_lines(deferred)
+                if not last:
+                    # the last event line and what follows it wait for the next batch
+                    owners = pl.concat([
+                        fast.select("line", "__offset"),
+                        slow.filter(pl.col("kind").is_in(["event", "lost"]))
+                        .select("line", "__offset")])
+                    if owners.height == 0:
+                        carry = data
+                        continue
+                    at_line, at = owners.sort("line").row(-1)
+                    carry = data[at:]
+                    fast = fast.filter(pl.col("line") < at_line)
+                    slow = slow.filter(pl.col("line") < at_line)
+                    first_line = at_line
+                del data
+                frame = self._scanned_events(fast, slow, scanned.frac_digits)
+                if frame is not None:
+                    yield frame
+        except (pl.exceptions.PolarsError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"cannot read as text lines: {first}", path=str(path)) from None
+        self._finish(truncated)
+
+    def _classified_lines(self, lines: pl.DataFrame) -> pl.DataFrame:
+        """The lines the scanner left, split and classified by the polars grammar."""
+        frame = lines.lazy()
+        if self.lines_frame is not None:
+            frame = self.lines_frame(frame)
+        collected = _classified(frame, self.grammar).collect()
+        if collected.get_column("__many").any():
+            collected = _exact(collected, self.grammar)
+        return collected
+
+    def _scanned_events(self, fast: pl.DataFrame, slow: pl.DataFrame, frac_digits):
+        events = self._slow_events(slow)
+        fast = fast.drop("__offset")
+        if self.grammar.scanner != "perf":
+            fast = fast.drop("perf_system")
+        if frac_digits is not None and fast.height:
+            self._frac_digits = max(frac_digits, self._frac_digits or 0)
+        if events is None and fast.height == 0:
+            return None
+        if events is None or events.height == 0:
+            table = fast.with_columns(pl.lit(None, dtype=pl.Int64).alias("lost"))
+        else:
+            events = self._bodies(events.drop("__offset").lazy()).collect()
+            table = (pl.concat([fast, events], how="diagonal_relaxed")
+                     .with_columns(pl.col(fieldtable.DECODED).fill_null(False))
+                     .sort("line"))
+        frame = self._table(table.lazy())
+        self.events += frame.height
+        return frame
+
+    def _slow_events(self, collected: pl.DataFrame) -> pl.DataFrame | None:
+        """The event rows of classified lines (bad lines reported, stack lines attached)."""
+        kinds = collected.get_column("kind")
+        bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
+        if bad.height:
+            self._bad_count += bad.height
+            if sum(b.height for b in self._bad) <= text_lines.ERRORS_SHOWN:
+                self._bad.append(bad.head(text_lines.ERRORS_SHOWN + 1))
+        stack_lines = int((kinds == "stack").sum())
+        if stack_lines:
+            self._stack_lines += stack_lines
+            collected = _attach_stacks(collected)
+        events = _event_rows(collected).drop("text", "kind", "__many")
+        if events.height == 0:
+            return None
+        self._lost += int(events.get_column("lost").sum() or 0)
+        digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
+        if digits is not None:
+            self._frac_digits = max(digits, self._frac_digits or 0)
+        return events
+
+    def _line_batches(self):
         path, grammar = self.path, self.grammar
         truncated = text_lines.last_line_truncated(path)
         carry: pl.DataFrame | None = None
@@ -128,42 +233,34 @@ class TextParse:
             at = owners[-1] if owners.len() else 0
             carry = batch.slice(at)
             collected = collected.slice(0, at)
-            kinds = collected.get_column("kind")
-        bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
-        if bad.height:
-            self._bad_count += bad.height
-            if sum(b.height for b in self._bad) <= text_lines.ERRORS_SHOWN:
-                self._bad.append(bad.head(text_lines.ERRORS_SHOWN + 1))
-        stack_lines = int((kinds == "stack").sum())
-        if stack_lines:
-            self._stack_lines += stack_lines
-            collected = _attach_stacks(collected)
-        events = _event_rows(collected).drop("text", "kind", "__many")
+        events = self._slow_events(collected)
         del collected
-        if events.height == 0:
+        if events is None:
             return None, carry
-        self._lost += int(events.get_column("lost").sum() or 0)
-        digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
-        if digits is not None:
-            self._frac_digits = max(digits, self._frac_digits or 0)
-        # the lazy frame is the only reference left: freed once _typed has collected it
-        lazy = events.lazy()
+        # the lazy frame is the only reference left: freed once _table has collected it
+        lazy = self._bodies(events.lazy())
         del events
-        frame = self._typed(lazy)
+        frame = self._table(lazy)
         self.events += frame.height
         return frame, carry
 
-    def _typed(self, events: pl.LazyFrame) -> pl.DataFrame:
-        grammar = self.grammar
+    def _bodies(self, events: pl.LazyFrame) -> pl.LazyFrame:
+        """Split lines' bodies -> event, raw, ts_ns (lost-event lines named so)."""
         lost_row = pl.col("lost").is_not_null()
-        frame = events.pipe(grammar.body).with_columns(
+        return events.pipe(self.grammar.body).with_columns(
             pl.when(lost_row).then(pl.lit(LOST_EVENTS)).otherwise(pl.col("event")).alias("event"),
             pl.when(lost_row).then(pl.col("__body")).otherwise(pl.col("raw")).alias("raw"),
             _timestamp_ns().alias("ts_ns"),
+        ).drop("__body", "ts_sec", "ts_frac")
+
+    def _table(self, events: pl.LazyFrame) -> pl.DataFrame:
+        """Rows with event, raw and ts_ns -> the conformed event table of the batch."""
+        grammar = self.grammar
+        frame = events.with_columns(
             pl.int_range(self.events, self.events + pl.len(), dtype=pl.Int64).alias("seq"),
             pl.lit(grammar.source).alias("source"),
             pl.lit(str(self.path)).alias("file"),
-        ).drop("__body", "ts_sec", "ts_frac")
+        )
         if self.event_frame is not None:
             frame = self.event_frame(frame)
         system = (grammar.system if grammar.system is not None

@@ -83,6 +83,9 @@ class _ReportParse(text_pipeline.TextParse):
                                        .alias("text"))
         return lines
 
+    def scan_prefixes(self) -> tuple[bytes, ...]:
+        return tuple(f"{name}: ".encode() for name in sorted(self.buffers))
+
     def _late_prefixes(self, events: pl.DataFrame) -> pl.DataFrame:
         events, late = _late_buffer_prefixes(events)
         self.buffers.update(late)
@@ -131,4 +134,5 @@ LATE_PREFIX_RE = r"^[^\s:]+:\s{2,}\S"
 # trace-cmd pads event names ("sys_enter:            NR 33 ..."): the padding is not field text
 GRAMMAR = text_pipeline.Grammar(
     what="trace-cmd report", source="ftrace", split=ftrace_text.split, exact=ftrace_text.exact,
-    body=functools.partial(ftrace_text.body, strip_event_padding=True), header_re=HEADER_RE)
+    body=functools.partial(ftrace_text.body, strip_event_padding=True), header_re=HEADER_RE,
+    scanner="tracecmd")
