@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from kmltrace.accel import use_accelerator
 from kmltrace.errors import InputError, KmltraceError
 from kmltrace.formats.event_format import EventFormat, Field, PageHeader
 from kmltrace.schema import (ALL_KNOWN_COLUMNS, COMMON_COLUMNS, FIELD_COLUMNS, LOST_EVENTS,
@@ -76,7 +77,8 @@ class _Records:
 # -- walking the pages ----------------------------------------------------------------------------
 
 def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Decoded,
-              path: str) -> _Records:
+              path: str, rs=None) -> _Records:
+    """One CPU's records; `rs` is the C accelerator (None: the numpy walk)."""
     ps = header.page_size
     n_pages = seg.length // ps
     tail = seg.length - n_pages * ps
@@ -89,6 +91,15 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     empty = _Records(*(np.zeros(0, np.int64) for _ in range(5)))
     if n_pages == 0:
         return empty
+    if rs is not None:
+        try:
+            got = rs.walk(buf, seg.start, n_pages, ps, header.timestamp_offset,
+                          header.commit_offset, header.commit_size, header.data_offset,
+                          header.data_size)
+        except ValueError:      # a layout the C walk does not take: the numpy walk does
+            got = None
+        if got is not None:
+            return _records_of_c_walk(got, buf, seg, header, decoded, path)
     pages = buf[seg.start:seg.start + n_pages * ps]
     words = pages.view("<u4").reshape(n_pages, ps // 4)
     page_ts = pages.view("<u8").reshape(n_pages, ps // 8)[:, header.timestamp_offset // 8]
@@ -105,15 +116,7 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
 
     bad = data_len > header.data_size
     if bad.any():
-        for p in np.flatnonzero(bad)[:5]:
-            decoded.errors.append(InputError(
-                f"cpu{seg.cpu}: corrupt page header (commit {int(commit[p]):#x}),"
-                f" page skipped", path=seg.label or path, offset=seg.file_offset + int(p) * ps))
-        if bad.sum() > 5:
-            decoded.errors.append(InputError(
-                f"cpu{seg.cpu}: {int(bad.sum()) - 5} more corrupt page headers", path=seg.label or path,
-                offset=seg.file_offset))
-        decoded.damaged_pages += int(bad.sum())
+        _report_bad_headers(np.flatnonzero(bad), commit, seg, ps, decoded, path)
         data_len = np.where(bad, 0, data_len)
         missed &= ~bad
         stored &= ~bad
@@ -163,11 +166,7 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
         keep = ok & (end < lw[page_idx])
         page_idx, pos = page_idx[keep], end[keep]
     if damaged.any():
-        for p in np.flatnonzero(damaged)[:5]:
-            decoded.errors.append(InputError(
-                f"cpu{seg.cpu}: corrupt record in page, rest of the page skipped",
-                path=seg.label or path, offset=seg.file_offset + int(p) * ps))
-        decoded.damaged_pages += int(damaged.sum())
+        _report_damaged_pages(np.flatnonzero(damaged), seg, ps, decoded, path)
 
     # put the records in page order: record k of page p lands at first[p] + k
     counts = np.zeros(n_pages, np.int64)
@@ -270,6 +269,63 @@ def _walk_cpu(buf: np.ndarray, seg: CpuSegment, header: PageHeader, decoded: Dec
     return recs
 
 
+def _report_bad_headers(bad: np.ndarray, commit, seg: CpuSegment, ps: int, decoded: Decoded,
+                        path: str) -> None:
+    """Errors for the pages (indices `bad`) whose commit word is larger than a page;
+    `commit` gives a page's commit value by its index."""
+    for p in bad[:5]:
+        decoded.errors.append(InputError(
+            f"cpu{seg.cpu}: corrupt page header (commit {int(commit[p]):#x}),"
+            f" page skipped", path=seg.label or path, offset=seg.file_offset + int(p) * ps))
+    if bad.size > 5:
+        decoded.errors.append(InputError(
+            f"cpu{seg.cpu}: {int(bad.size) - 5} more corrupt page headers", path=seg.label or path,
+            offset=seg.file_offset))
+    decoded.damaged_pages += int(bad.size)
+
+
+def _report_damaged_pages(damaged: np.ndarray, seg: CpuSegment, ps: int, decoded: Decoded,
+                          path: str) -> None:
+    for p in damaged[:5]:
+        decoded.errors.append(InputError(
+            f"cpu{seg.cpu}: corrupt record in page, rest of the page skipped",
+            path=seg.label or path, offset=seg.file_offset + int(p) * ps))
+    decoded.damaged_pages += int(damaged.size)
+
+
+class _PageCommit:
+    """A page's commit word (low 32 bits) by page index, read for the few error messages."""
+
+    def __init__(self, buf: np.ndarray, seg: CpuSegment, header: PageHeader):
+        self.buf, self.seg, self.header = buf, seg, header
+
+    def __getitem__(self, p) -> int:
+        h = self.header
+        size = h.commit_size
+        at = self.seg.start + int(p) * h.page_size + (h.commit_offset // size) * size
+        return int.from_bytes(self.buf[at:at + size].tobytes(), "little") & 0xFFFFFFFF
+
+
+def _records_of_c_walk(got: dict, buf: np.ndarray, seg: CpuSegment, header: PageHeader,
+                       decoded: Decoded, path: str) -> _Records:
+    """The C walk's output as the numpy walk gives it, its damage reported the same way."""
+    ps = header.page_size
+    bad = np.frombuffer(got["bad_pages"], np.int64)
+    if bad.size:
+        _report_bad_headers(bad, _PageCommit(buf, seg, header), seg, ps, decoded, path)
+    damaged = np.frombuffer(got["damaged_pages"], np.int64)
+    if damaged.size:
+        _report_damaged_pages(damaged, seg, ps, decoded, path)
+    decoded.damaged_records += got["short_records"]
+    decoded.lost_events += got["lost_events"]
+    decoded.lost_unknown += got["lost_unknown"]
+    return _Records(ts=np.frombuffer(got["ts"], np.int64),
+                    kind=np.frombuffer(got["kind"], np.int32),
+                    start=np.frombuffer(got["start"], np.int64),
+                    length=np.frombuffer(got["length"], np.int32),
+                    lost=np.frombuffer(got["lost"], np.int64))
+
+
 # -- gathering fields -----------------------------------------------------------------------------
 
 class _Reads:
@@ -279,8 +335,9 @@ class _Reads:
     every byte (a strided view, no copy), so one field of all records of a type is a single
     fancy-index gather: no per-type block of record bytes is copied first."""
 
-    def __init__(self, buf: np.ndarray):
+    def __init__(self, buf: np.ndarray, rs=None):
         self.buf = buf
+        self.rs = rs        # the C accelerator, if any
         self._views: dict[tuple[int, bool], np.ndarray] = {}
 
     def view(self, size: int, signed: bool = False) -> np.ndarray:
@@ -324,6 +381,10 @@ class _Reads:
                 idx = np.clip(at[:, None] + np.arange(width), 0, buf.size - 1)
                 out[:] = np.where(at[:, None] + np.arange(width) < buf.size, buf[idx], 0)
             return out
+        if self.rs is not None:
+            at = np.ascontiguousarray(at, np.int64)
+            return np.frombuffer(self.rs.gather_blocks(buf, at, width), np.uint8).reshape(
+                at.size, width)
         windows = np.lib.stride_tricks.sliding_window_view(buf, width)
         return windows[np.clip(at, 0, buf.size - width)]
 
@@ -666,7 +727,53 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     del buf
     return _decode(box, segments, formats, header, path=path, long_size=long_size,
                    cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
-                   release=release)
+                   release=release, rs=use_accelerator("_ringscan"))
+
+
+def _merge_numpy(parts: list, buf: np.ndarray) -> dict[str, np.ndarray]:
+    """The CPUs' records in time order, with the common header's pid and flags key."""
+    ts = _merged(parts, "ts", np.int64)
+    # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
+    order = np.argsort(ts, kind="stable")
+    out = {"ts": ts[order]}
+    del ts
+    for name, dtype in (("kind", np.int32), ("start", np.int64), ("length", np.int32),
+                        ("lost", np.int64)):
+        out[name] = _merged(parts, name, dtype)[order]
+    out["cpu"] = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts])[order] \
+        if parts else np.zeros(0, np.int32)
+    shift = np.concatenate([np.full(r.ts.size, s.file_offset - s.start, np.int64)
+                            for s, r in parts]) if parts else np.zeros(0, np.int64)
+    out["offset"] = out["start"] + shift[order]
+    del shift, order
+    start, is_event = out["start"], out["kind"] >= 0
+    reads = _Reads(buf)
+    all_events = bool(is_event.all())
+    # the common header: u16 type, u8 flags, u8 preempt_count, s32 pid
+    at = start if all_events else np.where(is_event, start, 0)
+    # (preempt_count << 8 | flags): the index of the irq-info flags text
+    out["lat_key"] = (reads.ints(at, 4) >> 16).astype(np.uint16)
+    out["pid"] = reads.ints(at + 4, 4, signed=True)
+    if not all_events:
+        out["lat_key"][~is_event] = 0
+    return out
+
+
+def _merge_c(rs, parts: list, buf: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`_merge_numpy` by the C accelerator: a k-way merge when every CPU's records are
+    in time order (then it equals the stable sort), else along numpy's stable order."""
+    items = [(np.ascontiguousarray(r.ts, np.int64), np.ascontiguousarray(r.kind, np.int32),
+              np.ascontiguousarray(r.start, np.int64), np.ascontiguousarray(r.length, np.int32),
+              np.ascontiguousarray(r.lost, np.int64), s.cpu, s.file_offset - s.start)
+             for s, r in parts]
+    got = rs.merge(items, buf, None)
+    if got is None:
+        order = np.argsort(_merged(parts, "ts", np.int64), kind="stable")
+        got = rs.merge(items, buf, order)
+    dtypes = {"ts": np.int64, "kind": np.int32, "start": np.int64, "length": np.int32,
+              "lost": np.int64, "cpu": np.int32, "offset": np.int64, "pid": np.int32,
+              "lat_key": np.uint16}
+    return {k: np.frombuffer(got[k], dtypes[k]) for k in dtypes}
 
 
 def _merged(parts: list, field: str, dtype) -> np.ndarray:
@@ -677,7 +784,7 @@ def _merged(parts: list, field: str, dtype) -> np.ndarray:
 
 
 def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
-            raw_text, release) -> Decoded:
+            raw_text, release, rs) -> Decoded:
     buf = box.pop()
     decoded = Decoded(events=pl.DataFrame())
     inside = []
@@ -693,7 +800,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     def walk(seg, buf=buf):
         # each CPU counts its own damage (threads), merged below in CPU order
         own = Decoded(events=None)
-        return own, _walk_cpu(buf, seg, header, own, path)
+        return own, _walk_cpu(buf, seg, header, own, path, rs)
 
     parts = []
     for seg, (own, recs) in zip(inside, _in_threads(walk, inside)):
@@ -704,33 +811,19 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
             setattr(decoded, counter, getattr(decoded, counter) + getattr(own, counter))
     del inside, walk
 
-    ts = _merged(parts, "ts", np.int64)
-    # CPU-major, page order within a CPU: a stable sort by time merges the CPUs like trace-cmd
-    order = np.argsort(ts, kind="stable")
-    ts = ts[order]
-    kind = _merged(parts, "kind", np.int32)[order]
-    start = _merged(parts, "start", np.int64)[order]
-    length = _merged(parts, "length", np.int32)[order]
-    lost = _merged(parts, "lost", np.int64)[order]
-    cpu = np.concatenate([np.full(r.ts.size, s.cpu, np.int32) for s, r in parts])[order] \
-        if parts else np.zeros(0, np.int32)
-    shift = np.concatenate([np.full(r.ts.size, s.file_offset - s.start, np.int64)
-                            for s, r in parts]) if parts else np.zeros(0, np.int64)
-    offset = start + shift[order]
-    del parts, order, shift
+    merged = _merge_c(rs, parts, buf) if rs is not None else None
+    if merged is None:
+        merged = _merge_numpy(parts, buf)
+    del parts
+    ts, kind, start, length, lost, cpu, offset, pid, lat_key = (
+        merged[k] for k in ("ts", "kind", "start", "length", "lost", "cpu", "offset", "pid",
+                            "lat_key"))
+    del merged
     _return_freed_memory()
     n = ts.size
     is_event = kind >= 0
-    reads = _Reads(buf)
+    reads = _Reads(buf, rs)
     all_events = bool(is_event.all())
-    # the common header: u16 type, u8 flags, u8 preempt_count, s32 pid
-    at = start if all_events else np.where(is_event, start, 0)
-    # (preempt_count << 8 | flags): the index of the irq-info flags text
-    lat_key = (reads.ints(at, 4) >> 16).astype(np.uint16)
-    pid = reads.ints(at + 4, 4, signed=True)
-    if not all_events:
-        lat_key[~is_event] = 0
-    del at
 
     known_ids = np.array(sorted(formats), np.int64)
     # names of the types present only: the formats are parsed when first used
@@ -751,8 +844,12 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     numeric = _NumericColumns(n)
     raws: list[tuple[np.ndarray, pl.Series]] = []
     # the rows of each event type present, from one stable sort by type
-    by_type = np.argsort(type_index, kind="stable")
-    type_counts = np.bincount(type_index, minlength=known_ids.size + 1)
+    if rs is not None:
+        by_type, type_counts = (np.frombuffer(a, np.int64) for a in rs.type_order(
+            np.ascontiguousarray(type_index, np.int32), known_ids.size + 1))
+    else:
+        by_type = np.argsort(type_index, kind="stable")
+        type_counts = np.bincount(type_index, minlength=known_ids.size + 1)
     bounds = np.concatenate([[0], np.cumsum(type_counts)])
     present = []
     for i in np.flatnonzero(type_counts[1:]):
@@ -892,14 +989,10 @@ class _NumericColumns:
         out = {}
         for name in list(self.parts):
             dtype, np_dtype, parts = self.parts.pop(name)
-            total = sum(rows.size for rows, _ in parts)
-            if _is_sparse(total, self.n):
-                rows = np.concatenate([r for r, _ in parts])
-                values = np.concatenate([v for _, v in parts])
-                out[name] = _sparse_column(name, rows, values, dtype, self.n)
-                continue
-            # values of uncovered rows are never read: no need to zero them
-            values = np.empty(self.n, np_dtype)
+            # numpy memory, which polars takes without a copy: zeroed (calloc) pages that no
+            # row writes are never touched, and big arrays sit in huge pages (a 4 KiB page
+            # fault per page of a polars-allocated column cost more than filling it)
+            values = np.zeros(self.n, np_dtype)
             covered = np.zeros(self.n, bool)
             for rows, v in parts:
                 values[rows] = v

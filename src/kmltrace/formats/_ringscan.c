@@ -1,0 +1,596 @@
+/* Optional C accelerator of kmltrace.formats.ringbuffer (the pure numpy path is the
+ * reference and the fallback; tests/formats/test_ringscan.py checks they agree).
+ *
+ * walk():        one CPU's ring-buffer pages -> its records (time, type, payload start and
+ *                length, lost-events markers), exactly as ringbuffer._walk_cpu computes them.
+ * merge():       the CPUs' records -> one time-ordered table (k-way merge, stable: CPU order
+ *                then page order break ties, like numpy's stable argsort of the concatenation),
+ *                with the common header's pid and flags key read on the way.
+ * type_order():  a stable counting sort of the records by event type.
+ * gather_blocks(): `width` bytes at each of many buffer offsets.
+ *
+ * Input comes in through the buffer protocol, output goes out as bytearrays (numpy views
+ * them with np.frombuffer); no numpy C API. Every read is bounds-checked: the pages are
+ * untrusted file content. Little-endian hosts only (the module refuses to import elsewhere,
+ * and the pure path takes over).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "_ringscan reads little-endian data in place: little-endian hosts only"
+#endif
+
+#define TYPE_PADDING 29
+#define TYPE_TIME_EXTEND 30
+#define TYPE_TIME_STAMP 31
+#define STEP_END ((int64_t)1 << 40)
+#define COMMIT_MASK (((int64_t)1 << 30) - 1)
+
+static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* Big outputs in transparent huge pages where the system offers them (as numpy does for its
+ * own arrays): a 4 KiB page fault per 4 KiB written was a third of the decode's time. */
+static void advise_huge(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t huge = (uintptr_t)1 << 21;
+    if (n < 2 * huge)
+        return;
+    uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
+    uintptr_t e = ((uintptr_t)p + n) & ~(huge - 1);
+    if (e > a)
+        (void)madvise((void *)a, e - a, MADV_HUGEPAGE);     /* advice only: errors ignored */
+#endif
+}
+
+/* a bytearray of n elements of `size` bytes, and its data pointer */
+static PyObject *new_array(Py_ssize_t n, Py_ssize_t size, void **data) {
+    if (n < 0 || (size && n > PY_SSIZE_T_MAX / size)) {
+        PyErr_SetString(PyExc_MemoryError, "output too large");
+        return NULL;
+    }
+    PyObject *out = PyByteArray_FromStringAndSize(NULL, n * size);
+    if (out) {
+        *data = PyByteArray_AS_STRING(out);
+        advise_huge(*data, (size_t)(n * size));
+    }
+    return out;
+}
+
+/* -- walk ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const uint8_t *buf;
+    int64_t buf_len;
+    int64_t start, n_pages, page_size, ts_off, commit_off, commit_size, data_off, data_size;
+} Pages;
+
+typedef struct {
+    int64_t *ts, *start, *lost;
+    int32_t *kind, *length;
+    int64_t *bad_pages, *damaged_pages;     /* page indices, ascending */
+} Out;
+
+typedef struct {
+    int64_t records, bad, damaged, short_records, lost_events, lost_unknown;
+} Counts;
+
+/* One pass over the pages; with out == NULL it only counts. */
+static void scan_pages(const Pages *pg, Out *out, Counts *c) {
+    const uint8_t *buf = pg->buf;
+    const int64_t wpw = pg->page_size / 4;
+    const int64_t dw_base = pg->start + (pg->data_off / 4) * 4;     /* byte of word 0 */
+    const int64_t dw_size = pg->n_pages * wpw - pg->data_off / 4;   /* words in the view */
+    const int64_t last = dw_size - 1;
+    memset(c, 0, sizeof *c);
+    if (dw_size <= 0)
+        return;
+#define DW(i) rd32(buf + dw_base + 4 * (i))
+    for (int64_t p = 0; p < pg->n_pages; p++) {
+        const uint8_t *page = buf + pg->start + p * pg->page_size;
+        /* each record's position depends on the one before it: fetch the next page ahead
+         * (the hardware prefetcher stops at page boundaries) */
+        if (p + 1 < pg->n_pages)
+            for (int64_t b = 0; b < pg->page_size; b += 64)
+                __builtin_prefetch(page + pg->page_size + b);
+        uint64_t commit = pg->commit_size == 8 ? rd64(page + (pg->commit_off / 8) * 8)
+                                               : rd32(page + (pg->commit_off / 4) * 4);
+        commit &= 0xFFFFFFFFull;
+        int64_t data_len = (int64_t)commit & COMMIT_MASK;
+        int missed = (commit >> 31) & 1, stored = (commit >> 30) & 1;
+        if (data_len > pg->data_size) {
+            if (out)
+                out->bad_pages[c->bad] = p;
+            c->bad++;
+            data_len = 0;
+            missed = stored = 0;
+        }
+        int64_t lost = missed ? -1 : 0;
+        if (stored && data_len + pg->commit_size <= pg->data_size) {
+            int64_t at = pg->data_off + data_len;
+            if (at >= 0 && at + pg->commit_size <= pg->page_size)
+                lost = pg->commit_size == 8 ? (int64_t)rd64(page + at) : (int64_t)rd32(page + at);
+        }
+        int64_t page_ts = (int64_t)rd64(page + (pg->ts_off / 8) * 8);
+        if (lost != 0) {
+            if (lost > 0)   /* wrapping like numpy's int64 sum */
+                c->lost_events = (int64_t)((uint64_t)c->lost_events + (uint64_t)lost);
+            else
+                c->lost_unknown++;
+            if (out) {
+                int64_t r = c->records;
+                out->ts[r] = page_ts;
+                out->kind[r] = -1;
+                out->start[r] = pg->start + p * pg->page_size;
+                out->length[r] = 0;
+                out->lost[r] = lost;
+            }
+            c->records++;
+        }
+        const int64_t lw = data_len / 4;
+        int64_t pos = 0;
+        uint64_t now = 0;
+        int first = 1;
+        while (pos < lw) {
+            int64_t at = p * wpw + pos;
+            if (at < 0 || at > last) {      /* cannot happen with a consistent layout */
+                if (out)
+                    out->damaged_pages[c->damaged] = p;
+                c->damaged++;
+                break;
+            }
+            uint32_t head = DW(at);
+            uint32_t next = DW(at + 1 < last ? at + 1 : last);
+            int tl = head & 31;
+            int64_t step = tl <= 28 ? tl + 1 : 2;
+            if (tl == 0 || tl == TYPE_PADDING) {
+                step = 1 + ((int64_t)next + 3) / 4;
+                if (tl == TYPE_PADDING && (head >> 5) == 0)
+                    step = STEP_END;
+                if (tl == 0 && next < 8)
+                    step = -1;
+            }
+            int64_t end = pos + step;
+            if (!(step > 0 && (end <= lw || step == STEP_END))) {
+                if (out)
+                    out->damaged_pages[c->damaged] = p;
+                c->damaged++;
+                break;
+            }
+            /* the time: deltas summed from the page's time, restarted by absolute stamps */
+            uint64_t delta = head >> 5;
+            if (tl == TYPE_TIME_STAMP) {
+                now = ((uint64_t)next << 27) + delta;
+            } else {
+                if (tl == TYPE_TIME_EXTEND)
+                    delta += (uint64_t)next << 27;
+                now = first ? (uint64_t)page_ts + delta : now + delta;
+            }
+            first = 0;
+            if (tl <= 28) {
+                int64_t length = tl == 0 ? (int64_t)next - 4 : (int64_t)tl * 4;
+                if (length < 8) {
+                    c->short_records++;
+                } else {
+                    if (out) {
+                        int64_t r = c->records;
+                        int64_t d_start = pg->start + pg->data_off + p * pg->page_size +
+                                          pos * 4 + (tl == 0 ? 8 : 4);
+                        uint32_t word = next;
+                        if (tl == 0) {
+                            int64_t a = d_start;
+                            if (pg->buf_len < 4) {
+                                word = 0;
+                            } else {
+                                if (a > pg->buf_len - 4) a = pg->buf_len - 4;
+                                if (a < 0) a = 0;
+                                word = rd32(buf + a);
+                            }
+                        }
+                        out->ts[r] = (int64_t)now;
+                        out->kind[r] = (int32_t)(word & 0xFFFF);
+                        out->start[r] = d_start;
+                        out->length[r] = (int32_t)length;
+                        out->lost[r] = 0;
+                    }
+                    c->records++;
+                }
+            }
+            if (end >= lw)
+                break;
+            pos = end;
+        }
+    }
+#undef DW
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: a contiguous buffer is needed", what);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *walk(PyObject *self, PyObject *args) {
+    PyObject *buf_obj;
+    Pages pg;
+    if (!PyArg_ParseTuple(args, "OLLLLLLLL", &buf_obj, &pg.start, &pg.n_pages, &pg.page_size,
+                          &pg.ts_off, &pg.commit_off, &pg.commit_size, &pg.data_off,
+                          &pg.data_size))
+        return NULL;
+    Py_buffer view;
+    if (get_buffer(buf_obj, &view, "buf") < 0)
+        return NULL;
+    pg.buf = view.buf;
+    pg.buf_len = view.len;
+    /* the layout must keep every header, commit and data read inside each page, and the
+     * pages inside the buffer */
+    int ok = pg.page_size > 0 && pg.page_size % 8 == 0 && pg.page_size <= (1 << 30) &&
+             pg.n_pages >= 0 && pg.start >= 0 && pg.start <= pg.buf_len &&
+             pg.n_pages <= (pg.buf_len - pg.start) / pg.page_size &&
+             (pg.commit_size == 4 || pg.commit_size == 8) &&
+             pg.ts_off >= 0 && (pg.ts_off / 8) * 8 + 8 <= pg.page_size &&
+             pg.commit_off >= 0 &&
+             (pg.commit_off / pg.commit_size) * pg.commit_size + pg.commit_size <= pg.page_size &&
+             pg.data_off >= 0 && pg.data_size >= 0 && pg.data_off + pg.data_size == pg.page_size;
+    if (!ok) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "walk: inconsistent page layout");
+        return NULL;
+    }
+    Counts c;
+    Py_BEGIN_ALLOW_THREADS
+    scan_pages(&pg, NULL, &c);
+    Py_END_ALLOW_THREADS
+    Out out;
+    PyObject *ts = new_array(c.records, 8, (void **)&out.ts);
+    PyObject *kind = new_array(c.records, 4, (void **)&out.kind);
+    PyObject *start = new_array(c.records, 8, (void **)&out.start);
+    PyObject *length = new_array(c.records, 4, (void **)&out.length);
+    PyObject *lost = new_array(c.records, 8, (void **)&out.lost);
+    PyObject *bad = new_array(c.bad, 8, (void **)&out.bad_pages);
+    PyObject *damaged = new_array(c.damaged, 8, (void **)&out.damaged_pages);
+    PyObject *result = NULL;
+    if (ts && kind && start && length && lost && bad && damaged) {
+        Counts again;
+        Py_BEGIN_ALLOW_THREADS
+        scan_pages(&pg, &out, &again);
+        Py_END_ALLOW_THREADS
+        if (memcmp(&again, &c, sizeof c) != 0)      /* the buffer changed under us */
+            PyErr_SetString(PyExc_RuntimeError, "walk: the pages changed during the walk");
+        else
+            result = Py_BuildValue("{sOsOsOsOsOsOsOsLsLsL}", "ts", ts, "kind", kind,
+                                   "start", start, "length", length, "lost", lost,
+                                   "bad_pages", bad, "damaged_pages", damaged,
+                                   "short_records", (long long)c.short_records,
+                                   "lost_events", (long long)c.lost_events,
+                                   "lost_unknown", (long long)c.lost_unknown);
+    }
+    Py_XDECREF(ts); Py_XDECREF(kind); Py_XDECREF(start); Py_XDECREF(length);
+    Py_XDECREF(lost); Py_XDECREF(bad); Py_XDECREF(damaged);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* -- merge ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    Py_buffer ts, kind, start, length, lost;
+    int64_t n, at, cpu, shift;
+} Part;
+
+static void release_parts(Part *parts, Py_ssize_t k) {
+    for (Py_ssize_t i = 0; i < k; i++) {
+        Py_buffer *b[] = {&parts[i].ts, &parts[i].kind, &parts[i].start, &parts[i].length,
+                          &parts[i].lost};
+        for (int j = 0; j < 5; j++)
+            if (b[j]->obj)
+                PyBuffer_Release(b[j]);
+    }
+    PyMem_Free(parts);
+}
+
+/* heap order: earlier time first, then the lower part (CPU order) */
+static inline int before(const Part *parts, int32_t a, int32_t b) {
+    int64_t ta = ((const int64_t *)parts[a].ts.buf)[parts[a].at];
+    int64_t tb = ((const int64_t *)parts[b].ts.buf)[parts[b].at];
+    return ta < tb || (ta == tb && a < b);
+}
+
+static void sift_down(const Part *parts, int32_t *heap, Py_ssize_t size, Py_ssize_t i) {
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < size && before(parts, heap[l], heap[m])) m = l;
+        if (r < size && before(parts, heap[r], heap[m])) m = r;
+        if (m == i) return;
+        int32_t t = heap[i]; heap[i] = heap[m]; heap[m] = t;
+        i = m;
+    }
+}
+
+static PyObject *merge(PyObject *self, PyObject *args) {
+    PyObject *part_list, *buf_obj, *order_obj;
+    if (!PyArg_ParseTuple(args, "O!OO", &PyList_Type, &part_list, &buf_obj, &order_obj))
+        return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(part_list);
+    if (k > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "merge: too many parts");
+        return NULL;
+    }
+    Part *parts = PyMem_Calloc(k ? k : 1, sizeof(Part));
+    if (!parts)
+        return PyErr_NoMemory();
+    int64_t total = 0;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *item = PyList_GET_ITEM(part_list, i);
+        PyObject *bufs[5];
+        long long cpu, shift;
+        if (!PyArg_ParseTuple(item, "OOOOOLL", &bufs[0], &bufs[1], &bufs[2], &bufs[3], &bufs[4],
+                              &cpu, &shift))
+            goto fail;
+        Part *p = &parts[i];
+        Py_buffer *views[] = {&p->ts, &p->kind, &p->start, &p->length, &p->lost};
+        const int sizes[] = {8, 4, 8, 4, 8};
+        for (int j = 0; j < 5; j++)
+            if (get_buffer(bufs[j], views[j], "merge part") < 0)
+                goto fail;
+        p->n = p->ts.len / 8;
+        for (int j = 0; j < 5; j++)
+            if (views[j]->len != p->n * sizes[j]) {
+                PyErr_SetString(PyExc_ValueError, "merge: part arrays of different lengths");
+                goto fail;
+            }
+        p->cpu = cpu;
+        p->shift = shift;
+        total += p->n;
+    }
+    Py_buffer buf, order = {0};
+    if (get_buffer(buf_obj, &buf, "buf") < 0)
+        goto fail;
+    if (order_obj != Py_None) {
+        if (get_buffer(order_obj, &order, "order") < 0) {
+            PyBuffer_Release(&buf);
+            goto fail;
+        }
+        if (order.len != total * 8) {
+            PyErr_SetString(PyExc_ValueError, "merge: order has the wrong length");
+            goto fail_bufs;
+        }
+    } else {
+        /* a k-way merge equals the stable sort only when each part is in time order */
+        for (Py_ssize_t i = 0; i < k; i++) {
+            const int64_t *t = parts[i].ts.buf;
+            for (int64_t j = 1; j < parts[i].n; j++)
+                if (t[j] < t[j - 1]) {
+                    PyBuffer_Release(&buf);
+                    release_parts(parts, k);
+                    Py_RETURN_NONE;
+                }
+        }
+    }
+    int64_t *o_ts, *o_start, *o_lost, *o_offset;
+    int32_t *o_kind, *o_length, *o_cpu, *o_pid;
+    uint16_t *o_lat;
+    PyObject *arrays[9] = {
+        new_array(total, 8, (void **)&o_ts), new_array(total, 4, (void **)&o_kind),
+        new_array(total, 8, (void **)&o_start), new_array(total, 4, (void **)&o_length),
+        new_array(total, 8, (void **)&o_lost), new_array(total, 4, (void **)&o_cpu),
+        new_array(total, 8, (void **)&o_offset), new_array(total, 4, (void **)&o_pid),
+        new_array(total, 2, (void **)&o_lat)};
+    int32_t *heap = PyMem_Malloc((k ? k : 1) * sizeof(int32_t));
+    int64_t *bounds = PyMem_Malloc((k + 1) * sizeof(int64_t));
+    int complete = heap && bounds;
+    for (int j = 0; j < 9; j++)
+        complete = complete && arrays[j];
+    if (!complete) {
+        for (int j = 0; j < 9; j++)
+            Py_XDECREF(arrays[j]);
+        PyMem_Free(heap);
+        PyMem_Free(bounds);
+        PyErr_NoMemory();
+        goto fail_bufs;
+    }
+    const uint8_t *data = buf.buf;
+    const int64_t len = buf.len;
+    int bad_order = 0;
+    Py_BEGIN_ALLOW_THREADS
+    bounds[0] = 0;
+    for (Py_ssize_t i = 0; i < k; i++)
+        bounds[i + 1] = bounds[i] + parts[i].n;
+    Py_ssize_t size = 0;
+    if (!order.buf) {
+        for (Py_ssize_t i = 0; i < k; i++)
+            if (parts[i].n)
+                heap[size++] = (int32_t)i;
+        for (Py_ssize_t i = size / 2 - 1; i >= 0; i--)
+            sift_down(parts, heap, size, i);
+    }
+    for (int64_t r = 0; r < total; r++) {
+        Part *p;
+        int64_t j;
+        if (order.buf) {
+            int64_t g = ((const int64_t *)order.buf)[r];
+            if (g < 0 || g >= total) {
+                bad_order = 1;
+                break;
+            }
+            /* the part holding concatenated index g: parts are few, search them */
+            Py_ssize_t lo = 0, hi = k;
+            while (hi - lo > 1) {
+                Py_ssize_t mid = (lo + hi) / 2;
+                if (bounds[mid] <= g) lo = mid; else hi = mid;
+            }
+            p = &parts[lo];
+            j = g - bounds[lo];
+        } else {
+            p = &parts[heap[0]];
+            j = p->at++;
+            if (p->at == p->n)
+                heap[0] = heap[--size];
+            sift_down(parts, heap, size, 0);
+        }
+        int64_t s = ((const int64_t *)p->start.buf)[j];
+        int32_t kd = ((const int32_t *)p->kind.buf)[j];
+        o_ts[r] = ((const int64_t *)p->ts.buf)[j];
+        o_kind[r] = kd;
+        o_start[r] = s;
+        o_length[r] = ((const int32_t *)p->length.buf)[j];
+        o_lost[r] = ((const int64_t *)p->lost.buf)[j];
+        o_cpu[r] = (int32_t)p->cpu;
+        o_offset[r] = s + p->shift;
+        uint32_t head = 0, pid = 0;
+        if (kd >= 0 && len >= 4) {
+            /* the common header: u16 type, u8 flags, u8 preempt_count, s32 pid (reads kept
+             * inside the buffer, as the pure path clips them) */
+            int64_t a = s, b = s + 4;
+            a = a < 0 ? 0 : a > len - 4 ? len - 4 : a;
+            b = b < 0 ? 0 : b > len - 4 ? len - 4 : b;
+            head = rd32(data + a);
+            pid = rd32(data + b);
+        }
+        o_lat[r] = (uint16_t)(head >> 16);
+        o_pid[r] = (int32_t)pid;
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(heap);
+    PyMem_Free(bounds);
+    PyObject *result = NULL;
+    if (bad_order)
+        PyErr_SetString(PyExc_ValueError, "merge: order index out of range");
+    else
+        result = Py_BuildValue("{sOsOsOsOsOsOsOsOsO}", "ts", arrays[0], "kind", arrays[1],
+                               "start", arrays[2], "length", arrays[3], "lost", arrays[4],
+                               "cpu", arrays[5], "offset", arrays[6], "pid", arrays[7],
+                               "lat_key", arrays[8]);
+    for (int j = 0; j < 9; j++)
+        Py_DECREF(arrays[j]);
+    if (order.obj)
+        PyBuffer_Release(&order);
+    PyBuffer_Release(&buf);
+    release_parts(parts, k);
+    return result;
+fail_bufs:
+    if (order.obj)
+        PyBuffer_Release(&order);
+    PyBuffer_Release(&buf);
+fail:
+    release_parts(parts, k);
+    return NULL;
+}
+
+/* -- type_order ----------------------------------------------------------------------------- */
+
+static PyObject *type_order(PyObject *self, PyObject *args) {
+    PyObject *index_obj;
+    long long n_types;
+    if (!PyArg_ParseTuple(args, "OL", &index_obj, &n_types))
+        return NULL;
+    if (n_types < 1 || n_types > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "type_order: bad number of types");
+        return NULL;
+    }
+    Py_buffer view;
+    if (get_buffer(index_obj, &view, "type index") < 0)
+        return NULL;
+    if (view.len % 4) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "type_order: int32 indices expected");
+        return NULL;
+    }
+    int64_t n = view.len / 4;
+    const int32_t *idx = view.buf;
+    int64_t *order, *counts;
+    PyObject *o = new_array(n, 8, (void **)&order);
+    PyObject *c = new_array(n_types, 8, (void **)&counts);
+    int64_t *next = PyMem_Malloc(n_types * sizeof(int64_t));
+    PyObject *result = NULL;
+    if (o && c && next) {
+        int bad = 0;
+        Py_BEGIN_ALLOW_THREADS
+        memset(counts, 0, n_types * sizeof(int64_t));
+        for (int64_t i = 0; i < n; i++) {
+            if (idx[i] < 0 || idx[i] >= n_types) { bad = 1; break; }
+            counts[idx[i]]++;
+        }
+        if (!bad) {
+            int64_t at = 0;
+            for (int64_t t = 0; t < n_types; t++) { next[t] = at; at += counts[t]; }
+            for (int64_t i = 0; i < n; i++)
+                order[next[idx[i]]++] = i;
+        }
+        Py_END_ALLOW_THREADS
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "type_order: index out of range");
+        else
+            result = Py_BuildValue("(OO)", o, c);
+    } else if (!next) {
+        PyErr_NoMemory();
+    }
+    PyMem_Free(next);
+    Py_XDECREF(o);
+    Py_XDECREF(c);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* -- gather_blocks -------------------------------------------------------------------------- */
+
+static PyObject *gather_blocks(PyObject *self, PyObject *args) {
+    PyObject *buf_obj, *at_obj;
+    long long width;
+    if (!PyArg_ParseTuple(args, "OOL", &buf_obj, &at_obj, &width))
+        return NULL;
+    Py_buffer buf, at;
+    if (get_buffer(buf_obj, &buf, "buf") < 0)
+        return NULL;
+    if (get_buffer(at_obj, &at, "at") < 0) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (width <= 0 || width > buf.len || at.len % 8) {
+        PyErr_SetString(PyExc_ValueError, "gather_blocks: width outside the buffer");
+    } else {
+        int64_t n = at.len / 8;
+        uint8_t *out;
+        result = new_array(n, width, (void **)&out);
+        if (result) {
+            const int64_t *pos = at.buf;
+            const uint8_t *data = buf.buf;
+            const int64_t hi = buf.len - width;
+            Py_BEGIN_ALLOW_THREADS
+            for (int64_t i = 0; i < n; i++) {
+                int64_t a = pos[i] < 0 ? 0 : pos[i] > hi ? hi : pos[i];
+                memcpy(out + i * width, data + a, width);
+            }
+            Py_END_ALLOW_THREADS
+        }
+    }
+    PyBuffer_Release(&at);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"walk", walk, METH_VARARGS,
+     "walk(buf, start, n_pages, page_size, ts_off, commit_off, commit_size, data_off, "
+     "data_size) -> dict of one CPU's records (bytearrays) and damage"},
+    {"merge", merge, METH_VARARGS,
+     "merge([(ts, kind, start, length, lost, cpu, shift)...], buf, order|None) -> dict of the "
+     "time-ordered records, or None when a part is out of time order and no order is given"},
+    {"type_order", type_order, METH_VARARGS,
+     "type_order(int32 index, n_types) -> (int64 stable order, int64 counts)"},
+    {"gather_blocks", gather_blocks, METH_VARARGS,
+     "gather_blocks(buf, int64 at, width) -> bytearray of width bytes per index (clipped)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ringscan",
+                                    "C accelerator of kmltrace.formats.ringbuffer", -1, methods};
+
+PyMODINIT_FUNC PyInit__ringscan(void) { return PyModule_Create(&module); }
