@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -576,6 +577,322 @@ static PyObject *gather_blocks(PyObject *self, PyObject *args) {
     return result;
 }
 
+
+/* -- columns handed to polars without a copy (Arrow C data interface) --------------------------
+ *
+ * A Block is memory the decoder fills through numpy (buffer protocol) and then hands to polars
+ * as the buffers of an Arrow array (pl.Series(obj) with obj.__arrow_c_array__): polars keeps
+ * the memory instead of copying it into fresh pages of its own. The memory has an atomic
+ * reference count (the Python object holds one, every exported array one), so polars may
+ * release it from any thread without the GIL. Fresh anonymous mappings: zeroed, and in huge
+ * pages where the system offers them. */
+
+typedef struct {
+    _Atomic long refs;
+    size_t size;
+    void *data;
+} Memory;
+
+static Memory *memory_new(size_t size) {
+    Memory *m = malloc(sizeof *m);
+    if (!m)
+        return NULL;
+    size_t mapped = size ? size : 1;
+    void *p = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        free(m);
+        return NULL;
+    }
+    advise_huge(p, mapped);
+    m->refs = 1;
+    m->size = size;
+    m->data = p;
+    return m;
+}
+
+static void memory_unref(Memory *m) {
+    if (m && __atomic_sub_fetch(&m->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        munmap(m->data, m->size ? m->size : 1);
+        free(m);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    Memory *memory;
+} Block;
+
+static void block_dealloc(Block *self) {
+    memory_unref(self->memory);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int block_getbuffer(Block *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->memory->data,
+                             (Py_ssize_t)self->memory->size, 0, flags);
+}
+
+static PyBufferProcs block_as_buffer = {(getbufferproc)block_getbuffer, NULL};
+
+static PyTypeObject BlockType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "kmltrace.formats._ringscan.Block",
+    .tp_basicsize = sizeof(Block),
+    .tp_dealloc = (destructor)block_dealloc,
+    .tp_as_buffer = &block_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "zeroed memory shared by numpy (buffer protocol) and exported Arrow arrays",
+};
+
+static PyObject *block(PyObject *self, PyObject *args) {
+    long long size;
+    if (!PyArg_ParseTuple(args, "L", &size))
+        return NULL;
+    if (size < 0 || (unsigned long long)size > ((unsigned long long)1 << 40)) {
+        PyErr_SetString(PyExc_ValueError, "block: bad size");
+        return NULL;
+    }
+    Block *b = PyObject_New(Block, &BlockType);
+    if (!b)
+        return NULL;
+    b->memory = memory_new((size_t)size);
+    if (!b->memory) {
+        Py_TYPE(b)->tp_free((PyObject *)b);
+        return PyErr_NoMemory();
+    }
+    return (PyObject *)b;
+}
+
+struct ArrowSchema {
+    const char *format;
+    const char *name;
+    const char *metadata;
+    int64_t flags;
+    int64_t n_children;
+    struct ArrowSchema **children;
+    struct ArrowSchema *dictionary;
+    void (*release)(struct ArrowSchema *);
+    void *private_data;
+};
+
+struct ArrowArray {
+    int64_t length;
+    int64_t null_count;
+    int64_t offset;
+    int64_t n_buffers;
+    int64_t n_children;
+    const void **buffers;
+    struct ArrowArray **children;
+    struct ArrowArray *dictionary;
+    void (*release)(struct ArrowArray *);
+    void *private_data;
+};
+
+#define ARROW_FLAG_NULLABLE 2
+
+static void schema_release(struct ArrowSchema *s) {
+    if (!s->release)
+        return;
+    for (int64_t i = 0; i < s->n_children; i++) {
+        if (s->children[i]->release)
+            s->children[i]->release(s->children[i]);
+        free(s->children[i]);
+    }
+    free(s->children);
+    free((void *)s->format);
+    free((void *)s->name);
+    s->release = NULL;
+}
+
+static void array_release(struct ArrowArray *a) {
+    if (!a->release)
+        return;
+    Memory **memories = a->private_data;
+    for (int64_t i = 0; i < a->n_buffers; i++)
+        memory_unref(memories[i]);
+    free(memories);
+    free((void *)a->buffers);
+    for (int64_t i = 0; i < a->n_children; i++) {
+        if (a->children[i]->release)
+            a->children[i]->release(a->children[i]);
+        free(a->children[i]);
+    }
+    free(a->children);
+    a->release = NULL;
+}
+
+/* spec: (format, name, length, null_count, [Block | None, ...], [child spec, ...]) */
+static int fill_export(PyObject *spec, struct ArrowSchema *s, struct ArrowArray *a, int depth) {
+    memset(s, 0, sizeof *s);
+    memset(a, 0, sizeof *a);
+    const char *format, *name;
+    long long length, null_count;
+    PyObject *buffers, *children;
+    if (depth > 4) {
+        PyErr_SetString(PyExc_ValueError, "export: nested too deep");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(spec, "ssLLO!O!", &format, &name, &length, &null_count,
+                          &PyList_Type, &buffers, &PyList_Type, &children))
+        return -1;
+    Py_ssize_t nb = PyList_GET_SIZE(buffers), nc = PyList_GET_SIZE(children);
+    if (length < 0 || null_count < -1 || null_count > length || nb > 64 || nc > 64) {
+        PyErr_SetString(PyExc_ValueError, "export: bad array spec");
+        return -1;
+    }
+    s->format = strdup(format);
+    s->name = strdup(name);
+    s->flags = ARROW_FLAG_NULLABLE;
+    s->release = schema_release;
+    a->length = length;
+    a->null_count = null_count;
+    a->release = array_release;
+    a->buffers = calloc(nb ? nb : 1, sizeof(void *));
+    Memory **memories = calloc(nb ? nb : 1, sizeof(Memory *));
+    a->private_data = memories;
+    s->children = calloc(nc ? nc : 1, sizeof(void *));
+    a->children = calloc(nc ? nc : 1, sizeof(void *));
+    if (!s->format || !s->name || !a->buffers || !memories || !s->children || !a->children) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        PyObject *item = PyList_GET_ITEM(buffers, i);
+        if (item == Py_None)
+            continue;
+        if (!PyObject_TypeCheck(item, &BlockType)) {
+            PyErr_SetString(PyExc_TypeError, "export: buffers must be Blocks or None");
+            return -1;
+        }
+        Memory *m = ((Block *)item)->memory;
+        __atomic_add_fetch(&m->refs, 1, __ATOMIC_ACQ_REL);
+        memories[i] = m;
+        a->buffers[i] = m->data;
+        a->n_buffers = i + 1;
+    }
+    a->n_buffers = nb;
+    for (Py_ssize_t i = 0; i < nc; i++) {
+        s->children[i] = calloc(1, sizeof(struct ArrowSchema));
+        a->children[i] = calloc(1, sizeof(struct ArrowArray));
+        s->n_children = a->n_children = i + 1;
+        if (!s->children[i] || !a->children[i]) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        if (fill_export(PyList_GET_ITEM(children, i), s->children[i], a->children[i],
+                        depth + 1) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void schema_capsule_free(PyObject *capsule) {
+    struct ArrowSchema *s = PyCapsule_GetPointer(capsule, "arrow_schema");
+    if (s) {
+        if (s->release)
+            s->release(s);
+        free(s);
+    }
+}
+
+static void array_capsule_free(PyObject *capsule) {
+    struct ArrowArray *a = PyCapsule_GetPointer(capsule, "arrow_array");
+    if (a) {
+        if (a->release)
+            a->release(a);
+        free(a);
+    }
+}
+
+static PyObject *export_array(PyObject *self, PyObject *args) {
+    PyObject *spec;
+    if (!PyArg_ParseTuple(args, "O!", &PyTuple_Type, &spec))
+        return NULL;
+    struct ArrowSchema *s = calloc(1, sizeof *s);
+    struct ArrowArray *a = calloc(1, sizeof *a);
+    if (!s || !a) {
+        free(s);
+        free(a);
+        return PyErr_NoMemory();
+    }
+    if (fill_export(spec, s, a, 0) < 0) {
+        /* what was filled is released: every reference taken is given back */
+        schema_release(s);
+        array_release(a);
+        free(s);
+        free(a);
+        return NULL;
+    }
+    PyObject *sc = PyCapsule_New(s, "arrow_schema", schema_capsule_free);
+    if (!sc) {
+        schema_release(s);
+        array_release(a);
+        free(s);
+        free(a);
+        return NULL;
+    }
+    PyObject *ac = PyCapsule_New(a, "arrow_array", array_capsule_free);
+    if (!ac) {
+        Py_DECREF(sc);
+        array_release(a);
+        free(a);
+        return NULL;
+    }
+    PyObject *out = PyTuple_Pack(2, sc, ac);
+    Py_DECREF(sc);
+    Py_DECREF(ac);
+    return out;
+}
+
+
+/* -- take_rows ------------------------------------------------------------------------------ */
+
+static PyObject *take_rows(PyObject *self, PyObject *args) {
+    PyObject *src_obj, *idx_obj, *dst_obj;
+    long long width, idx_size;
+    if (!PyArg_ParseTuple(args, "OLOLO", &src_obj, &width, &idx_obj, &idx_size, &dst_obj))
+        return NULL;
+    Py_buffer src, idx, dst;
+    if (get_buffer(src_obj, &src, "src") < 0)
+        return NULL;
+    if (get_buffer(idx_obj, &idx, "idx") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&idx);
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    int ok = width > 0 && width <= 4096 && (idx_size == 2 || idx_size == 4 || idx_size == 8) &&
+             idx.len % idx_size == 0 && src.len % width == 0 &&
+             dst.len == (idx.len / idx_size) * width;
+    int bad = 0;
+    if (ok) {
+        const int64_t n = idx.len / idx_size, rows = src.len / width;
+        const uint8_t *from = src.buf;
+        uint8_t *to = dst.buf;
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t i = 0; i < n; i++) {
+            int64_t r = idx_size == 8 ? ((const int64_t *)idx.buf)[i]
+                      : idx_size == 4 ? ((const int32_t *)idx.buf)[i]
+                                      : ((const uint16_t *)idx.buf)[i];
+            if (r < 0 || r >= rows) { bad = 1; break; }
+            memcpy(to + i * width, from + r * width, width);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&dst);
+    PyBuffer_Release(&idx);
+    PyBuffer_Release(&src);
+    if (!ok || bad) {
+        PyErr_SetString(PyExc_ValueError, ok ? "take_rows: index out of range"
+                                             : "take_rows: inconsistent sizes");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(buf, start, n_pages, page_size, ts_off, commit_off, commit_size, data_off, "
@@ -587,10 +904,21 @@ static PyMethodDef methods[] = {
      "type_order(int32 index, n_types) -> (int64 stable order, int64 counts)"},
     {"gather_blocks", gather_blocks, METH_VARARGS,
      "gather_blocks(buf, int64 at, width) -> bytearray of width bytes per index (clipped)"},
+    {"take_rows", take_rows, METH_VARARGS,
+     "take_rows(src, width, idx, idx_size, dst): dst row i = src row idx[i] (width bytes)"},
+    {"block", block, METH_VARARGS,
+     "block(size) -> Block: zeroed memory for numpy to fill and export_array to hand over"},
+    {"export_array", export_array, METH_VARARGS,
+     "export_array((format, name, length, null_count, [Block|None...], [child spec...])) -> "
+     "(arrow_schema capsule, arrow_array capsule), the Blocks' memory shared, not copied"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ringscan",
                                     "C accelerator of kmltrace.formats.ringbuffer", -1, methods};
 
-PyMODINIT_FUNC PyInit__ringscan(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__ringscan(void) {
+    if (PyType_Ready(&BlockType) < 0)
+        return NULL;
+    return PyModule_Create(&module);
+}

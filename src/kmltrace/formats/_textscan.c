@@ -735,7 +735,7 @@ enum Out {
 
 static const char *const NAMES[NCOLS] = {
     "line", "__offset", "comm", "pid", "tgid", "cpu", "flags", "ts_ns", "event", "raw",
-    "perf_system", "__decoded",
+    "system", "__decoded",
     "__fast_id", "__fast_args", "__fast_ret", "__fast_address", "__fast_address_sym",
     "__fast_ip", "__fast_ip_sym", "__fast_error_code", "__fast_vector",
 };
@@ -750,61 +750,100 @@ typedef struct {
     int ok;
 } Line;
 
-/* The decoders by event name, copied out of the Python dict so the scan runs without the GIL. */
-#define MAX_DECODERS 64
+/* What the scan knows of an event name, copied out of Python dicts so the scan runs without
+ * the GIL: its field decoder (D_DEFER: leave its lines to the pipeline) and its system. */
+#define MAX_EVENTS 512
+#define D_DEFER (-1)
 typedef struct {
     char name[64];
     int64_t n;
     int decoder;
-} DecoderEntry;
+    Span system;
+} EventEntry;
 
 typedef struct {
-    DecoderEntry entries[MAX_DECODERS];
+    EventEntry entries[MAX_EVENTS];
     int count;
-    Span last[2];      /* the last two names looked up: events alternate (enter/exit) */
-    int last_decoder[2];
-} Decoders;
+    int last[2];       /* the entries of the last two names looked up (events alternate) */
+    EventEntry unknown;
+} Events;
 
-static int decoders_from(PyObject *dict, Decoders *d) {
+static EventEntry *entry_for(Events *d, const char *name, Py_ssize_t n) {
+    for (int i = 0; i < d->count; i++)
+        if (d->entries[i].n == n && memcmp(d->entries[i].name, name, (size_t)n) == 0)
+            return &d->entries[i];
+    if (n >= 64 || d->count >= MAX_EVENTS) {
+        PyErr_SetString(PyExc_ValueError, "at most 512 event names of < 64 bytes");
+        return NULL;
+    }
+    EventEntry *e = &d->entries[d->count++];
+    memset(e, 0, sizeof *e);
+    e->n = n;
+    memcpy(e->name, name, (size_t)n);
+    return e;
+}
+
+/* decoders: {name: decoder number}; systems: {name: system} (both bytes keys). */
+static int events_from(PyObject *decoders, PyObject *systems, Events *d) {
     PyObject *key, *value;
     Py_ssize_t pos = 0;
     memset(d, 0, sizeof *d);
-    d->last[0].n = d->last[1].n = -1;
-    while (PyDict_Next(dict, &pos, &key, &value)) {
-        if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) >= 64 || d->count >= MAX_DECODERS) {
-            PyErr_SetString(PyExc_ValueError, "decoders: at most 64 event names (bytes, < 64)");
-            return -1;
-        }
+    d->last[0] = d->last[1] = -1;
+    while (PyDict_Next(decoders, &pos, &key, &value)) {
+        if (!PyBytes_Check(key)) { PyErr_SetString(PyExc_TypeError, "names are bytes"); return -1; }
         long v = PyLong_AsLong(value);
         if (v == -1 && PyErr_Occurred()) return -1;
-        DecoderEntry *e = &d->entries[d->count++];
-        e->n = PyBytes_GET_SIZE(key);
-        memcpy(e->name, PyBytes_AS_STRING(key), (size_t)e->n);
+        EventEntry *e = entry_for(d, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+        if (!e) return -1;
         e->decoder = (int)v;
+    }
+    pos = 0;
+    while (PyDict_Next(systems, &pos, &key, &value)) {
+        if (!PyBytes_Check(key) || !PyBytes_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "systems: bytes -> bytes");
+            return -1;
+        }
+        EventEntry *e = entry_for(d, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key));
+        if (!e) return -1;
+        e->system.p = PyBytes_AS_STRING(value);   /* the dict keeps it alive */
+        e->system.n = PyBytes_GET_SIZE(value);
     }
     return 0;
 }
 
-static int decoder_of(Decoders *d, Span event) {
-    for (int i = 0; i < 2; i++)
-        if (d->last[i].n == event.n && memcmp(d->last[i].p, event.p, (size_t)event.n) == 0)
-            return d->last_decoder[i];
-    int decoder = D_NONE;
+static const EventEntry *event_of(Events *d, Span event) {
+    for (int k = 0; k < 2; k++) {
+        int i = d->last[k];
+        if (i >= 0 && d->entries[i].n == event.n
+            && memcmp(d->entries[i].name, event.p, (size_t)event.n) == 0)
+            return &d->entries[i];
+    }
     for (int i = 0; i < d->count; i++)
         if (d->entries[i].n == event.n && memcmp(d->entries[i].name, event.p, (size_t)event.n) == 0) {
-            decoder = d->entries[i].decoder;
-            break;
+            d->last[1] = d->last[0];
+            d->last[0] = i;
+            return &d->entries[i];
         }
-    d->last[1] = d->last[0];
-    d->last_decoder[1] = d->last_decoder[0];
-    d->last[0] = event;
-    d->last_decoder[0] = decoder;
-    return decoder;
+    return &d->unknown;
+}
+
+/* fields.system_of for a name the table lacks: the syscalls system's "sys_enter_<name>" */
+static Span system_of(const EventEntry *e, Span event) {
+    static const char syscalls[] = "syscalls";
+    if (e->system.n) return e->system;
+    if (starts(event.p, event.p + event.n, "sys_enter_") || starts(event.p, event.p + event.n, "sys_exit_")) {
+        Span s = {syscalls, 8};
+        return s;
+    }
+    Span none = {NULL, -1};
+    return none;
 }
 
 static int emit(Column *cols, const Line *ln, int64_t line_no, int64_t offset, int grammar,
-                int decoder) {
+                const EventEntry *entry) {
     const Header *h = &ln->h;
+    int decoder = entry->decoder;
+    Span system = grammar == G_PERF ? h->system : system_of(entry, h->event);
     Fields f;
     int decoded = decoder > 0 && decode_fields(decoder, h->raw.p, h->raw.p + h->raw.n, &f);
     if (!decoded) memset(f.have, 0, sizeof f.have);
@@ -818,7 +857,7 @@ static int emit(Column *cols, const Line *ln, int64_t line_no, int64_t offset, i
     col_i64(&cols[O_TS], h->ts_ns, 1);
     col_text(&cols[O_EVENT], h->event.p, h->event.n, 1);
     col_text(&cols[O_RAW], h->raw.p, h->raw.n, 1);
-    col_text(&cols[O_SYSTEM], h->system.p, h->system.n, grammar == G_PERF);
+    col_text(&cols[O_SYSTEM], system.p, system.n, system.n >= 0);
     col_i64(&cols[O_DECODED], decoded, 1);
     Column *fc = cols + O_FIELDS;
     col_i64(&fc[F_ID], f.id, f.have[F_ID]);
@@ -834,15 +873,17 @@ static int emit(Column *cols, const Line *ln, int64_t line_no, int64_t offset, i
 }
 
 PyDoc_STRVAR(scan_doc,
-"scan(data, first_line, grammar, prefixes, decoders)\n"
-"-> (events, deferred_text, deferred_lines, deferred_offsets, lines, max_frac_digits)\n\n"
-"Split the whole lines of `data` (grammar 0: tracefs, 1: trace-cmd report, 2: perf script).\n"
+"scan(data, first_line, grammar, prefixes, decoders, systems)\n"
+"-> (events, deferred_text, deferred_lines, deferred_offsets, lines, max_frac_digits, first_nul)\n\n"
+"Split the lines of `data` (grammar TRACEFS, TRACECMD or PERF).\n"
 "events: (schema, array) Arrow capsules of a struct array, one row per line taken;\n"
 "deferred_text: the other lines, each ended by a newline; deferred_lines/offsets: their\n"
 "line numbers and byte offsets (int64 bytes); lines: the lines in `data`;\n"
-"max_frac_digits: the longest timestamp fraction of the rows taken (-1: none).\n"
+"max_frac_digits: the longest timestamp fraction of the rows taken (-1: none);\n"
+"first_nul: the first line holding a NUL byte (-1: none).\n"
 "prefixes: a tuple of bytes cut off the start of each line, in order (trace-cmd buffers);\n"
-"decoders: {event name (bytes): decoder number} for the fields decoded here.");
+"decoders: {event name: decoder number, or DEFER to leave its lines to the pipeline};\n"
+"systems: {event name: system} for grammars that do not print it.");
 
 typedef struct {
     const char *data, *end;
@@ -851,7 +892,8 @@ typedef struct {
     const char *prefix[16];
     int64_t prefix_n[16];
     int nprefix;
-    Decoders decoders;
+    Events events;
+    int64_t first_nul;     /* the first line holding a NUL byte, -1: none */
     Column cols[NCOLS];
     int64_t cap_rows, rows, lines, max_frac;
     Buf deferred, deferred_lines, deferred_offsets;
@@ -870,8 +912,8 @@ static int take(Scan *s, const Line *ln, int64_t line_no, int64_t offset) {
         for (int i = 0; i < NCOLS; i++)
             if (col_reserve(&s->cols[i], s->cap_rows, 0)) return -1;
     }
-    int decoder = decoder_of(&s->decoders, ln->h.event);
-    if (emit(s->cols, ln, line_no, offset, s->grammar, decoder)) return -1;
+    if (emit(s->cols, ln, line_no, offset, s->grammar, event_of(&s->events, ln->h.event)))
+        return -1;
     s->rows++;
     if (ln->h.frac_digits > s->max_frac) s->max_frac = ln->h.frac_digits;
     return 0;
@@ -901,6 +943,9 @@ static int scan_all(Scan *s) {
                 cur.ok = s->grammar == G_PERF
                     ? read_perf(body, cur.end, &cur.h)
                     : read_tracefs(body, cur.end, s->grammar == G_TRACECMD, &cur.h);
+                if (cur.ok && event_of(&s->events, cur.h.event)->decoder == D_DEFER) cur.ok = 0;
+            } else if (s->first_nul < 0 && memchr(p, 0, (size_t)(cur.end - p))) {
+                s->first_nul = line_no;
             }
         }
         if (have_prev) {
@@ -930,10 +975,10 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_buffer view;
     long long first_line;
     int grammar;
-    PyObject *prefixes, *decoders;
+    PyObject *prefixes, *decoders, *systems;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*LiO!O!", &view, &first_line, &grammar, &PyTuple_Type,
-                          &prefixes, &PyDict_Type, &decoders))
+    if (!PyArg_ParseTuple(args, "y*LiO!O!O!", &view, &first_line, &grammar, &PyTuple_Type,
+                          &prefixes, &PyDict_Type, &decoders, &PyDict_Type, &systems))
         return NULL;
     Scan *s = calloc(1, sizeof *s);
     PyObject *result = NULL;
@@ -943,6 +988,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     s->first_line = first_line;
     s->grammar = grammar;
     s->max_frac = -1;
+    s->first_nul = -1;
     if (PyTuple_GET_SIZE(prefixes) > 16) {
         PyErr_SetString(PyExc_ValueError, "at most 16 prefixes");
         goto done;
@@ -957,7 +1003,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         s->prefix_n[i] = PyBytes_GET_SIZE(prefix);
         s->nprefix++;
     }
-    if (decoders_from(decoders, &s->decoders)) goto done;
+    if (events_from(decoders, systems, &s->events)) goto done;
     s->cap_rows = view.len / 64 + 16;
     for (int i = 0; i < NCOLS; i++) {
         s->cols[i].name = NAMES[i];
@@ -971,13 +1017,14 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     if (failed) { PyErr_NoMemory(); goto done; }
     PyObject *events = export_struct(s->cols, NCOLS, s->rows);
     if (events)
-        result = Py_BuildValue("(Ny#y#y#LL)", events,
+        result = Py_BuildValue("(Ny#y#y#LLL)", events,
                                s->deferred.data ? s->deferred.data : "", (Py_ssize_t)s->deferred.len,
                                s->deferred_lines.data ? s->deferred_lines.data : "",
                                (Py_ssize_t)s->deferred_lines.len,
                                s->deferred_offsets.data ? s->deferred_offsets.data : "",
                                (Py_ssize_t)s->deferred_offsets.len,
-                               (long long)s->lines, (long long)s->max_frac);
+                               (long long)s->lines, (long long)s->max_frac,
+                               (long long)s->first_nul);
 done:
     scan_free(s);
     free(s);
@@ -1004,7 +1051,8 @@ PyMODINIT_FUNC PyInit__textscan(void) {
         || PyModule_AddIntConstant(m, "NR_ARGS", D_NR_ARGS)
         || PyModule_AddIntConstant(m, "NR_RET", D_NR_RET)
         || PyModule_AddIntConstant(m, "FAULT", D_FAULT)
-        || PyModule_AddIntConstant(m, "VECTOR", D_VECTOR)) {
+        || PyModule_AddIntConstant(m, "VECTOR", D_VECTOR)
+        || PyModule_AddIntConstant(m, "DEFER", D_DEFER)) {
         Py_DECREF(m);
         return NULL;
     }

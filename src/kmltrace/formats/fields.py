@@ -257,6 +257,34 @@ DECODED = "__decoded"
 FAST_PREFIX = "__fast_"
 
 
+def scanned_field_columns(table: pl.DataFrame, sample: pl.DataFrame, event: str = "event",
+                          raw: str = "raw") -> pl.DataFrame:
+    """:func:`field_columns` for a table from the C scanner: the regexes run only on the rows
+    it did not decode (usually a few), their columns are joined back by row and merged with
+    the scanner's ``__fast_*`` values. Same columns, same values as the regexes on all rows."""
+    texts: dict = {}
+    for name, text in sample.select(event, raw).iter_rows():
+        texts.setdefault(name, []).append(text)
+    specs = [spec for spec in EVENT_FIELDS if _fits(spec, texts)]
+    names = {name for spec in specs for name in spec.events}
+    todo = table.select(
+        (pl.col(event).is_in(list(names)) & ~pl.col(DECODED)).arg_true()).to_series()
+    parsed = field_columns(
+        table.select(event, raw)[todo].lazy().with_columns(pl.lit(False).alias(DECODED)),
+        event, raw, sample=sample).collect().drop(event, raw)
+    parsed = parsed.with_columns(todo.cast(pl.Int64).alias("__row"))
+    # the scanner's values count where their table entry runs, as in field_columns
+    fast = {column for spec in specs if spec.fast for name, kind in spec.kinds.items()
+            for column in ((name, name + SYM_SUFFIX) if kind == "ps" else (name,))
+            if FAST_PREFIX + column in table.columns}
+    merged = [pl.coalesce(FAST_PREFIX + name, name).alias(name) if name in fast else pl.col(name)
+              for name in parsed.columns if name != "__row"]
+    scanner_columns = [n for n in table.columns if n == DECODED or n.startswith(FAST_PREFIX)]
+    return (table.with_row_index("__row").with_columns(pl.col("__row").cast(pl.Int64))
+            .join(parsed, on="__row", how="left", maintain_order="left")
+            .with_columns(merged).drop(["__row", *scanner_columns]))
+
+
 def fast_decoders(scanner) -> dict[bytes, int]:
     """{event name: the C scanner's decoder number} from the table's ``fast`` entries."""
     return {name.encode(): getattr(scanner, spec.fast)

@@ -155,8 +155,12 @@ def body(frame: pl.LazyFrame, *, strip_event_padding: bool = False) -> pl.LazyFr
     return frame.with_columns(event.alias("event"), raw.alias("raw")).drop("__split")
 
 
+#: the event names normalise_events changes
+RENAMED_EVENTS = ("tracing_mark_write", "<stack trace>", "<user stack trace>")
+
 GRAMMAR = text_pipeline.Grammar(what="tracefs trace", source="ftrace", split=split,
-                                exact=exact, body=body, scanner="tracefs")
+                                exact=exact, body=body, scanner="tracefs",
+                                scan_deferred=RENAMED_EVENTS)
 
 
 def normalise_events(frame: pl.LazyFrame) -> pl.LazyFrame:

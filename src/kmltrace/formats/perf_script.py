@@ -122,7 +122,7 @@ GRAMMAR = text_pipeline.Grammar(what="perf script", source="perf", split=split, 
 
 
 def _drop_perf_system(events: pl.DataFrame) -> pl.DataFrame:
-    return events.drop("perf_system")
+    return events.drop("perf_system", strict=False)
 
 
 def text_parse(path: Path, **options) -> text_pipeline.TextParse:

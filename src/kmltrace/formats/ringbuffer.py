@@ -30,6 +30,7 @@ import polars as pl
 
 from kmltrace.accel import use_accelerator
 from kmltrace.errors import InputError, KmltraceError
+from kmltrace.formats import arrow_columns
 from kmltrace.formats.event_format import EventFormat, Field, PageHeader
 from kmltrace.schema import (ALL_KNOWN_COLUMNS, COMMON_COLUMNS, FIELD_COLUMNS, LOST_EVENTS,
                              PROVENANCE_COLUMNS)
@@ -649,6 +650,23 @@ def _task_state(state: np.ndarray, print_fmt: str) -> pl.Series:
 def _flag_table() -> pl.Series:
     """The 5-character latency flags for every (common_preempt_count << 8 | common_flags),
     as the kernel prints them (trace_print_lat_fmt)."""
+    heads, tails = _flag_parts()
+    return pl.Series([h + t for t in tails for h in heads], dtype=pl.String)
+
+
+def _flag_views() -> tuple:
+    """:func:`_flag_table` as an arrow_columns.view_table, built by numpy (65536 entries)."""
+    heads, tails = _flag_parts()
+    table = np.zeros((256, 256, 16), np.uint8)      # (preempt_count, flags, view)
+    table[:, :, 0] = 5
+    table[:, :, 4:7] = np.frombuffer("".join(heads).encode(), np.uint8).reshape(256, 3)
+    table[:, :, 7:9] = np.frombuffer("".join(tails).encode(), np.uint8).reshape(256, 1, 2)
+    return table.reshape(65536, 16), b"", np.zeros(65536, bool)
+
+
+def _flag_parts() -> tuple[list[str], list[str]]:
+    """The flags' first three characters for each common_flags and the last two for each
+    common_preempt_count."""
     heads = []
     for flags in range(256):
         nmi, hard, soft, bh = flags & 0x40, flags & 0x08, flags & 0x10, flags & 0x80
@@ -660,7 +678,7 @@ def _flag_table() -> pl.Series:
         heads.append(irqs + need + hs)
     tails = [(f"{pc & 0xF:x}" if pc & 0xF else ".") + (f"{pc >> 4:x}" if pc >> 4 else ".")
              for pc in range(256)]
-    return pl.Series([h + t for t in tails for h in heads], dtype=pl.String)
+    return heads, tails
 
 
 _FLAGS: pl.Series | None = None
@@ -913,7 +931,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     _return_freed_memory()
     fields = numeric.finish()
     for name in list(columns):
-        fields[name] = _assemble(name, columns.pop(name), n)
+        fields[name] = _assemble(name, columns.pop(name), n, rs)
     if "lost" in fields:
         fields["lost"] = pl.select(pl.when(fields["lost"] >= 0).then(fields["lost"])).to_series()
     raw_parts = [(rows, _Piece("raw", r, pl.String)) for rows, r in raws]
@@ -923,6 +941,16 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     del raw_parts
     _return_freed_memory()
 
+    if rs is not None:
+        try:
+            decoded.events = _frame_accelerated(
+                rs, ts=ts, cpu=cpu, pid=pid, offset=offset, lat_key=lat_key,
+                type_index=type_index, is_event=is_event, known=known, type_names=type_names,
+                systems=systems, cmdlines=cmdlines, tgids=tgids, fields=fields)
+            _return_freed_memory()
+            return decoded
+        except UnicodeEncodeError:     # a name polars would not take either way: the pure path
+            pass
     names = pl.Series(type_names, dtype=pl.String)
     sys_names = pl.Series(systems, dtype=pl.String)
     event_names = names.gather(type_index)
@@ -953,6 +981,53 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     _return_freed_memory()
     return decoded
 
+
+def _frame_accelerated(rs, *, ts, cpu, pid, offset, lat_key, type_index, is_event, known,
+                       type_names, systems, cmdlines, tgids, fields) -> pl.DataFrame:
+    """The frame the end of :func:`_decode` builds, its string columns made in memory polars
+    takes over (formats/arrow_columns.py) instead of by polars gathers."""
+    n = ts.size
+    events_only = None if is_event.all() else is_event
+    # lost-events rows: the event name after the type names; their type index is 0
+    event_index = type_index.astype(np.int32, copy=True)
+    if events_only is not None:
+        event_index[~is_event] = len(type_names)
+    names = list(type_names) + [LOST_EVENTS]
+    names[0] = None     # no format: unknown event types and lost rows have no name
+    global _FLAG_VIEWS
+    if _FLAG_VIEWS is None:
+        _FLAG_VIEWS = _flag_views()
+    pid_s = pl.Series("pid", pid) if events_only is None else \
+        pl.Series("pid", np.ma.MaskedArray(pid, mask=~is_event))
+    comms = {0: "<idle>", **(cmdlines or {})}
+    keys = np.array(sorted(comms), np.int64)
+    if keys[0] >= 0 and keys[-1] < 1 << 23:
+        # pids are small: one lookup table (the last slot: no comm)
+        lookup = np.full(int(keys[-1]) + 2, keys.size, np.int32)
+        lookup[keys] = np.arange(keys.size, dtype=np.int32)
+        comm_index = lookup[np.clip(pid, -1, keys[-1] + 1)]
+    else:
+        slot = np.searchsorted(keys, pid).clip(0, keys.size - 1)
+        comm_index = np.where(keys[slot] == pid, slot, keys.size).astype(np.int32)
+    core = pl.DataFrame([
+        pl.Series("ts_ns", ts),
+        pl.Series("seq", np.arange(n, dtype=np.int64)),
+        pl.Series("cpu", cpu),
+        pid_s,
+        arrow_columns.constant_string(rs, "source", "ftrace", n),
+        arrow_columns.string_column(rs, "system", arrow_columns.view_table(systems),
+                                    type_index),
+        arrow_columns.string_column(rs, "event", arrow_columns.view_table(names), event_index),
+        pl.Series("offset", offset),
+        arrow_columns.string_column(rs, "flags", _FLAG_VIEWS, lat_key, events_only),
+        arrow_columns.string_column(rs, "comm", arrow_columns.view_table(
+            [comms[int(k)] for k in keys] + [None]), comm_index, events_only),
+    ])
+    core = core.with_columns(_tgid_expr(tgids))
+    return core.hstack([fields[name].alias(name) for name in fields])
+
+
+_FLAG_VIEWS = None
 
 _NUMPY_OF = {pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.Int64: np.int64,
              pl.UInt8: np.uint8, pl.UInt16: np.uint16, pl.UInt32: np.uint32,
@@ -1027,8 +1102,20 @@ def _sparse_column(name: str, rows: np.ndarray, values, dtype: pl.DataType,
     return column.scatter(rows, values)
 
 
-def _assemble(name: str, parts: list, n: int) -> pl.Series:
+def _assemble(name: str, parts: list, n: int, rs=None) -> pl.Series:
     """One full-length column from (rows, piece) parts; rows no part covers are null."""
+    if rs is not None and len(parts) == 1:
+        # one event type's fixed array (sys_enter's args): a list column over its rows,
+        # in memory polars takes over
+        rows, piece = parts[0]
+        dtype = FIELD_COLUMNS.get(name) or piece.dtype
+        values = piece.values
+        if isinstance(values, np.ndarray) and values.ndim == 2 and \
+                isinstance(dtype, pl.List) and _NUMPY_OF.get(dtype.inner) == values.dtype and \
+                (rows.size < 2 or bool((np.diff(rows) > 0).all())):
+            column = arrow_columns.list_column(rs, name, rows, values, n)
+            if column is not None:
+                return column
     total = sum(rows.size for rows, _ in parts)
     kinds = {"series" if isinstance(p.values, pl.Series) else "array" for _, p in parts}
     covered = None

@@ -22,6 +22,9 @@ from kmltrace.errors import InputError, KmltraceError
 #: capture: 2 MiB -> peak RSS 1.05-1.15x the text, 4 MiB -> 1.3-1.5x, at ~6 % less CPU.
 BATCH_BYTES = 1 << 21
 
+#: Not looked up yet (a NUL byte's line, ...)
+UNKNOWN = object()
+
 #: How many unparsable lines are reported one by one before a single summary error.
 ERRORS_SHOWN = 5
 

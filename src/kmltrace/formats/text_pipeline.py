@@ -46,6 +46,8 @@ class Grammar:
     stack_re: str = text_lines.STACK_RE
     #: the C scanner's grammar for these lines (text_scan.py), None: polars only
     scanner: str | None = None
+    #: events whose lines the scanner leaves to the pipeline (``event_frame`` renames them)
+    scan_deferred: tuple[str, ...] = ()
 
 
 class TextParse:
@@ -66,6 +68,7 @@ class TextParse:
         self.lines_frame = lines_frame      # applied to each batch of lines (trace-cmd prefixes)
         self.events_done = events_done      # applied to each batch of events
         self.batch_bytes = batch_bytes or text_lines.BATCH_BYTES
+        self._piece_bytes = batch_bytes     # the scanner's pieces: text_scan.SCAN_BYTES unless set
         # whole: one batch, read and split by one streaming query (no line batches kept)
         self.whole = whole
         self.errors: list = []
@@ -90,45 +93,70 @@ class TextParse:
         yield from self._line_batches()
 
     def _scanned_batches(self, module):
-        """The batches, with the C scanner taking the lines it is sure of (text_scan.py)."""
+        """The batches, with the C scanner taking the lines it is sure of (text_scan.py).
+        The next piece is scanned in a worker thread while this one becomes a table."""
         path, grammar = self.path, self.grammar
-        truncated = text_lines.last_line_truncated(path)
-        decoders = fieldtable.fast_decoders(module)
-        first_line = 1
-        carry = b""
+        how = text_scan.setup(module, grammar.scanner, grammar.scan_deferred)
+        size = self._piece_bytes or text_scan.SCAN_BYTES
+        truncated = nul = None
         try:
-            for data, last in text_scan.chunks(path, max(self.batch_bytes, text_scan.SCAN_BYTES)):
-                if carry:
-                    data, carry = carry + data, b""
-                scanned = text_scan.scan(module, data, first_line, grammar.scanner,
-                                         self.scan_prefixes(), decoders)
+            pieces = text_scan.Pieces(path, size)
+        except OSError as e:
+            raise InputError(f"cannot read: {e.strerror or e}", path=str(path)) from None
+        try:
+            start, first_line = 0, 1
+            end = pieces.end_of_piece(start) if pieces.length else 0
+            future = (pieces.submit(text_scan.scan, start, end, module, first_line, how,
+                                    self.scan_prefixes()) if end else None)
+            while future is not None:
+                scanned = future.result()
+                future = None
                 fast, deferred = scanned.fast, scanned.deferred
-                if truncated is not None:
+                if scanned.first_nul is not None:
+                    nul = scanned.first_nul if nul is None else min(nul, scanned.first_nul)
+                last = end >= pieces.length
+                if last and not pieces.ends_with_newline:
+                    truncated = first_line + scanned.lines - 1
                     fast = fast.filter(pl.col("line") != truncated)
                     deferred = deferred.filter(pl.col("line") != truncated)
-                slow = self._classified_lines(deferred)
+                slow = None
                 if not last:
-                    # the last event line and what follows it wait for the next batch
-                    owners = pl.concat([
-                        fast.select("line", "__offset"),
-                        slow.filter(pl.col("kind").is_in(["event", "lost"]))
-                        .select("line", "__offset")])
-                    if owners.height == 0:
-                        carry = data
-                        continue
-                    at_line, at = owners.sort("line").row(-1)
-                    carry = data[at:]
-                    fast = fast.filter(pl.col("line") < at_line)
-                    slow = slow.filter(pl.col("line") < at_line)
-                    first_line = at_line
-                del data
+                    # the last event line and what follows it wait for the next piece
+                    if fast.height:
+                        at_line, at = fast.row(-1)[:2]
+                    else:       # no line taken (rare): the pipeline finds the last event
+                        slow = self._classified_lines(deferred)
+                        owners = slow.filter(pl.col("kind").is_in(["event", "lost"]))
+                        at_line, at = owners.row(-1)[:2] if owners.height else (None, None)
+                    if at_line is None:         # no event yet: a bigger piece
+                        next_start, next_end, next_line = start, pieces.end_of_piece(end), first_line
+                        fast = fast.clear()
+                        deferred = deferred.clear()
+                        slow = None
+                    else:
+                        next_start, next_line = start + at, at_line
+                        next_end = pieces.end_of_piece(next_start)
+                        fast = fast.filter(pl.col("line") < at_line)
+                        deferred = deferred.filter(pl.col("line") < at_line)
+                        if slow is not None:
+                            slow = slow.filter(pl.col("line") < at_line)
+                    future = pieces.submit(text_scan.scan, next_start, next_end, module,
+                                           next_line, how, self.scan_prefixes())
+                if slow is None:
+                    slow = self._classified_lines(deferred)
                 frame = self._scanned_events(fast, slow, scanned.frac_digits)
+                del fast, deferred, slow, scanned
+                if not last:
+                    pieces.release(start, next_start)
+                    start, end, first_line = next_start, next_end, next_line
                 if frame is not None:
                     yield frame
         except (pl.exceptions.PolarsError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise InputError(f"cannot read as text lines: {first}", path=str(path)) from None
-        self._finish(truncated)
+        finally:
+            pieces.close()
+        self._finish(truncated, nul=nul)
 
     def _classified_lines(self, lines: pl.DataFrame) -> pl.DataFrame:
         """The lines the scanner left, split and classified by the polars grammar."""
@@ -141,24 +169,42 @@ class TextParse:
         return collected
 
     def _scanned_events(self, fast: pl.DataFrame, slow: pl.DataFrame, frac_digits):
+        """The table of one scanned piece: the scanner's rows (their event names need no
+        event_frame: the scanner leaves those names to the pipeline; the scanner gives their
+        system) and the pipeline's, in line order."""
         events = self._slow_events(slow)
         fast = fast.drop("__offset")
-        if self.grammar.scanner != "perf":
-            fast = fast.drop("perf_system")
         if frac_digits is not None and fast.height:
             self._frac_digits = max(frac_digits, self._frac_digits or 0)
         if events is None and fast.height == 0:
             return None
-        if events is None or events.height == 0:
+        if events is None:
             table = fast.with_columns(pl.lit(None, dtype=pl.Int64).alias("lost"))
         else:
-            events = self._bodies(events.drop("__offset").lazy()).collect()
-            table = (pl.concat([fast, events], how="diagonal_relaxed")
-                     .with_columns(pl.col(fieldtable.DECODED).fill_null(False))
-                     .sort("line"))
-        frame = self._table(table.lazy())
+            rows = self._bodies(events.drop("__offset").lazy())
+            if self.event_frame is not None:
+                rows = self.event_frame(rows)
+            rows = rows.with_columns(self._system().alias("system")).collect()
+            if "perf_system" in rows.columns:
+                rows = rows.drop("perf_system")
+            table = (pl.concat([fast, rows], how="diagonal_relaxed")
+                     .with_columns(pl.col(fieldtable.DECODED).fill_null(False)))
+            if fast.height:
+                table = table.sort("line")
+        table = table.with_columns(
+            pl.int_range(self.events, self.events + pl.len(), dtype=pl.Int64).alias("seq"),
+            pl.lit(self.grammar.source).alias("source"),
+            pl.lit(str(self.path)).alias("file"))
+        sample = fieldtable.field_sample(table.select("event", "raw"))
+        frame = conform(fieldtable.scanned_field_columns(table, sample))
+        if self.events_done is not None:
+            frame = self.events_done(frame)
         self.events += frame.height
         return frame
+
+    def _system(self) -> pl.Expr:
+        return (self.grammar.system if self.grammar.system is not None
+                else fieldtable.system_of(pl.col("event")))
 
     def _slow_events(self, collected: pl.DataFrame) -> pl.DataFrame | None:
         """The event rows of classified lines (bad lines reported, stack lines attached)."""
@@ -263,9 +309,7 @@ class TextParse:
         )
         if self.event_frame is not None:
             frame = self.event_frame(frame)
-        system = (grammar.system if grammar.system is not None
-                  else fieldtable.system_of(pl.col("event")))
-        table = frame.with_columns(system.alias("system")).collect()
+        table = frame.with_columns(self._system().alias("system")).collect()
         del events, frame
         # which field-table entries fit: judged on a few rows of each event
         sample = fieldtable.field_sample(table.select("event", "raw"))
@@ -274,7 +318,7 @@ class TextParse:
             table = self.events_done(table)
         return table
 
-    def _finish(self, truncated: int | None) -> None:
+    def _finish(self, truncated: int | None, nul=text_lines.UNKNOWN) -> None:
         path, grammar = self.path, self.grammar
         meta = {"precision": ("us" if self.events == 0 else "counter"
                               if self._frac_digits is None
@@ -288,7 +332,8 @@ class TextParse:
         errors = text_lines.line_errors(path, bad, grammar.what, total=self._bad_count)
         if truncated is not None:
             errors.append(text_lines.truncated_error(path, truncated))
-        nul = text_lines.nul_line(path)
+        if nul is text_lines.UNKNOWN:
+            nul = text_lines.nul_line(path)
         if nul is not None:
             errors.append(InputError("binary data (a NUL byte) in a text trace: the line is cut "
                                      "there", path=str(path), line=nul))

@@ -11,14 +11,17 @@ test_text_scan.py compares them on every sample).
 from __future__ import annotations
 
 import io
+import mmap
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import polars as pl
 
 from kmltrace.accel import use_accelerator
+from kmltrace.formats import fields as fieldtable
 
 #: Bytes scanned at a time: big enough that per-batch costs vanish, small enough that a
 #: batch's columns stay a fraction of the text (a batch holds ~2.5 times its text).
@@ -50,13 +53,29 @@ class Scanned:
     deferred: pl.DataFrame    # the other lines: line, __offset, text
     lines: int                # lines in the data
     frac_digits: int | None   # the longest timestamp fraction among `fast`
+    first_nul: int | None     # the first line holding a NUL byte
 
 
-def scan(module, data: bytes, first_line: int, grammar: str, prefixes: tuple[bytes, ...],
-         decoders: dict[bytes, int]) -> Scanned:
-    code = {"tracefs": module.TRACEFS, "tracecmd": module.TRACECMD, "perf": module.PERF}[grammar]
-    pair, text, lines, offsets, count, frac = module.scan(data, first_line, code, prefixes,
-                                                          decoders)
+@dataclass(frozen=True)
+class Setup:
+    """What a scan of one grammar needs besides the data."""
+    grammar: str                      # tracefs, tracecmd, perf
+    decoders: dict[bytes, int]        # fields.fast_decoders, plus names left to the pipeline
+    systems: dict[bytes, bytes]       # fields.SYSTEM_OF (tracefs prints no system)
+
+
+def setup(module, grammar: str, deferred_events: tuple[str, ...]) -> Setup:
+    decoders = fieldtable.fast_decoders(module)
+    decoders.update({name.encode(): module.DEFER for name in deferred_events})
+    systems = {name.encode(): system.encode() for name, system in fieldtable.SYSTEM_OF.items()}
+    return Setup(grammar, decoders, systems)
+
+
+def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...]) -> Scanned:
+    code = {"tracefs": module.TRACEFS, "tracecmd": module.TRACECMD,
+            "perf": module.PERF}[how.grammar]
+    pair, text, lines, offsets, count, frac, nul = module.scan(
+        data, first_line, code, prefixes, how.decoders, how.systems)
     fast = pl.Series(_Capsules(pair)).struct.unnest()
     line_numbers = np.frombuffer(lines, dtype=np.int64)
     if text:
@@ -72,26 +91,54 @@ def scan(module, data: bytes, first_line: int, grammar: str, prefixes: tuple[byt
     else:
         deferred = pl.DataFrame(schema={"line": pl.Int64, "__offset": pl.Int64, "text": pl.String})
     return Scanned(fast=fast, deferred=deferred, lines=count,
-                   frac_digits=None if frac < 0 else frac)
+                   frac_digits=None if frac < 0 else frac, first_nul=None if nul < 0 else nul)
 
 
-def chunks(path: Path, size: int = SCAN_BYTES) -> Iterator[tuple[bytes, bool]]:
-    """(whole lines of about `size` bytes, whether it is the file's last piece); the last
-    piece also holds a last line that lacks its newline."""
-    with open(path, "rb") as f:
-        pending = b""
-        data = f.read(size)
-        while data:
-            following = f.read(size)
-            if not following:
-                yield pending + data, True
-                return
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:                     # no line end yet: read on
-                pending += data
-            else:
-                yield pending + data[:cut], False
-                pending = data[cut:]
-            data = following
-        if pending:
-            yield pending, True
+class Pieces:
+    """The file memory-mapped and cut into pieces of whole lines, each scanned in a worker
+    thread while the caller turns the one before into a table (the scan runs without the
+    GIL). A piece's end is only known once the one before it is scanned: the caller says
+    where the next piece starts (:meth:`next_from`)."""
+
+    def __init__(self, path: Path, size: int = SCAN_BYTES):
+        self.size = size
+        self._file = open(path, "rb")
+        self.length = os.fstat(self._file.fileno()).st_size
+        self._map = (mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+                     if self.length else None)
+        self.ends_with_newline = self.length == 0 or self._map[-1:] == b"\n"
+        self._pool = ThreadPoolExecutor(max_workers=1)
+
+    def end_of_piece(self, start: int) -> int:
+        """Where a piece from `start` ends: after the last line end within `size` bytes
+        (or the first one beyond, for a longer line), or the end of the file."""
+        if start + self.size >= self.length:
+            return self.length
+        cut = self._map.rfind(b"\n", start, start + self.size)
+        if cut < 0:
+            cut = self._map.find(b"\n", start + self.size)
+            if cut < 0:
+                return self.length
+        return cut + 1
+
+    def submit(self, fn, start: int, end: int, *args):
+        """Run fn(piece bytes, *args) in the worker; returns the future."""
+        view = memoryview(self._map)[start:end]
+        return self._pool.submit(fn, view, *args)
+
+    def release(self, start: int, end: int) -> None:
+        """The pages of [start, end) are done with: out of the resident set (they stay in
+        the page cache), so a big file does not count in the peak memory."""
+        page = mmap.PAGESIZE
+        start -= start % page
+        if end > start and hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_DONTNEED, start, min(end, self.length) - start)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:     # a view is still alive somewhere: the GC closes it
+                pass
+        self._file.close()

@@ -91,8 +91,8 @@ class _ReportParse(text_pipeline.TextParse):
         self.buffers.update(late)
         return events
 
-    def _finish(self, truncated):
-        super()._finish(truncated)
+    def _finish(self, truncated, **options):
+        super()._finish(truncated, **options)
         if self.buffers:
             self.meta["buffers"] = sorted(self.buffers)
 
@@ -135,4 +135,4 @@ LATE_PREFIX_RE = r"^[^\s:]+:\s{2,}\S"
 GRAMMAR = text_pipeline.Grammar(
     what="trace-cmd report", source="ftrace", split=ftrace_text.split, exact=ftrace_text.exact,
     body=functools.partial(ftrace_text.body, strip_event_padding=True), header_re=HEADER_RE,
-    scanner="tracecmd")
+    scanner="tracecmd", scan_deferred=ftrace_text.RENAMED_EVENTS)

@@ -1,0 +1,126 @@
+"""Event-table columns built in memory that polars takes over without copying it.
+
+Used by the ring-buffer decoder when its C accelerator (``formats/_ringscan.c``) is built: the
+accelerator allocates zeroed memory (``block``), numpy fills it, and ``export_array`` hands it
+to polars through the Arrow C data interface (``pl.Series(obj)`` with ``__arrow_c_array__``).
+A polars gather would write each column into fresh pages of its own, and on this machine the
+page faults of a 1.8 M-row table cost more than computing it. The pure path builds the same
+columns with polars gathers (the reference; tests/formats/test_ringscan.py compares them).
+
+Strings are Arrow ``Utf8View`` (polars' own layout): a 16-byte view per row, inline for
+strings up to 12 bytes, else pointing into one data buffer; lists are ``LargeList``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+_ARROW_INTS = {np.dtype(np.int8): "c", np.dtype(np.uint8): "C", np.dtype(np.int16): "s",
+               np.dtype(np.uint16): "S", np.dtype(np.int32): "i", np.dtype(np.uint32): "I",
+               np.dtype(np.int64): "l", np.dtype(np.uint64): "L"}
+
+
+class _Exported:
+    """An Arrow array spec that polars imports (PyCapsule interface)."""
+
+    def __init__(self, rs, spec: tuple):
+        self.rs, self.spec = rs, spec
+
+    def __arrow_c_array__(self, requested_schema=None):
+        return self.rs.export_array(self.spec)
+
+
+def _filled(rs, values: np.ndarray):
+    """A Block holding `values`' bytes."""
+    block = rs.block(values.nbytes)
+    if values.nbytes:
+        np.frombuffer(block, values.dtype)[:] = values.ravel()
+    return block
+
+
+def _validity(rs, valid: np.ndarray | None):
+    """(bitmap Block or None, null count) of a boolean row mask."""
+    if valid is None:
+        return None, 0
+    nulls = int(valid.size - np.count_nonzero(valid))
+    if nulls == 0:
+        return None, 0
+    return _filled(rs, np.packbits(valid, bitorder="little")), nulls
+
+
+def view_table(strings: list[str | None]) -> tuple[np.ndarray, bytes, np.ndarray]:
+    """The 16-byte Utf8View of each string (None: an empty view, marked null), the data
+    buffer of the strings longer than 12 bytes, and which entries are null."""
+    table = np.zeros((max(len(strings), 1), 16), np.uint8)
+    data = bytearray()
+    null = np.zeros(max(len(strings), 1), bool)
+    for i, text in enumerate(strings):
+        if text is None:
+            null[i] = True
+            continue
+        raw = text.encode("utf-8")
+        row = bytearray(len(raw).to_bytes(4, "little"))
+        if len(raw) <= 12:
+            row += raw.ljust(12, b"\0")
+        else:
+            row += raw[:4] + (0).to_bytes(4, "little") + len(data).to_bytes(4, "little")
+            data += raw
+        table[i] = np.frombuffer(bytes(row), np.uint8)
+    return table, bytes(data), null
+
+
+def string_column(rs, name: str, table: tuple, index: np.ndarray,
+                  valid: np.ndarray | None = None) -> pl.Series:
+    """Row i is the string of table entry index[i] (a view_table), null where that entry is
+    None or `valid` is False."""
+    views_table, data, null = table
+    index = np.ascontiguousarray(index)
+    if index.dtype not in (np.int16, np.uint16, np.int32, np.int64):
+        index = index.astype(np.int64)
+    n = index.size
+    views = rs.block(16 * n)
+    rs.take_rows(views_table, 16, index, index.itemsize, views)
+    if null.any():
+        row_valid = ~null[index]
+        valid = row_valid if valid is None else (valid & row_valid)
+    bitmap, nulls = _validity(rs, valid)
+    buffers = [bitmap, views]
+    if data:
+        buffers.append(_filled(rs, np.frombuffer(data, np.uint8)))
+        buffers.append(_filled(rs, np.array([len(data)], np.int64)))
+    else:
+        buffers.append(rs.block(0))
+    return pl.Series(name, _Exported(rs, ("vu", name, n, nulls, buffers, [])))
+
+
+def list_column(rs, name: str, rows: np.ndarray, values: np.ndarray, n: int) -> pl.Series | None:
+    """A List column of `n` rows: rows[i] (ascending) holds the row values[i] of a 2-D integer
+    array, the other rows are null. None when the values' type has no Arrow twin here."""
+    fmt = _ARROW_INTS.get(values.dtype)
+    if fmt is None or values.ndim != 2 or rows.size != values.shape[0]:
+        return None
+    width = values.shape[1]
+    counts = np.zeros(n + 1, np.int64)
+    counts[rows + 1] = width
+    offsets = rs.block(8 * (n + 1))
+    np.cumsum(counts, out=np.frombuffer(offsets, np.int64))
+    covered = np.zeros(n, bool)
+    covered[rows] = True
+    bitmap, nulls = _validity(rs, covered)
+    child = (fmt, "item", int(values.size), 0, [None, _filled(rs, values)], [])
+    return pl.Series(name, _Exported(rs, ("+L", name, n, nulls, [bitmap, offsets], [child])))
+
+
+def constant_string(rs, name: str, text: str, n: int) -> pl.Series:
+    """`text` on every one of `n` rows."""
+    views_table, data, _ = view_table([text])
+    views = rs.block(16 * n)
+    np.frombuffer(views, np.uint64).reshape(n, 2)[:] = views_table[0].view(np.uint64)
+    buffers = [None, views]
+    if data:
+        buffers += [_filled(rs, np.frombuffer(data, np.uint8)),
+                    _filled(rs, np.array([len(data)], np.int64))]
+    else:
+        buffers.append(rs.block(0))
+    return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))
