@@ -313,3 +313,67 @@ def test_fuzz_gather_blocks(buf, at, width):
     clipped = np.clip(positions, 0, len(buf) - width)
     expected = data[clipped[:, None] + np.arange(width)] if positions.size else np.zeros(0)
     assert np.frombuffer(out, np.uint8).tobytes() == expected.astype(np.uint8).tobytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(src=st.binary(max_size=64), width=st.integers(-1, 20),
+       idx=st.lists(st.integers(-3, 10), max_size=20), idx_size=st.sampled_from([1, 2, 4, 8]),
+       extra=st.integers(-2, 2))
+def test_fuzz_take_rows(src, width, idx, idx_size, extra):
+    rs = _rs()
+    dtype = {1: np.int8, 2: np.uint16, 4: np.int32, 8: np.int64}[idx_size]
+    index = np.array([i % 65536 if idx_size == 2 else i for i in idx]).astype(dtype)
+    dst = bytearray(max(0, len(index) * max(width, 0) + extra))
+    try:
+        rs.take_rows(src, width, index, idx_size, dst)
+    except ValueError:
+        return
+    rows = np.frombuffer(src, np.uint8).reshape(-1, width)
+    assert bytes(dst) == rows[index.astype(np.int64)].tobytes()
+
+
+@pytest.mark.parametrize("spec", [
+    ("vu", "x", -1, 0, [], []),
+    ("L", "x", 5, 9, [None], []),
+    ("L", "x", 1, 0, [b"not a block"], []),
+    ("+L", "x", 1, 0, [None, None], [("L", "item", 0, 0, [None, 3], [])]),
+    ("+L", "x", 1, 0, [None], [("+L", "c", 0, 0, [], [("+L", "c", 0, 0, [], [
+        ("+L", "c", 0, 0, [], [("+L", "c", 0, 0, [], [("+L", "c", 0, 0, [], [])])])])])]),
+])
+def test_export_refuses_bad_specs(spec):
+    rs = _rs()
+    with pytest.raises((ValueError, TypeError)):
+        rs.export_array(spec)
+
+
+def test_exported_columns_outlive_their_blocks(tmp_path):
+    # the memory belongs to polars once imported: dropping every Python reference to the
+    # blocks, collecting garbage and writing parquet leave the values intact
+    import gc
+
+    from kmltrace.formats import arrow_columns
+    rs = _rs()
+    strings = ["sys_enter", None, "a name longer than twelve", "ünïcødé-comm-name", ""]
+    index = np.array([0, 1, 2, 3, 4, 2, 0] * 1000, np.int32)
+    valid = np.ones(index.size, bool)
+    valid[5::7] = False
+    col = arrow_columns.string_column(rs, "s", arrow_columns.view_table(strings), index, valid)
+    rows = np.array([1, 4, 6999], np.int64)
+    lists = arrow_columns.list_column(rs, "l", rows, np.arange(9, dtype=np.uint64).reshape(3, 3),
+                                      7000)
+    const = arrow_columns.constant_string(rs, "c", "ftrace-long-constant", 7000)
+    gc.collect()
+    expected = [None if not valid[i] else strings[k] for i, k in enumerate(index)]
+    assert col.to_list() == expected
+    assert col.dtype == pl.String and col.null_count() == sum(e is None for e in expected)
+    assert lists.dtype == pl.List(pl.UInt64)
+    assert lists[1].to_list() == [0, 1, 2] and lists[6999].to_list() == [6, 7, 8]
+    assert lists.null_count() == 7000 - 3
+    assert const.unique().to_list() == ["ftrace-long-constant"]
+    frame = pl.DataFrame([col, lists, const])
+    frame.write_parquet(tmp_path / "x.parquet")
+    del col, lists, const
+    gc.collect()
+    back = pl.read_parquet(tmp_path / "x.parquet")
+    assert back["s"].to_list() == expected
+    assert back.equals(frame)
