@@ -2,7 +2,7 @@
  * reference and the fallback; tests/formats/test_ringscan.py checks they agree).
  *
  * walk():        one CPU's ring-buffer pages -> its records (time, type, payload start and
- *                length, lost-events markers), exactly as ringbuffer._walk_cpu computes them.
+ *                length, lost-events markers), exactly as ringbuffer_pages.walk_cpu computes them.
  * merge():       the CPUs' records -> one time-ordered table (k-way merge, stable: CPU order
  *                then page order break ties, like numpy's stable argsort of the concatenation),
  *                with the common header's pid and flags key read on the way.
