@@ -74,6 +74,7 @@ typedef struct {
     int64_t *ts, *start, *lost;
     int32_t *kind, *length;
     int64_t *bad_pages, *damaged_pages;     /* page indices, ascending */
+    int64_t records, bad, damaged;          /* room in the arrays (the first pass's counts) */
 } Out;
 
 typedef struct {
@@ -104,7 +105,7 @@ static void scan_pages(const Pages *pg, Out *out, Counts *c) {
         int64_t data_len = (int64_t)commit & COMMIT_MASK;
         int missed = (commit >> 31) & 1, stored = (commit >> 30) & 1;
         if (data_len > pg->data_size) {
-            if (out)
+            if (out && c->bad < out->bad)
                 out->bad_pages[c->bad] = p;
             c->bad++;
             data_len = 0;
@@ -122,7 +123,7 @@ static void scan_pages(const Pages *pg, Out *out, Counts *c) {
                 c->lost_events = (int64_t)((uint64_t)c->lost_events + (uint64_t)lost);
             else
                 c->lost_unknown++;
-            if (out) {
+            if (out && c->records < out->records) {
                 int64_t r = c->records;
                 out->ts[r] = page_ts;
                 out->kind[r] = -1;
@@ -139,7 +140,7 @@ static void scan_pages(const Pages *pg, Out *out, Counts *c) {
         while (pos < lw) {
             int64_t at = p * wpw + pos;
             if (at < 0 || at > last) {      /* cannot happen with a consistent layout */
-                if (out)
+                if (out && c->damaged < out->damaged)
                     out->damaged_pages[c->damaged] = p;
                 c->damaged++;
                 break;
@@ -157,7 +158,7 @@ static void scan_pages(const Pages *pg, Out *out, Counts *c) {
             }
             int64_t end = pos + step;
             if (!(step > 0 && (end <= lw || step == STEP_END))) {
-                if (out)
+                if (out && c->damaged < out->damaged)
                     out->damaged_pages[c->damaged] = p;
                 c->damaged++;
                 break;
@@ -177,7 +178,7 @@ static void scan_pages(const Pages *pg, Out *out, Counts *c) {
                 if (length < 8) {
                     c->short_records++;
                 } else {
-                    if (out) {
+                    if (out && c->records < out->records) {
                         int64_t r = c->records;
                         int64_t d_start = pg->start + pg->data_off + p * pg->page_size +
                                           pos * 4 + (tl == 0 ? 8 : 4);
@@ -232,6 +233,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     /* the layout must keep every header, commit and data read inside each page, and the
      * pages inside the buffer */
     int ok = pg.page_size > 0 && pg.page_size % 8 == 0 && pg.page_size <= (1 << 30) &&
+             pg.ts_off <= pg.page_size && pg.commit_off <= pg.page_size &&
+             pg.data_off <= pg.page_size && pg.data_size <= pg.page_size &&
              pg.n_pages >= 0 && pg.start >= 0 && pg.start <= pg.buf_len &&
              pg.n_pages <= (pg.buf_len - pg.start) / pg.page_size &&
              (pg.commit_size == 4 || pg.commit_size == 8) &&
@@ -248,7 +251,7 @@ static PyObject *walk(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     scan_pages(&pg, NULL, &c);
     Py_END_ALLOW_THREADS
-    Out out;
+    Out out = {.records = c.records, .bad = c.bad, .damaged = c.damaged};
     PyObject *ts = new_array(c.records, 8, (void **)&out.ts);
     PyObject *kind = new_array(c.records, 4, (void **)&out.kind);
     PyObject *start = new_array(c.records, 8, (void **)&out.start);
@@ -262,7 +265,8 @@ static PyObject *walk(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         scan_pages(&pg, &out, &again);
         Py_END_ALLOW_THREADS
-        if (memcmp(&again, &c, sizeof c) != 0)      /* the buffer changed under us */
+        /* the buffer changed under us (the second pass never writes past the first's counts) */
+        if (memcmp(&again, &c, sizeof c) != 0)
             PyErr_SetString(PyExc_RuntimeError, "walk: the pages changed during the walk");
         else
             result = Py_BuildValue("{sOsOsOsOsOsOsOsLsLsL}", "ts", ts, "kind", kind,
@@ -443,14 +447,14 @@ static PyObject *merge(PyObject *self, PyObject *args) {
         o_length[r] = ((const int32_t *)p->length.buf)[j];
         o_lost[r] = ((const int64_t *)p->lost.buf)[j];
         o_cpu[r] = (int32_t)p->cpu;
-        o_offset[r] = s + p->shift;
+        o_offset[r] = (int64_t)((uint64_t)s + (uint64_t)p->shift);    /* wraps like numpy */
         uint32_t head = 0, pid = 0;
         if (kd >= 0 && len >= 4) {
             /* the common header: u16 type, u8 flags, u8 preempt_count, s32 pid (reads kept
              * inside the buffer, as the pure path clips them) */
-            int64_t a = s, b = s + 4;
-            a = a < 0 ? 0 : a > len - 4 ? len - 4 : a;
-            b = b < 0 ? 0 : b > len - 4 ? len - 4 : b;
+            const int64_t hi = len - 4;
+            int64_t a = s < 0 ? 0 : s > hi ? hi : s;
+            int64_t b = s < -4 ? 0 : s > hi - 4 ? hi : s + 4;
             head = rd32(data + a);
             pid = rd32(data + b);
         }
