@@ -377,3 +377,35 @@ def test_exported_columns_outlive_their_blocks(tmp_path):
     back = pl.read_parquet(tmp_path / "x.parquet")
     assert back["s"].to_list() == expected
     assert back.equals(frame)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(-(1 << 63), (1 << 63) - 1), st.integers(0, (1 << 64) - 1),
+                               st.integers(-128, 127)), max_size=30),
+       literals=st.lists(st.text(max_size=8), min_size=4, max_size=4))
+def test_render_text_matches_python_formatting(rows, literals):
+    from kmltrace.formats import arrow_columns
+    rs = _rs()
+    signed = np.array([r[0] for r in rows], np.int64)
+    unsigned = np.array([r[1] for r in rows], np.uint64)
+    small = np.array([r[2] for r in rows], np.int8)
+    text = arrow_columns.rendered_text(rs, "raw", len(rows), literals, [signed, unsigned, small],
+                                       [False, True, False])
+    expected = [f"{literals[0]}{a}{literals[1]}{b:#x}{literals[2]}{c}{literals[3]}"
+                for a, b, c in rows]
+    assert text.to_list() == expected
+
+
+@pytest.mark.parametrize("args", [
+    (-1, [b""], [], 0),
+    (2, [b"a"], [(np.zeros(2, np.int64), 8, 0)], 0),           # literals != columns + 1
+    (2, [b"a", b"b"], [(np.zeros(3, np.int64), 8, 0)], 0),     # wrong length
+    (2, [b"a", b"b"], [(np.zeros(2, np.int64), 3, 0)], 0),     # odd item size
+    (2, [b"a", b"b"], [(np.zeros(2, np.int64), 8, 7)], 0),     # unknown kind
+    (2, ["a", b"b"], [(np.zeros(2, np.int64), 8, 0)], 0),      # not bytes
+    (2, [b"a", b"b"], [(np.zeros(2, np.int64), 8, 0)], -1),    # buffer index
+])
+def test_render_text_refuses_bad_arguments(args):
+    rs = _rs()
+    with pytest.raises((ValueError, TypeError)):
+        rs.render_text(*args)

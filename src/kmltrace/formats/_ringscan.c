@@ -897,6 +897,193 @@ static PyObject *take_rows(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
+/* -- render_text ---------------------------------------------------------------------------- */
+
+/* decimal of v (negative when `neg`) into out, backwards from out + 24; returns the start */
+static char *decimal(char *end, uint64_t v, int neg) {
+    char *p = end;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    if (neg)
+        *--p = '-';
+    return p;
+}
+
+static char *hexadecimal(char *end, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    char *p = end;
+    do {
+        *--p = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    *--p = 'x';
+    *--p = '0';
+    return p;
+}
+
+typedef struct {
+    Py_buffer view;
+    int itemsize, kind;     /* kind 0: signed decimal, 1: unsigned decimal, 2: 0x hex */
+} TextColumn;
+
+static Block *new_block(size_t size) {
+    Block *b = PyObject_New(Block, &BlockType);
+    if (!b)
+        return NULL;
+    b->memory = memory_new(size);
+    if (!b->memory) {
+        Py_TYPE(b)->tp_free((PyObject *)b);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    return b;
+}
+
+/* render_text(n, [lit0, ..., litk], [(values, itemsize, kind), ...k], buffer_index) ->
+ * (views Block, data Block, data bytes used): row i is lit0 v0 lit1 v1 ... litk as Arrow
+ * Utf8View views (strings of up to 12 bytes inline, longer ones in the data block, which
+ * the views name as variadic buffer `buffer_index`). */
+static PyObject *render_text(PyObject *self, PyObject *args) {
+    long long n, buffer_index;
+    PyObject *lits, *cols;
+    if (!PyArg_ParseTuple(args, "LO!O!L", &n, &PyList_Type, &lits, &PyList_Type, &cols,
+                          &buffer_index))
+        return NULL;
+    Py_ssize_t k = PyList_GET_SIZE(cols);
+    if (n < 0 || n > ((long long)1 << 34) || PyList_GET_SIZE(lits) != k + 1 || k > 4096 ||
+        buffer_index < 0 || buffer_index > 0x7FFFFFFF) {
+        PyErr_SetString(PyExc_ValueError, "render_text: bad arguments");
+        return NULL;
+    }
+    Py_ssize_t lit_total = 0;
+    for (Py_ssize_t j = 0; j <= k; j++) {
+        PyObject *lit = PyList_GET_ITEM(lits, j);
+        if (!PyBytes_Check(lit) || PyBytes_GET_SIZE(lit) > 4096) {
+            PyErr_SetString(PyExc_ValueError, "render_text: literals must be short bytes");
+            return NULL;
+        }
+        lit_total += PyBytes_GET_SIZE(lit);
+    }
+    TextColumn *columns = PyMem_Calloc(k ? k : 1, sizeof(TextColumn));
+    if (!columns)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    Block *views = NULL, *data = NULL;
+    char *row = NULL;
+    Py_ssize_t got = 0;
+    for (; got < k; got++) {
+        PyObject *obj;
+        int itemsize, kind;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(cols, got), "Oii", &obj, &itemsize, &kind))
+            goto done;
+        if (get_buffer(obj, &columns[got].view, "values") < 0)
+            goto done;
+        columns[got].itemsize = itemsize;
+        columns[got].kind = kind;
+        if (!(itemsize == 1 || itemsize == 2 || itemsize == 4 || itemsize == 8) ||
+            kind < 0 || kind > 2 || columns[got].view.len != n * itemsize) {
+            PyBuffer_Release(&columns[got].view);
+            PyErr_SetString(PyExc_ValueError, "render_text: a column of the wrong size");
+            goto done;
+        }
+    }
+    /* a row is at most the literals and 20 characters a value */
+    const size_t row_max = (size_t)lit_total + 24 * (size_t)k;
+    if ((size_t)n > ((size_t)1 << 46) / (row_max + 1)) {
+        PyErr_SetString(PyExc_ValueError, "render_text: output too large");
+        goto done;
+    }
+    views = new_block((size_t)n * 16);
+    data = new_block((size_t)n * (row_max > 12 ? row_max : 0));
+    row = PyMem_Malloc(row_max + 1);
+    if (!views || !data || !row) {
+        if (!row)
+            PyErr_NoMemory();
+        goto done;
+    }
+    const char **lit_ptr = PyMem_Malloc((k + 1) * sizeof(char *));
+    Py_ssize_t *lit_len = PyMem_Malloc((k + 1) * sizeof(Py_ssize_t));
+    if (!lit_ptr || !lit_len) {
+        PyMem_Free(lit_ptr);
+        PyMem_Free(lit_len);
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j <= k; j++) {
+        lit_ptr[j] = PyBytes_AS_STRING(PyList_GET_ITEM(lits, j));
+        lit_len[j] = PyBytes_GET_SIZE(PyList_GET_ITEM(lits, j));
+    }
+    uint8_t *v_out = views->memory->data;
+    uint8_t *d_out = data->memory->data;
+    uint64_t used = 0;
+    const uint32_t buf_idx = (uint32_t)buffer_index;
+    Py_BEGIN_ALLOW_THREADS
+    for (int64_t i = 0; i < n; i++) {
+        size_t len = 0;
+        for (Py_ssize_t j = 0; j <= k; j++) {
+            memcpy(row + len, lit_ptr[j], lit_len[j]);
+            len += lit_len[j];
+            if (j == k)
+                break;
+            const TextColumn *c = &columns[j];
+            const uint8_t *at = (const uint8_t *)c->view.buf + i * c->itemsize;
+            uint64_t u;
+            int64_t v;
+            switch (c->itemsize) {
+            case 1: v = c->kind == 0 ? (int64_t)*(const int8_t *)at : (int64_t)*at; break;
+            case 2: { uint16_t x; memcpy(&x, at, 2);
+                      v = c->kind == 0 ? (int64_t)(int16_t)x : (int64_t)x; break; }
+            case 4: { uint32_t x; memcpy(&x, at, 4);
+                      v = c->kind == 0 ? (int64_t)(int32_t)x : (int64_t)x; break; }
+            default: { uint64_t x; memcpy(&x, at, 8); v = (int64_t)x; break; }
+            }
+            char digits[24], *end = digits + sizeof digits, *p;
+            if (c->kind == 2) {
+                p = hexadecimal(end, (uint64_t)v);
+            } else if (c->kind == 0 && v < 0) {
+                u = (uint64_t)0 - (uint64_t)v;
+                p = decimal(end, u, 1);
+            } else {
+                p = decimal(end, (uint64_t)v, 0);
+            }
+            memcpy(row + len, p, end - p);
+            len += end - p;
+        }
+        uint8_t *view = v_out + i * 16;
+        uint32_t len32 = (uint32_t)len;
+        memcpy(view, &len32, 4);
+        if (len <= 12) {
+            memcpy(view + 4, row, len);
+        } else {
+            uint32_t off = (uint32_t)used;
+            memcpy(view + 4, row, 4);
+            memcpy(view + 8, &buf_idx, 4);
+            memcpy(view + 12, &off, 4);
+            memcpy(d_out + used, row, len);
+            used += len;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(lit_ptr);
+    PyMem_Free(lit_len);
+    if (used > 0xFFFFFFFFull) {     /* view offsets are 32-bit: the caller renders in slices */
+        PyErr_SetString(PyExc_ValueError, "render_text: more than 4 GiB of text");
+        goto done;
+    }
+    result = Py_BuildValue("(OOL)", (PyObject *)views, (PyObject *)data, (long long)used);
+done:
+    for (Py_ssize_t j = 0; j < got; j++)
+        PyBuffer_Release(&columns[j].view);
+    PyMem_Free(columns);
+    PyMem_Free(row);
+    Py_XDECREF(views);
+    Py_XDECREF(data);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(buf, start, n_pages, page_size, ts_off, commit_off, commit_size, data_off, "
@@ -910,6 +1097,9 @@ static PyMethodDef methods[] = {
      "gather_blocks(buf, int64 at, width) -> bytearray of width bytes per index (clipped)"},
     {"take_rows", take_rows, METH_VARARGS,
      "take_rows(src, width, idx, idx_size, dst): dst row i = src row idx[i] (width bytes)"},
+    {"render_text", render_text, METH_VARARGS,
+     "render_text(n, literals, [(values, itemsize, kind)...], buffer_index) -> (views Block, "
+     "data Block, bytes used): `lit0 v0 lit1 ... litk` per row as Utf8View"},
     {"block", block, METH_VARARGS,
      "block(size) -> Block: zeroed memory for numpy to fill and export_array to hand over"},
     {"export_array", export_array, METH_VARARGS,

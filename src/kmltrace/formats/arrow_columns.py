@@ -124,3 +124,27 @@ def constant_string(rs, name: str, text: str, n: int) -> pl.Series:
     else:
         buffers.append(rs.block(0))
     return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))
+
+
+def rendered_text(rs, name: str, n: int, literals: list[str], columns: list[np.ndarray],
+                  hex_text: list[bool]) -> pl.Series | None:
+    """Row i is ``literals[0] columns[0][i] literals[1] ... literals[-1]`` (integers in
+    decimal, or ``0x`` hex where `hex_text` says so), rendered by the accelerator; None when a
+    column is not an integer array or the text would pass the views' 4 GiB of offsets."""
+    specs = []
+    for values, hex_ in zip(columns, hex_text):
+        if not isinstance(values, np.ndarray) or values.ndim != 1 or values.dtype.kind not in "iu":
+            return None
+        values = np.ascontiguousarray(values)
+        specs.append((values, values.itemsize, 2 if hex_ else 0 if values.dtype.kind == "i"
+                      else 1))
+    try:
+        views, data, used = rs.render_text(n, [lit.encode() for lit in literals], specs, 0)
+    except ValueError:
+        return None
+    buffers = [None, views]
+    if used:
+        buffers += [data, _filled(rs, np.array([used], np.int64))]
+    else:
+        buffers.append(rs.block(0))
+    return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from kmltrace.formats import arrow_columns
 from kmltrace.formats.event_format import EventFormat, Field
 from kmltrace.schema import ALL_KNOWN_COLUMNS, COMMON_COLUMNS, FIELD_COLUMNS, PROVENANCE_COLUMNS
 
@@ -280,7 +281,7 @@ def field_columns(reads: Reads, fmt: EventFormat, start: np.ndarray, length: np.
         hex_text = not f.signed and size == long_size and fmt.name not in _DECIMAL_RAW
         raw_parts.append((label, key, (values, hex_text)))
     if raw_parts and (raw_text or not _all_typed(fmt)):
-        raw = _render_raw(raw_parts, n)
+        raw = _render_raw(raw_parts, n, reads.rs)
     elif raw_parts:
         raw = None      # no text: the event's fields are all columns
     else:
@@ -288,8 +289,18 @@ def field_columns(reads: Reads, fmt: EventFormat, start: np.ndarray, length: np.
     return pieces, raw
 
 
-def _render_raw(raw_parts: list[tuple[str, str, object]], n: int) -> pl.Series:
-    """The `name=value ...` text of one event type's records (unsigned longs in hex)."""
+def _render_raw(raw_parts: list[tuple[str, str, object]], n: int, rs=None) -> pl.Series:
+    """The `name=value ...` text of one event type's records (unsigned longs in hex); with
+    the C accelerator `rs`, in C when every field is an integer (most events)."""
+    if rs is not None:
+        template = _raw_template([t for t, _, _ in raw_parts])
+        literals = template.split("{}")
+        if len(literals) == len(raw_parts) + 1:
+            values = [v[0] if isinstance(v, tuple) else v for _, _, v in raw_parts]
+            hex_text = [isinstance(v, tuple) and v[1] for _, _, v in raw_parts]
+            text = arrow_columns.rendered_text(rs, "raw", n, literals, values, hex_text)
+            if text is not None:
+                return text
     raw_cols: dict[str, object] = {}
     for _, key, values in raw_parts:
         if isinstance(values, tuple):
