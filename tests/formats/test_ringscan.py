@@ -389,11 +389,11 @@ def test_render_text_matches_python_formatting(rows, literals):
     signed = np.array([r[0] for r in rows], np.int64)
     unsigned = np.array([r[1] for r in rows], np.uint64)
     small = np.array([r[2] for r in rows], np.int8)
-    text = arrow_columns.rendered_text(rs, "raw", len(rows), literals, [signed, unsigned, small],
+    text = arrow_columns.rendered_text(rs, len(rows), literals, [signed, unsigned, small],
                                        [False, True, False])
     expected = [f"{literals[0]}{a}{literals[1]}{b:#x}{literals[2]}{c}{literals[3]}"
                 for a, b, c in rows]
-    assert text.to_list() == expected
+    assert text.series().to_list() == expected
 
 
 @pytest.mark.parametrize("args", [
@@ -409,3 +409,33 @@ def test_render_text_refuses_bad_arguments(args):
     rs = _rs()
     with pytest.raises((ValueError, TypeError)):
         rs.render_text(*args)
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.lists(st.one_of(st.none(), st.text(max_size=20)), max_size=8),
+                      max_size=4),
+       n_extra=st.integers(0, 5), seed=st.integers(0, 1000))
+def test_assemble_text_equals_a_python_scatter(parts, n_extra, seed):
+    # parts of strings (None: null) put at disjoint random rows; the rest of the rows null
+    from kmltrace.formats import arrow_columns
+    rs = _rs()
+    n = sum(len(p) for p in parts) + n_extra
+    rows = np.random.default_rng(seed).permutation(n)
+    pieces, expected, at = [], [None] * n, 0
+    for k, strings in enumerate(parts):
+        where = np.sort(rows[at:at + len(strings)])
+        at += len(strings)
+        for r, text in zip(where, strings):
+            expected[r] = text
+        series = pl.Series(strings, dtype=pl.String)
+        pieces.append((where, series if k % 2 else arrow_columns.text_of(rs, series)))
+    column = arrow_columns.assemble_text(rs, "raw", pieces, n)
+    assert column.to_list() == expected
+    assert column.null_count() == sum(e is None for e in expected)
+
+
+@pytest.mark.parametrize("rows", [[-1], [3], [1 << 40]])
+def test_scatter_views_refuses_rows_outside(rows):
+    rs = _rs()
+    with pytest.raises(ValueError):
+        rs.scatter_views(bytearray(48), np.array(rows, np.int64), bytes(16), 0)

@@ -1084,6 +1084,60 @@ done:
     return result;
 }
 
+
+/* -- scatter_views -------------------------------------------------------------------------- */
+
+/* scatter_views(dst, rows, src, buffer_index): dst view rows[i] = src view i, its long strings
+ * naming variadic buffer `buffer_index` */
+static PyObject *scatter_views(PyObject *self, PyObject *args) {
+    PyObject *dst_obj, *rows_obj, *src_obj;
+    long long buffer_index;
+    if (!PyArg_ParseTuple(args, "OOOL", &dst_obj, &rows_obj, &src_obj, &buffer_index))
+        return NULL;
+    Py_buffer dst, rows, src;
+    if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (get_buffer(rows_obj, &rows, "rows") < 0) {
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    if (get_buffer(src_obj, &src, "src") < 0) {
+        PyBuffer_Release(&rows);
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
+    int ok = dst.len % 16 == 0 && rows.len % 8 == 0 && src.len == (rows.len / 8) * 16 &&
+             buffer_index >= 0 && buffer_index <= 0x7FFFFFFF;
+    int bad = 0;
+    if (ok) {
+        const int64_t n = rows.len / 8, size = dst.len / 16;
+        const int64_t *at = rows.buf;
+        const uint8_t *from = src.buf;
+        uint8_t *to = dst.buf;
+        const uint32_t index = (uint32_t)buffer_index;
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t i = 0; i < n; i++) {
+            if (at[i] < 0 || at[i] >= size) { bad = 1; break; }
+            uint8_t *view = to + at[i] * 16;
+            memcpy(view, from + i * 16, 16);
+            uint32_t len;
+            memcpy(&len, view, 4);
+            if (len > 12)
+                memcpy(view + 8, &index, 4);
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&dst);
+    if (!ok || bad) {
+        PyErr_SetString(PyExc_ValueError, ok ? "scatter_views: row out of range"
+                                             : "scatter_views: inconsistent sizes");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"walk", walk, METH_VARARGS,
      "walk(buf, start, n_pages, page_size, ts_off, commit_off, commit_size, data_off, "
@@ -1100,6 +1154,8 @@ static PyMethodDef methods[] = {
     {"render_text", render_text, METH_VARARGS,
      "render_text(n, literals, [(values, itemsize, kind)...], buffer_index) -> (views Block, "
      "data Block, bytes used): `lit0 v0 lit1 ... litk` per row as Utf8View"},
+    {"scatter_views", scatter_views, METH_VARARGS,
+     "scatter_views(dst, int64 rows, src, buffer_index): Utf8View rows put in place"},
     {"block", block, METH_VARARGS,
      "block(size) -> Block: zeroed memory for numpy to fill and export_array to hand over"},
     {"export_array", export_array, METH_VARARGS,

@@ -126,8 +126,68 @@ def constant_string(rs, name: str, text: str, n: int) -> pl.Series:
     return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))
 
 
-def rendered_text(rs, name: str, n: int, literals: list[str], columns: list[np.ndarray],
-                  hex_text: list[bool]) -> pl.Series | None:
+class Text:
+    """Utf8View strings in accelerator memory: 16-byte views and one data block (long strings
+    name it as variadic buffer 0)."""
+
+    def __init__(self, rs, n: int, views, data, used: int, valid: np.ndarray | None = None):
+        self.rs, self.n, self.views, self.data, self.used, self.valid = \
+            rs, n, views, data, used, valid
+
+    def __len__(self) -> int:
+        return self.n
+
+    def series(self, name: str = "") -> pl.Series:
+        bitmap, nulls = _validity(self.rs, self.valid)
+        buffers = [bitmap, self.views]
+        if self.used:
+            buffers += [self.data, _filled(self.rs, np.array([self.used], np.int64))]
+        else:
+            buffers.append(self.rs.block(0))
+        return pl.Series(name, _Exported(self.rs, ("vu", name, self.n, nulls, buffers, [])))
+
+
+def text_of(rs, series: pl.Series) -> Text:
+    """A (short) String series as :class:`Text` (a Python loop: for rare events only)."""
+    strings = series.to_list()
+    table, data, null = view_table(strings)
+    views = _filled(rs, table[:len(strings)])
+    return Text(rs, len(strings), views, _filled(rs, np.frombuffer(data, np.uint8)), len(data),
+                ~null[:len(strings)] if null[:len(strings)].any() else None)
+
+
+def assemble_text(rs, name: str, parts: list, n: int, python_rows: int = 200_000
+                  ) -> pl.Series | None:
+    """One String column of `n` rows from (rows, Text or String series) parts, the views put
+    in place in C, each part's data block one variadic buffer; rows no part covers are null.
+    None when the series parts (turned into Text in Python) have more than `python_rows` rows,
+    or a part's strings pass the 4 GiB that views can address."""
+    if sum(len(text) for _, text in parts if not isinstance(text, Text)) > python_rows:
+        return None
+    texts = [(rows, text if isinstance(text, Text) else text_of(rs, text)) for rows, text in parts]
+    if any(text.used > 0xFFFFFFFF for _, text in texts):
+        return None
+    views = rs.block(16 * n)
+    covered = np.zeros(n, bool)
+    data, sizes = [], []
+    for rows, text in texts:
+        index = len(data) if text.used else 0
+        rows = np.ascontiguousarray(rows, np.int64)
+        rs.scatter_views(views, rows, text.views, index)
+        if text.valid is None:
+            covered[rows] = True
+        else:
+            covered[rows] = text.valid
+        if text.used:
+            data.append(text.data)
+            sizes.append(text.used)
+    bitmap, nulls = _validity(rs, covered)
+    buffers = [bitmap, views, *data, _filled(rs, np.array(sizes, np.int64))]
+    return pl.Series(name, _Exported(rs, ("vu", name, n, nulls, buffers, [])))
+
+
+def rendered_text(rs, n: int, literals: list[str], columns: list[np.ndarray],
+                  hex_text: list[bool]) -> Text | None:
     """Row i is ``literals[0] columns[0][i] literals[1] ... literals[-1]`` (integers in
     decimal, or ``0x`` hex where `hex_text` says so), rendered by the accelerator; None when a
     column is not an integer array or the text would pass the views' 4 GiB of offsets."""
@@ -142,9 +202,4 @@ def rendered_text(rs, name: str, n: int, literals: list[str], columns: list[np.n
         views, data, used = rs.render_text(n, [lit.encode() for lit in literals], specs, 0)
     except ValueError:
         return None
-    buffers = [None, views]
-    if used:
-        buffers += [data, _filled(rs, np.array([used], np.int64))]
-    else:
-        buffers.append(rs.block(0))
-    return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))
+    return Text(rs, n, views, data, used)

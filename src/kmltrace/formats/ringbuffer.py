@@ -148,7 +148,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
     # each column is assembled once at full length, in time order, from the types' pieces
     columns: dict[str, list] = {}
     numeric = _NumericColumns(n)
-    raws: list[tuple[np.ndarray, pl.Series]] = []
+    raws: list[tuple[np.ndarray, pl.Series | arrow_columns.Text]] = []
     # the rows of each event type present, from one stable sort by type
     if rs is not None:
         by_type, type_counts = (np.frombuffer(a, np.int64) for a in rs.type_order(
@@ -222,11 +222,16 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
         fields[name] = _assemble(name, columns.pop(name), n, rs)
     if "lost" in fields:
         fields["lost"] = pl.select(pl.when(fields["lost"] >= 0).then(fields["lost"])).to_series()
-    raw_parts = [(rows, Piece("raw", r, pl.String)) for rows, r in raws]
+    raw = arrow_columns.assemble_text(rs, "raw", raws, n) if rs is not None and raws else None
+    if raw is None:
+        raw_parts = [(rows, Piece("raw", r.series() if isinstance(r, arrow_columns.Text) else r,
+                                  pl.String)) for rows, r in raws]
+        raw = _assemble("raw", raw_parts, n) if raw_parts else \
+            pl.repeat(None, n, dtype=pl.String, eager=True)
+        del raw_parts
     del raws
-    fields["raw"] = _assemble("raw", raw_parts, n) if raw_parts else \
-        pl.repeat(None, n, dtype=pl.String, eager=True)
-    del raw_parts
+    fields["raw"] = raw
+    del raw
     _return_freed_memory()
 
     if rs is not None:

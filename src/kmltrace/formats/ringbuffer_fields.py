@@ -289,7 +289,8 @@ def field_columns(reads: Reads, fmt: EventFormat, start: np.ndarray, length: np.
     return pieces, raw
 
 
-def _render_raw(raw_parts: list[tuple[str, str, object]], n: int, rs=None) -> pl.Series:
+def _render_raw(raw_parts: list[tuple[str, str, object]], n: int, rs=None
+                ) -> pl.Series | arrow_columns.Text:
     """The `name=value ...` text of one event type's records (unsigned longs in hex); with
     the C accelerator `rs`, in C when every field is an integer (most events)."""
     if rs is not None:
@@ -298,9 +299,9 @@ def _render_raw(raw_parts: list[tuple[str, str, object]], n: int, rs=None) -> pl
         if len(literals) == len(raw_parts) + 1:
             values = [v[0] if isinstance(v, tuple) else v for _, _, v in raw_parts]
             hex_text = [isinstance(v, tuple) and v[1] for _, _, v in raw_parts]
-            text = arrow_columns.rendered_text(rs, "raw", n, literals, values, hex_text)
+            text = arrow_columns.rendered_text(rs, n, literals, values, hex_text)
             if text is not None:
-                return text
+                return text     # an arrow_columns.Text: the decode puts it in place
     raw_cols: dict[str, object] = {}
     for _, key, values in raw_parts:
         if isinstance(values, tuple):
