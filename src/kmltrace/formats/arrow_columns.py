@@ -49,6 +49,23 @@ def _validity(rs, valid: np.ndarray | None):
     return _filled(rs, np.packbits(valid, bitorder="little")), nulls
 
 
+def numeric_column(rs, name: str, n: int, dtype, parts: list) -> pl.Series:
+    """An integer column of `n` rows with values[rows] = v for each (rows, v) of `parts`, null
+    where no part writes: zeroed accelerator memory (rows no part writes stay untouched
+    pages) and a validity bitmap."""
+    dtype = np.dtype(dtype)
+    block = rs.block(n * dtype.itemsize)
+    values = np.frombuffer(block, dtype)
+    covered = np.zeros(n, bool)
+    for rows, v in parts:
+        values[rows] = v
+        covered[rows] = True
+    del values
+    bitmap, nulls = _validity(rs, covered)
+    return pl.Series(name, _Exported(rs, (_ARROW_INTS[dtype], name, n, nulls,
+                                          [bitmap, block], [])))
+
+
 def view_table(strings: list[str | None]) -> tuple[np.ndarray, bytes, np.ndarray]:
     """The 16-byte Utf8View of each string (None: an empty view, marked null), the data
     buffer of the strings longer than 12 bytes, and which entries are null."""

@@ -147,7 +147,7 @@ def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
 
     # each column is assembled once at full length, in time order, from the types' pieces
     columns: dict[str, list] = {}
-    numeric = _NumericColumns(n)
+    numeric = _NumericColumns(n, rs)
     raws: list[tuple[np.ndarray, pl.Series | arrow_columns.Text]] = []
     # the rows of each event type present, from one stable sort by type
     if rs is not None:
@@ -330,8 +330,8 @@ _NUMPY_OF = {pl.Int8: np.int8, pl.Int16: np.int16, pl.Int32: np.int32, pl.Int64:
 class _NumericColumns:
     """Numeric columns collected type by type, made full-length once every type is read."""
 
-    def __init__(self, n: int):
-        self.n = n
+    def __init__(self, n: int, rs=None):
+        self.n, self.rs = n, rs
         self.parts: dict[str, tuple[pl.DataType, type, list]] = {}
         self.refused: set[str] = set()
 
@@ -360,15 +360,19 @@ class _NumericColumns:
             # numpy memory, which polars takes without a copy: zeroed (calloc) pages that no
             # row writes are never touched, and big arrays sit in huge pages (a 4 KiB page
             # fault per page of a polars-allocated column cost more than filling it)
-            values = np.zeros(self.n, np_dtype)
-            covered = np.zeros(self.n, bool)
-            for rows, v in parts:
-                values[rows] = v
-                covered[rows] = True
+            if self.rs is not None and np.dtype(np_dtype).kind in "iu":
+                # accelerator memory with a validity bitmap, handed over as is
+                out[name] = arrow_columns.numeric_column(self.rs, name, self.n, np_dtype, parts)
+            else:
+                values = np.zeros(self.n, np_dtype)
+                covered = np.zeros(self.n, bool)
+                for rows, v in parts:
+                    values[rows] = v
+                    covered[rows] = True
+                # a masked array becomes a column with nulls without another pass
+                out[name] = pl.Series(name, np.ma.MaskedArray(values, mask=~covered)) \
+                    if not covered.all() else pl.Series(name, values)
             del parts
-            # a masked array becomes a column with nulls without another pass
-            out[name] = pl.Series(name, np.ma.MaskedArray(values, mask=~covered)) \
-                if not covered.all() else pl.Series(name, values)
             if out[name].dtype != dtype:
                 out[name] = out[name].cast(dtype)
         return out
