@@ -597,7 +597,7 @@ typedef struct {
     void *data;
 } Memory;
 
-static Memory *memory_new(size_t size) {
+static Memory *memory_new(size_t size, int huge) {
     Memory *m = malloc(sizeof *m);
     if (!m)
         return NULL;
@@ -607,7 +607,8 @@ static Memory *memory_new(size_t size) {
         free(m);
         return NULL;
     }
-    advise_huge(p, mapped);
+    if (huge)
+        advise_huge(p, mapped);
     m->refs = 1;
     m->size = size;
     m->data = p;
@@ -650,7 +651,8 @@ static PyTypeObject BlockType = {
 
 static PyObject *block(PyObject *self, PyObject *args) {
     long long size;
-    if (!PyArg_ParseTuple(args, "L", &size))
+    int huge = 1;
+    if (!PyArg_ParseTuple(args, "L|p", &size, &huge))
         return NULL;
     if (size < 0 || (unsigned long long)size > ((unsigned long long)1 << 40)) {
         PyErr_SetString(PyExc_ValueError, "block: bad size");
@@ -659,7 +661,7 @@ static PyObject *block(PyObject *self, PyObject *args) {
     Block *b = PyObject_New(Block, &BlockType);
     if (!b)
         return NULL;
-    b->memory = memory_new((size_t)size);
+    b->memory = memory_new((size_t)size, huge);
     if (!b->memory) {
         Py_TYPE(b)->tp_free((PyObject *)b);
         return PyErr_NoMemory();
@@ -933,7 +935,7 @@ static Block *new_block(size_t size) {
     Block *b = PyObject_New(Block, &BlockType);
     if (!b)
         return NULL;
-    b->memory = memory_new(size);
+    b->memory = memory_new(size, 1);
     if (!b->memory) {
         Py_TYPE(b)->tp_free((PyObject *)b);
         PyErr_NoMemory();
@@ -1157,7 +1159,8 @@ static PyMethodDef methods[] = {
     {"scatter_views", scatter_views, METH_VARARGS,
      "scatter_views(dst, int64 rows, src, buffer_index): Utf8View rows put in place"},
     {"block", block, METH_VARARGS,
-     "block(size) -> Block: zeroed memory for numpy to fill and export_array to hand over"},
+     "block(size, huge=True) -> Block: zeroed memory for numpy to fill and export_array to "
+     "hand over (huge: in transparent huge pages, for memory that will be written whole)"},
     {"export_array", export_array, METH_VARARGS,
      "export_array((format, name, length, null_count, [Block|None...], [child spec...])) -> "
      "(arrow_schema capsule, arrow_array capsule), the Blocks' memory shared, not copied"},

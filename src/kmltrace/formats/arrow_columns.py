@@ -54,7 +54,10 @@ def numeric_column(rs, name: str, n: int, dtype, parts: list) -> pl.Series:
     where no part writes: zeroed accelerator memory (rows no part writes stay untouched
     pages) and a validity bitmap."""
     dtype = np.dtype(dtype)
-    block = rs.block(n * dtype.itemsize)
+    written = sum(rows.size for rows, _ in parts)
+    # a column of a rare field: 4 KiB pages, so that a value written here and there does not
+    # make a whole 2 MiB huge page resident (and zeroed)
+    block = rs.block(n * dtype.itemsize, written * 16 >= n)
     values = np.frombuffer(block, dtype)
     covered = np.zeros(n, bool)
     for rows, v in parts:
