@@ -31,6 +31,8 @@
 #define STEP_END ((int64_t)1 << 40)
 #define COMMIT_MASK (((int64_t)1 << 30) - 1)
 
+static PyObject *new_block_object(size_t size);     /* a Block (below) of `size` bytes */
+
 static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
@@ -562,8 +564,20 @@ static PyObject *gather_blocks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "gather_blocks: width outside the buffer");
     } else {
         int64_t n = at.len / 8;
-        uint8_t *out;
-        result = new_array(n, width, (void **)&out);
+        uint8_t *out = NULL;
+        /* a Block: a fixed array's bytes become a list column's values without a copy */
+        result = n <= ((int64_t)1 << 40) / width ? new_block_object((size_t)(n * width)) : NULL;
+        if (!result && !PyErr_Occurred())
+            PyErr_SetString(PyExc_MemoryError, "gather_blocks: output too large");
+        if (result) {
+            Py_buffer w;
+            if (PyObject_GetBuffer(result, &w, PyBUF_WRITABLE) < 0) {
+                Py_CLEAR(result);
+            } else {
+                out = w.buf;
+                PyBuffer_Release(&w);   /* the Block keeps the memory: the pointer stays valid */
+            }
+        }
         if (result) {
             const int64_t *pos = at.buf;
             const uint8_t *data = buf.buf;
@@ -944,6 +958,10 @@ static Block *new_block(size_t size) {
     return b;
 }
 
+static PyObject *new_block_object(size_t size) {
+    return (PyObject *)new_block(size);
+}
+
 /* render_text(n, [lit0, ..., litk], [(values, itemsize, kind), ...k], buffer_index) ->
  * (views Block, data Block, data bytes used): row i is lit0 v0 lit1 v1 ... litk as Arrow
  * Utf8View views (strings of up to 12 bytes inline, longer ones in the data block, which
@@ -1150,7 +1168,7 @@ static PyMethodDef methods[] = {
     {"type_order", type_order, METH_VARARGS,
      "type_order(int32 index, n_types) -> (int64 stable order, int64 counts)"},
     {"gather_blocks", gather_blocks, METH_VARARGS,
-     "gather_blocks(buf, int64 at, width) -> bytearray of width bytes per index (clipped)"},
+     "gather_blocks(buf, int64 at, width) -> Block of width bytes per index (clipped)"},
     {"take_rows", take_rows, METH_VARARGS,
      "take_rows(src, width, idx, idx_size, dst): dst row i = src row idx[i] (width bytes)"},
     {"render_text", render_text, METH_VARARGS,

@@ -39,6 +39,20 @@ def _filled(rs, values: np.ndarray):
     return block
 
 
+def _block_of(rs, values: np.ndarray):
+    """The accelerator Block that `values` is exactly (all of it, in order), else None."""
+    base = values
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if base is None or type(base).__name__ != "Block" or not values.flags.c_contiguous:
+        return None
+    whole = np.frombuffer(base, np.uint8)
+    if values.nbytes != whole.nbytes or (values.nbytes and
+                                         values.ctypes.data != whole.ctypes.data):
+        return None
+    return base
+
+
 def _validity(rs, valid: np.ndarray | None):
     """(bitmap Block or None, null count) of a boolean row mask."""
     if valid is None:
@@ -128,7 +142,8 @@ def list_column(rs, name: str, rows: np.ndarray, values: np.ndarray, n: int) -> 
     covered = np.zeros(n, bool)
     covered[rows] = True
     bitmap, nulls = _validity(rs, covered)
-    child = (fmt, "item", int(values.size), 0, [None, _filled(rs, values)], [])
+    child = (fmt, "item", int(values.size), 0, [None, _block_of(rs, values) or
+                                                   _filled(rs, values)], [])
     return pl.Series(name, _Exported(rs, ("+L", name, n, nulls, [bitmap, offsets], [child])))
 
 
