@@ -202,7 +202,9 @@ def assemble_text(rs, name: str, parts: list, n: int, python_rows: int = 200_000
     texts = [(rows, text if isinstance(text, Text) else text_of(rs, text)) for rows, text in parts]
     if any(text.used > 0xFFFFFFFF for _, text in texts):
         return None
-    views = rs.block(16 * n)
+    # huge pages when most rows are written; else 4 KiB pages, so that a row written here
+    # and there does not make a 2 MiB page resident
+    views = rs.block(16 * n, sum(rows.size for rows, _ in texts) * 16 >= n)
     covered = np.zeros(n, bool)
     data, sizes = [], []
     for rows, text in texts:

@@ -420,6 +420,14 @@ def _assemble(name: str, parts: list, n: int, rs=None) -> pl.Series:
             column = arrow_columns.list_column(rs, name, rows, values, n)
             if column is not None:
                 return column
+    if rs is not None and parts and all(isinstance(p.values, pl.Series) and
+                                        p.values.dtype == pl.String for _, p in parts):
+        # strings (a sched_switch's comms...): views put in place in accelerator memory; a
+        # polars column of nulls would be read whole, a fault per 4 KiB of untouched views
+        column = arrow_columns.assemble_text(rs, name, [(rows, p.values) for rows, p in parts],
+                                             n)
+        if column is not None:
+            return column
     total = sum(rows.size for rows, _ in parts)
     kinds = {"series" if isinstance(p.values, pl.Series) else "array" for _, p in parts}
     covered = None
