@@ -183,21 +183,32 @@ class Text:
 
 
 def text_of(rs, series: pl.Series) -> Text:
-    """A (short) String series as :class:`Text` (a Python loop: for rare events only)."""
-    strings = series.to_list()
-    table, data, null = view_table(strings)
-    views = _filled(rs, table[:len(strings)])
-    return Text(rs, len(strings), views, _filled(rs, np.frombuffer(data, np.uint8)), len(data),
-                ~null[:len(strings)] if null[:len(strings)].any() else None)
+    """A String series as :class:`Text` (vectorised: all its bytes are the data block)."""
+    k = series.len()
+    valid = series.is_not_null().to_numpy()
+    lengths = series.str.len_bytes().fill_null(0).to_numpy().astype(np.int64)
+    data = np.frombuffer(series.fill_null("").str.join("").item().encode("utf-8"), np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    views = np.zeros((k, 16), np.uint8)
+    views[:, 0:4] = lengths.astype("<u4").view(np.uint8).reshape(k, 4)
+    if data.size:
+        # the first 12 bytes of each string (inline), zero past its end
+        at = starts[:, None] + np.arange(12)
+        head = np.where(np.arange(12) < lengths[:, None], data[np.minimum(at, data.size - 1)], 0)
+        long = lengths > 12
+        views[:, 4:16] = head
+        views[long, 8:12] = 0                       # buffer index 0: the data block
+        views[long, 12:16] = starts[long].astype("<u4").view(np.uint8).reshape(-1, 4)
+    return Text(rs, k, _filled(rs, views), _filled(rs, data), int(data.size),
+                valid if not valid.all() else None)
 
 
-def assemble_text(rs, name: str, parts: list, n: int, python_rows: int = 200_000
-                  ) -> pl.Series | None:
+def assemble_text(rs, name: str, parts: list, n: int) -> pl.Series | None:
     """One String column of `n` rows from (rows, Text or String series) parts, the views put
     in place in C, each part's data block one variadic buffer; rows no part covers are null.
-    None when the series parts (turned into Text in Python) have more than `python_rows` rows,
-    or a part's strings pass the 4 GiB that views can address."""
-    if sum(len(text) for _, text in parts if not isinstance(text, Text)) > python_rows:
+    None when a part's strings pass the 4 GiB that views can address."""
+    if any(not isinstance(text, Text) and text.str.len_bytes().sum() > 0xFFFFFFFF
+           for _, text in parts):
         return None
     texts = [(rows, text if isinstance(text, Text) else text_of(rs, text)) for rows, text in parts]
     if any(text.used > 0xFFFFFFFF for _, text in texts):
