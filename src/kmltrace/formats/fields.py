@@ -260,29 +260,44 @@ FAST_PREFIX = "__fast_"
 def scanned_field_columns(table: pl.DataFrame, sample: pl.DataFrame, event: str = "event",
                           raw: str = "raw") -> pl.DataFrame:
     """:func:`field_columns` for a table from the C scanner: the regexes run only on the rows
-    it did not decode (usually a few), their columns are joined back by row and merged with
-    the scanner's ``__fast_*`` values. Same columns, same values as the regexes on all rows."""
+    it did not decode (usually a few), whose values are then placed among the scanner's
+    ``__fast_*`` ones. Same columns, same values as the regexes on all rows."""
     texts: dict = {}
     for name, text in sample.select(event, raw).iter_rows():
         texts.setdefault(name, []).append(text)
     specs = [spec for spec in EVENT_FIELDS if _fits(spec, texts)]
-    names = {name for spec in specs for name in spec.events}
-    todo = table.select(
-        (pl.col(event).is_in(list(names)) & ~pl.col(DECODED)).arg_true()).to_series()
+    names = [name for spec in specs for name in spec.events]
+    undecoded = table.get_column(DECODED).not_().arg_true()
+    todo = undecoded.filter(table.get_column(event).gather(undecoded).is_in(names))
     parsed = field_columns(
         table.select(event, raw)[todo].lazy().with_columns(pl.lit(False).alias(DECODED)),
         event, raw, sample=sample).collect().drop(event, raw)
-    parsed = parsed.with_columns(todo.cast(pl.Int64).alias("__row"))
     # the scanner's values count where their table entry runs, as in field_columns
     fast = {column for spec in specs if spec.fast for name, kind in spec.kinds.items()
             for column in ((name, name + SYM_SUFFIX) if kind == "ps" else (name,))
             if FAST_PREFIX + column in table.columns}
-    merged = [pl.coalesce(FAST_PREFIX + name, name).alias(name) if name in fast else pl.col(name)
-              for name in parsed.columns if name != "__row"]
+    columns = []
+    for values in parsed.iter_columns():
+        name = values.name
+        if name in fast:
+            column = table.get_column(FAST_PREFIX + name).alias(name)
+        else:
+            column = pl.repeat(None, table.height, dtype=values.dtype, eager=True).alias(name)
+        if values.null_count() < values.len():
+            column = _placed(column, todo, values)
+        columns.append(column)
     scanner_columns = [n for n in table.columns if n == DECODED or n.startswith(FAST_PREFIX)]
-    return (table.with_row_index("__row").with_columns(pl.col("__row").cast(pl.Int64))
-            .join(parsed, on="__row", how="left", maintain_order="left")
-            .with_columns(merged).drop(["__row", *scanner_columns]))
+    return table.drop(scanner_columns).with_columns(columns)
+
+
+def _placed(column: pl.Series, rows: pl.Series, values: pl.Series) -> pl.Series:
+    """`column` with `values` at `rows` (ascending; the column is null there)."""
+    if not column.dtype.is_nested():
+        return column.clone().scatter(rows, values)
+    # lists are not scattered by polars (2.1): gather the values to their rows instead
+    at = pl.repeat(None, column.len(), dtype=pl.UInt32, eager=True).scatter(
+        rows, pl.int_range(0, rows.len(), dtype=pl.UInt32, eager=True))
+    return pl.select(pl.coalesce(values.gather(at), column)).to_series().alias(column.name)
 
 
 def fast_decoders(scanner) -> dict[bytes, int]:

@@ -135,7 +135,8 @@ class TextParse:
                         slow = None
                     else:
                         next_start, next_line = start + at, at_line
-                        next_end = pieces.end_of_piece(next_start)
+                        # an event on the piece's first line only: the next piece reads on
+                        next_end = pieces.end_of_piece(end if at == 0 else next_start)
                         fast = fast.filter(pl.col("line") < at_line)
                         deferred = deferred.filter(pl.col("line") < at_line)
                         if slow is not None:
