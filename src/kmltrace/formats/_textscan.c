@@ -45,11 +45,56 @@ typedef struct {
     int64_t len, cap;
 } Buf;
 
+/* Buffers are mapped, not malloc'ed: munmap gives a freed buffer back at once. glibc would
+ * keep it resident (its mmap threshold rises as big blocks are freed), and each piece of a
+ * big trace would add to the peak memory. A header before the data holds the mapped size. */
+#define BLOCK_HEADER 64
+#ifdef __linux__
+#include <sys/mman.h>
+static void *block_grow(void *p, int64_t size) {
+    size_t total = (size_t)size + BLOCK_HEADER;
+    char *m;
+    if (p) {
+        char *old = (char *)p - BLOCK_HEADER;
+        m = mremap(old, *(size_t *)old, total, MREMAP_MAYMOVE);
+    } else {
+        m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    }
+    if (m == MAP_FAILED) return NULL;
+    *(size_t *)m = total;
+    return m + BLOCK_HEADER;
+}
+
+static void block_free(void *p) {
+    if (!p) return;
+    char *m = (char *)p - BLOCK_HEADER;
+    munmap(m, *(size_t *)m);
+}
+#else
+static void *block_grow(void *p, int64_t size) {
+    char *m = realloc(p ? (char *)p - BLOCK_HEADER : NULL, (size_t)size + BLOCK_HEADER);
+    return m ? m + BLOCK_HEADER : NULL;
+}
+
+static void block_free(void *p) {
+    if (p) free((char *)p - BLOCK_HEADER);
+}
+#endif
+
+/* a zero-filled block */
+static void *block_zeros(int64_t size) {
+    char *p = block_grow(NULL, size);
+#ifndef __linux__
+    if (p) memset(p, 0, (size_t)size);
+#endif
+    return p;
+}
+
 static int buf_reserve(Buf *b, int64_t more) {
     if (b->len + more <= b->cap) return 0;
-    int64_t cap = b->cap ? b->cap : 4096;
+    int64_t cap = b->cap ? b->cap : 16384;
     while (cap < b->len + more) cap *= 2;
-    char *data = realloc(b->data, (size_t)cap);
+    char *data = block_grow(b->data, cap);
     if (!data) return -1;
     b->data = data;
     b->cap = cap;
@@ -128,10 +173,10 @@ static int col_list(Column *c, const uint64_t *items, int64_t n, int valid) {
 }
 
 static void col_free(Column *c) {
-    free(c->values.data);
-    free(c->validity.data);
-    free(c->offsets.data);
-    free(c->bytes.data);
+    block_free(c->values.data);
+    block_free(c->validity.data);
+    block_free(c->offsets.data);
+    block_free(c->bytes.data);
     memset(&c->values, 0, sizeof(Buf) * 4);
 }
 
@@ -151,7 +196,7 @@ static void release_array(struct ArrowArray *a) {
     free(a->children);
     Owned *owned = a->private_data;
     if (owned) {
-        for (int i = 0; i < 4; i++) free(owned->owned[i]);
+        for (int i = 0; i < 4; i++) block_free(owned->owned[i]);
         free(owned);
     }
     free(a->buffers);
@@ -170,7 +215,7 @@ static void release_schema(struct ArrowSchema *s) {
 }
 
 static char *packed_bits(const Buf *bytes, int64_t n) {
-    char *bits = calloc((size_t)((n + 7) / 8 + 1), 1);
+    char *bits = block_zeros((n + 7) / 8 + 1);
     if (!bits) return NULL;
     for (int64_t i = 0; i < n; i++)
         if (bytes->data[i]) bits[i >> 3] |= (char)(1 << (i & 7));
@@ -966,9 +1011,9 @@ static int scan_all(Scan *s) {
 
 static void scan_free(Scan *s) {
     for (int i = 0; i < NCOLS; i++) col_free(&s->cols[i]);
-    free(s->deferred.data);
-    free(s->deferred_lines.data);
-    free(s->deferred_offsets.data);
+    block_free(s->deferred.data);
+    block_free(s->deferred_lines.data);
+    block_free(s->deferred_offsets.data);
 }
 
 static PyObject *scan(PyObject *self, PyObject *args) {

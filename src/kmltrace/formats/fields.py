@@ -21,6 +21,7 @@ Kinds of values:
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -224,6 +225,11 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
         for name, text in sample.select(event, raw).iter_rows():
             texts.setdefault(name, []).append(text)
     specs = [spec for spec in EVENT_FIELDS if sample is None or _fits(spec, texts)]
+    return _with_fields(events, specs, event, raw)
+
+
+def _with_fields(events: pl.LazyFrame, specs: list[EventFields], event: str,
+                 raw: str) -> pl.LazyFrame:
     # rows the C scanner decoded (``__decoded``, values in ``__fast_<column>``) skip the regexes
     names = events.collect_schema().names()
     scanned = DECODED in names
@@ -269,25 +275,40 @@ def scanned_field_columns(table: pl.DataFrame, sample: pl.DataFrame, event: str 
     names = [name for spec in specs for name in spec.events]
     undecoded = table.get_column(DECODED).not_().arg_true()
     todo = undecoded.filter(table.get_column(event).gather(undecoded).is_in(names))
-    parsed = field_columns(
-        table.select(event, raw)[todo].lazy().with_columns(pl.lit(False).alias(DECODED)),
-        event, raw, sample=sample).collect().drop(event, raw)
     # the scanner's values count where their table entry runs, as in field_columns
     fast = {column for spec in specs if spec.fast for name, kind in spec.kinds.items()
             for column in ((name, name + SYM_SUFFIX) if kind == "ps" else (name,))
             if FAST_PREFIX + column in table.columns}
+    schema = _field_schema(tuple(EVENT_FIELDS.index(spec) for spec in specs))
+    parsed = None
+    if todo.len():
+        rows = table.select(event, raw)[todo]
+        present = set(rows.get_column(event).unique().to_list())
+        run = [spec for spec in specs if present.intersection(spec.events)]
+        # only the entries of the events left to the regexes (a plan per entry costs ~1 ms)
+        parsed = _with_fields(rows.lazy(), run, event, raw).collect().drop(event, raw)
     columns = []
-    for values in parsed.iter_columns():
-        name = values.name
-        if name in fast:
-            column = table.get_column(FAST_PREFIX + name).alias(name)
+    for name, dtype in schema.items():
+        values = parsed.get_column(name) if parsed is not None and name in parsed.columns else None
+        if values is not None and values.null_count() < values.len():
+            column = (table.get_column(FAST_PREFIX + name).alias(name) if name in fast
+                      else pl.repeat(None, table.height, dtype=dtype, eager=True).alias(name))
+            columns.append(_placed(column, todo, values))
+        elif name in fast:
+            columns.append(pl.col(FAST_PREFIX + name).alias(name))
         else:
-            column = pl.repeat(None, table.height, dtype=values.dtype, eager=True).alias(name)
-        if values.null_count() < values.len():
-            column = _placed(column, todo, values)
-        columns.append(column)
+            columns.append(pl.lit(None, dtype=dtype).alias(name))
     scanner_columns = [n for n in table.columns if n == DECODED or n.startswith(FAST_PREFIX)]
-    return table.drop(scanner_columns).with_columns(columns)
+    return table.with_columns(columns).drop(scanner_columns)
+
+
+@functools.lru_cache(maxsize=64)
+def _field_schema(spec_indexes: tuple[int, ...]) -> pl.Schema:
+    """The columns field_columns adds when the entries `spec_indexes` run (names, dtypes)."""
+    empty = pl.LazyFrame(schema={"event": pl.String, "raw": pl.String})
+    specs = [EVENT_FIELDS[i] for i in spec_indexes]
+    columns = _with_fields(empty, specs, "event", "raw").collect_schema()
+    return pl.Schema({n: t for n, t in columns.items() if n not in ("event", "raw")})
 
 
 def _placed(column: pl.Series, rows: pl.Series, values: pl.Series) -> pl.Series:

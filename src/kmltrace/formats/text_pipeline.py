@@ -126,7 +126,8 @@ class TextParse:
                         at_line, at = fast.row(-1)[:2]
                     else:       # no line taken (rare): the pipeline finds the last event
                         slow = self._classified_lines(deferred)
-                        owners = slow.filter(pl.col("kind").is_in(["event", "lost"]))
+                        owners = (slow.filter(pl.col("kind").is_in(["event", "lost"]))
+                                  if slow is not None else deferred.clear())
                         at_line, at = owners.row(-1)[:2] if owners.height else (None, None)
                     if at_line is None:         # no event yet: a bigger piece
                         next_start, next_end, next_line = start, pieces.end_of_piece(end), first_line
@@ -144,7 +145,7 @@ class TextParse:
                     future = pieces.submit(text_scan.scan, next_start, next_end, module,
                                            next_line, how, self.scan_prefixes())
                 if slow is None:
-                    slow = self._classified_lines(deferred)
+                    slow = self._classified_lines(deferred)   # None when there are none
                 frame = self._scanned_events(fast, slow, scanned.frac_digits)
                 del fast, deferred, slow, scanned
                 if not last:
@@ -159,8 +160,11 @@ class TextParse:
             pieces.close()
         self._finish(truncated, nul=nul)
 
-    def _classified_lines(self, lines: pl.DataFrame) -> pl.DataFrame:
-        """The lines the scanner left, split and classified by the polars grammar."""
+    def _classified_lines(self, lines: pl.DataFrame) -> pl.DataFrame | None:
+        """The lines the scanner left, split and classified by the polars grammar (None:
+        there are none, as in most pieces)."""
+        if lines.height == 0:
+            return None
         frame = lines.lazy()
         if self.lines_frame is not None:
             frame = self.lines_frame(frame)
@@ -173,7 +177,7 @@ class TextParse:
         """The table of one scanned piece: the scanner's rows (their event names need no
         event_frame: the scanner leaves those names to the pipeline; the scanner gives their
         system) and the pipeline's, in line order."""
-        events = self._slow_events(slow)
+        events = self._slow_events(slow) if slow is not None else None
         fast = fast.drop("__offset")
         if frac_digits is not None and fast.height:
             self._frac_digits = max(frac_digits, self._frac_digits or 0)
