@@ -1010,8 +1010,16 @@ static PyObject *render_text(PyObject *self, PyObject *args) {
             goto done;
         }
     }
-    /* a row is at most the literals and 20 characters a value */
-    const size_t row_max = (size_t)lit_total + 24 * (size_t)k;
+    /* a row is at most the literals and each value's widest text (the data block reserves
+     * that much address space a row; only what is written becomes memory) */
+    size_t row_max = (size_t)lit_total;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        static const int widest[3][9] = {
+            {0, 4, 6, 0, 11, 0, 0, 0, 20},      /* signed decimal by item size */
+            {0, 3, 5, 0, 10, 0, 0, 0, 20},      /* unsigned decimal */
+            {0, 4, 6, 0, 10, 0, 0, 0, 18}};     /* 0x hex */
+        row_max += widest[columns[j].kind][columns[j].itemsize];
+    }
     if ((size_t)n > ((size_t)1 << 46) / (row_max + 1)) {
         PyErr_SetString(PyExc_ValueError, "render_text: output too large");
         goto done;

@@ -248,6 +248,6 @@ def rendered_text(rs, n: int, literals: list[str], columns: list[np.ndarray],
                       else 1))
     try:
         views, data, used = rs.render_text(n, [lit.encode() for lit in literals], specs, 0)
-    except ValueError:
+    except (ValueError, MemoryError):   # the polars rendering needs less address space
         return None
     return Text(rs, n, views, data, used)
