@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kmltrace import accel
+from kmltrace.errors import KmltraceError
 from kmltrace.formats import ftrace_text, perf_script, sniff, text_scan, tracecmd_report
 from tests.conftest import require
 from tests.fuzzing import documents_from
@@ -49,7 +50,7 @@ def _scanner_or_skip():
 
 
 def _both(path: Path, module=None, **options):
-    """(pure, scanned) results of parsing `path`."""
+    """(pure, scanned) results of parsing `path` (a refusal is a result too)."""
     module = module or sniff.detect(path)
     results = []
     for pure in ("1", "0"):
@@ -63,6 +64,8 @@ def _both(path: Path, module=None, **options):
             else:
                 parsed = module.parse(path)
                 results.append((parsed.events, parsed.errors, parsed.meta))
+        except KmltraceError as e:
+            results.append((None, [e], {}))
         finally:
             os.environ.pop("KMLTRACE_PURE", None)
     return results

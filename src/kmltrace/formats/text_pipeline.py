@@ -87,7 +87,7 @@ class TextParse:
 
     def batches(self):
         module = text_scan.scanner() if self.grammar.scanner else None
-        if module is not None:
+        if module is not None and not text_scan.looks_compressed(_head(self.path)):
             yield from self._scanned_batches(module)
             return
         yield from self._line_batches()
@@ -345,6 +345,14 @@ class TextParse:
         if self.events == 0 and not errors:
             errors.append(InputError(f"no {grammar.what} events", path=str(path)))
         self.errors, self.meta = errors, meta
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
 
 
 def run(path: Path, grammar: Grammar, **options):

@@ -29,7 +29,15 @@ SCAN_BYTES = 1 << 23
 
 _DEFERRED_READ = dict(has_header=False, separator="\x00", quote_char=None, new_columns=["text"],
                       schema={"text": pl.String}, encoding="utf8-lossy",
-                      truncate_ragged_lines=True, raise_if_empty=False, comment_prefix=None)
+                      truncate_ragged_lines=True, raise_if_empty=False, comment_prefix=None,
+                      extra_columns="ignore")
+
+
+def looks_compressed(head: bytes) -> bool:
+    """Whether polars' reader takes this file start for gzip, zlib or zstd data (it then
+    refuses the file, which the pure path reports as it always did)."""
+    return (head.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd"))
+            or (len(head) > 1 and head[0] == 0x78 and head[1] in (0x01, 0x5e, 0x9c, 0xda)))
 
 
 def scanner():
@@ -80,7 +88,9 @@ def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...])
     line_numbers = np.frombuffer(lines, dtype=np.int64)
     if text:
         # the same reader as the pure path: same lossy UTF-8, same cut at a NUL byte
-        deferred = pl.read_csv(io.BytesIO(text), **_DEFERRED_READ)
+        # the same reader as the pure path; a blank first line keeps it from taking a line
+        # that starts like compressed data for a compressed stream
+        deferred = pl.scan_csv(io.BytesIO(b"\n" + text), **_DEFERRED_READ).collect().slice(1)
         if deferred.height != len(line_numbers):
             raise pl.exceptions.ComputeError(
                 f"the deferred lines read back as {deferred.height} rows, not "
