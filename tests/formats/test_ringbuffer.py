@@ -4,6 +4,7 @@ The real-capture checks are in test_tracedat.py and test_ftrace_raw.py."""
 
 from __future__ import annotations
 
+import os
 import struct
 
 import numpy as np
@@ -20,6 +21,20 @@ from kmltrace.formats.ringbuffer import (RB_MISSED_EVENTS, RB_MISSED_STORED, Cpu
 
 PAGE = 4096
 HEADER = PageHeader()          # 6.x x86-64: u64 timestamp, 8-byte commit, data at 16
+
+
+@pytest.fixture(scope="module", autouse=True, params=["accelerated", "pure"])
+def decoder_path(request):
+    """Every test here runs on both paths: the C accelerator (when built) and the pure numpy
+    one (KMLTRACE_PURE=1), the reference. Module-scoped (hypothesis tests take no
+    function-scoped fixtures), so the variable is set and restored by hand."""
+    before = os.environ.get("KMLTRACE_PURE")
+    os.environ["KMLTRACE_PURE"] = "1" if request.param == "pure" else "0"
+    yield request.param
+    if before is None:
+        os.environ.pop("KMLTRACE_PURE", None)
+    else:
+        os.environ["KMLTRACE_PURE"] = before
 
 # SYNTHETIC format texts, in the kernel's format-file syntax (sys_enter copied from 6.18)
 SYS_ENTER = """name: sys_enter
