@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -26,6 +27,9 @@ ATTRIBUTION = ("row", "task_pid", "task_comm", "image")
 #: parts are read once, right away: not worth compressing (Arrow IPC parts were no cheaper
 #: to write and, memory-mapped when read, raised the peak RSS)
 PART_OPTIONS = dict(compression="uncompressed", statistics=False)
+#: the output: zstd at level 1 wrote the 1.78 M-row bench table in 0.75 s (11 MB) where the
+#: default level took 1.16 s (9 MB)
+OUTPUT_OPTIONS = dict(compression="zstd", compression_level=1)
 #: (pid, row) packed in one Int64 key, as analysis.events does
 _PID_KEY = 1 << 40
 
@@ -61,14 +65,49 @@ def ingest_text(path: Path, module, output: Path, **options) -> Parsed:
                   event_count=rows)
 
 
+class _PartWriter:
+    """Writes parts in a worker thread (polars writes without the GIL), so the next batch is
+    parsed meanwhile; one write at a time in flight keeps the memory bounded."""
+
+    def __init__(self, parts_dir: Path):
+        self.parts_dir = parts_dir
+        self.count = 0
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        self.wait()
+        path = self.parts_dir / f"part-{self.count:06d}.parquet"
+        self._pending = self._pool.submit(frame.write_parquet, path, **PART_OPTIONS)
+        self.count += 1
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _write_parts(parse, parts_dir: Path) -> int:
     """Attribute each batch and write it as a part; untimed rows (lost-event records) go
     last, after every timed row, as merged_events puts them. Returns the rows written."""
+    writer = _PartWriter(parts_dir)
+    try:
+        return _write_batches(parse, writer)
+    finally:
+        writer.close()
+
+
+def _write_batches(parse, writer: _PartWriter) -> int:
     rows = 0
     last_ts = None
     execs: dict[int, int] = {}          # pid -> execs seen in earlier batches
     untimed: list[pl.DataFrame] = []
-    part = 0
     for batch in parse.batches():
         ts = batch.get_column("ts_ns")
         timed_rows = batch.height - ts.null_count()
@@ -85,8 +124,7 @@ def _write_parts(parse, parts_dir: Path) -> int:
             raise NeedsWholeTable("times go backwards")
         last_ts = ts[-1]
         batch = _attributed(batch, rows, execs)
-        batch.write_parquet(parts_dir / f"part-{part:06d}.parquet", **PART_OPTIONS)
-        part += 1
+        writer.write(batch)
         rows += batch.height
     if untimed:
         table = pl.concat(untimed, how="diagonal_relaxed")
@@ -97,7 +135,7 @@ def _write_parts(parse, parts_dir: Path) -> int:
             pid.alias("task_pid"),
             pl.when(pid.is_not_null()).then(pl.col("comm")).alias("task_comm"),
             pl.when(pid.is_not_null()).then(known).otherwise(0).cast(pl.Int32).alias("image"))
-        table.write_parquet(parts_dir / f"part-{part:06d}.parquet", **PART_OPTIONS)
+        writer.write(table)
         rows += table.height
     return rows
 
@@ -142,4 +180,4 @@ def _join_parts(parts_dir: Path, tmp: Path) -> None:
     frame = pl.scan_parquet(parts, schema=schema, missing_columns="insert", low_memory=True)
     frame = in_column_order(conform(frame))
     names = [n for n in frame.collect_schema().names() if n not in ATTRIBUTION]
-    frame.select(*names, *ATTRIBUTION).sink_parquet(tmp)
+    frame.select(*names, *ATTRIBUTION).sink_parquet(tmp, **OUTPUT_OPTIONS)

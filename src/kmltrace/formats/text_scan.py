@@ -25,7 +25,7 @@ from kmltrace.formats import fields as fieldtable
 
 #: Bytes scanned at a time: big enough that per-batch costs vanish, small enough that a
 #: batch's columns stay a fraction of the text (a batch holds ~2.5 times its text).
-SCAN_BYTES = 1 << 23
+SCAN_BYTES = 1 << 22
 
 _DEFERRED_READ = dict(has_header=False, separator="\x00", quote_char=None, new_columns=["text"],
                       schema={"text": pl.String}, encoding="utf8-lossy",
