@@ -92,6 +92,34 @@ def stats_counts(texts: list[str]) -> dict[str, int]:
     return out
 
 
+def _read_pages(raws: list[tuple[int, Path]], errors: list) -> tuple[np.ndarray, list]:
+    """The CPUs' page files read straight into one buffer (no per-file arrays to join), and
+    each one's segment of it."""
+    sizes = []
+    for cpu, f in raws:
+        try:
+            sizes.append(f.stat().st_size)
+        except OSError as e:
+            errors.append(InputError(f"cannot read: {e.strerror or e}", path=str(f)))
+            sizes.append(None)
+    buf = np.empty(sum(size or 0 for size in sizes), np.uint8)
+    view = memoryview(buf)
+    segments, pos = [], 0
+    for (cpu, f), size in zip(raws, sizes):
+        if size is None:
+            continue
+        try:
+            with open(f, "rb") as fh:
+                got = fh.readinto(view[pos:pos + size]) or 0
+        except OSError as e:
+            errors.append(InputError(f"cannot read: {e.strerror or e}", path=str(f)))
+            continue
+        segments.append(CpuSegment(cpu, pos, got, 0, str(f)))
+        pos += got
+    del view
+    return buf[:pos], segments
+
+
 def parse_dir(path: Path, raw_text: str = "untyped") -> Parsed:
     """Decode a bundle's ``ftrace/`` directory (`path` is that directory or the bundle);
     `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
@@ -121,18 +149,9 @@ def parse_dir(path: Path, raw_text: str = "untyped") -> Parsed:
         if m:
             raws.append((int(m[1]), f))
     raws.sort()
-    chunks, segments, pos = [], [], 0
-    for cpu, f in raws:
-        try:
-            data = np.fromfile(f, dtype=np.uint8)
-        except OSError as e:
-            errors.append(InputError(f"cannot read: {e.strerror or e}", path=str(f)))
-            continue
-        chunks.append(data)
-        segments.append(CpuSegment(cpu, pos, data.size, 0, str(f)))
-        pos += data.size
-    box = [np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)]
-    del chunks
+    buf, segments = _read_pages(raws, errors)
+    box = [buf]
+    del buf
     # box.pop(): the decode holds the only reference, and frees the pages once read
     decoded = decode(box.pop(), segments, formats, header, path=str(path),
                      long_size=long_size, cmdlines=cmdlines, tgids=tgids, raw_text=raw_text)
