@@ -147,20 +147,6 @@ def list_column(rs, name: str, rows: np.ndarray, values: np.ndarray, n: int) -> 
     return pl.Series(name, _Exported(rs, ("+L", name, n, nulls, [bitmap, offsets], [child])))
 
 
-def constant_string(rs, name: str, text: str, n: int) -> pl.Series:
-    """`text` on every one of `n` rows."""
-    views_table, data, _ = view_table([text])
-    views = rs.block(16 * n)
-    np.frombuffer(views, np.uint64).reshape(n, 2)[:] = views_table[0].view(np.uint64)
-    buffers = [None, views]
-    if data:
-        buffers += [_filled(rs, np.frombuffer(data, np.uint8)),
-                    _filled(rs, np.array([len(data)], np.int64))]
-    else:
-        buffers.append(rs.block(0))
-    return pl.Series(name, _Exported(rs, ("vu", name, n, 0, buffers, [])))
-
-
 class Text:
     """Utf8View strings in accelerator memory: 16-byte views and one data block (long strings
     name it as variadic buffer 0)."""

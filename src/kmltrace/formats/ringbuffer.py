@@ -483,13 +483,6 @@ def _assemble(name: str, parts: list, n: int, rs=None) -> pl.Series:
     return joined.gather(idx).alias(name)
 
 
-def _null_where(series: pl.Series, covered: np.ndarray) -> pl.Series:
-    """`series` with nulls where `covered` is False."""
-    if covered.all():
-        return series
-    return series.set(pl.Series(~covered), None)
-
-
 def _comm_expr(cmdlines: dict[int, str] | None) -> pl.Expr:
     table = {0: "<idle>", **(cmdlines or {})}
     return pl.col("pid").replace_strict(list(table), list(table.values()), default=None,

@@ -80,12 +80,6 @@ class Reads:
         return windows[np.clip(at, 0, buf.size - width)]
 
 
-def _gather_uint(buf: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
-    """Little-endian unsigned integers of `size` bytes at buffer indices `at` (as uint64)."""
-    return Reads(buf).ints(at, size).astype(np.uint64)
-
-
-
 def _cut_strings(mat: np.ndarray) -> pl.Series:
     """Rows of bytes cut at the first NUL, as a String series (non-UTF-8 bytes escaped)."""
     n, width = mat.shape
