@@ -197,3 +197,26 @@ def test_fuzzed_perf_script_text_gives_the_same_table(tmp_path, data):
 def test_fuzzed_trace_cmd_report_text_gives_the_same_table(tmp_path, data):
     _scanner_or_skip()
     _fuzz_both(tmp_path, tracecmd_report, b"cpus=2\n" + data)
+
+
+_GRAMMARS = st.sampled_from(["tracefs", "tracecmd", "perf"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=3000),
+                      st.lists(st.sampled_from(_TRACEFS_LINES + _PERF_LINES + _REPORT_LINES),
+                               max_size=40).map(lambda ls: "\n".join(ls).encode())),
+       grammar=_GRAMMARS, first=st.integers(1, 2 ** 40))
+def test_every_line_is_taken_or_handed_back_once(data, grammar, first):
+    """The scanner on any bytes: no crash, and each line is either a row or deferred, once."""
+    _scanner_or_skip()
+    module = text_scan.scanner()
+    how = text_scan.setup(module, grammar, ftrace_text.RENAMED_EVENTS)
+    scanned = text_scan.scan(data, module, first, how, (b"buf: ",))
+    lines = data.count(b"\n") + (0 if data.endswith(b"\n") or not data else 1)
+    assert scanned.lines == lines
+    taken = scanned.fast.get_column("line").to_list()
+    handed = scanned.deferred.get_column("line").to_list()
+    assert sorted(taken + handed) == list(range(first, first + lines))
+    if scanned.first_nul is not None:
+        assert b"\x00" in data
