@@ -45,19 +45,45 @@ typedef struct {
     int64_t len, cap;
 } Buf;
 
-/* Buffers are mapped, not malloc'ed: munmap gives a freed buffer back at once. glibc would
- * keep it resident (its mmap threshold rises as big blocks are freed), and each piece of a
- * big trace would add to the peak memory. A header before the data holds the mapped size. */
+/* Buffers are mapped, not malloc'ed, and freed ones wait in a small cache for the next piece:
+ * glibc would keep every freed buffer resident (its mmap threshold rises as big blocks are
+ * freed), so each piece of a big trace would add to the peak memory; unmapping at once would
+ * make every piece fault in (and zero) fresh pages instead. A header before the data holds
+ * the mapped size. Arrow release callbacks may run on any thread: the cache has a lock. */
 #define BLOCK_HEADER 64
+#define CACHE_BLOCKS 64
+#define CACHE_BYTES ((size_t)96 << 20)
 #ifdef __linux__
+#include <pthread.h>
 #include <sys/mman.h>
+static pthread_mutex_t cache_lock = PTHREAD_MUTEX_INITIALIZER;
+static char *cache[CACHE_BLOCKS];
+static int cache_count;
+static size_t cache_bytes;
+
+static char *cached_block(size_t total) {
+    char *m = NULL;
+    pthread_mutex_lock(&cache_lock);
+    for (int i = 0; i < cache_count; i++)
+        if (*(size_t *)cache[i] >= total) {
+            m = cache[i];
+            cache[i] = cache[--cache_count];
+            cache_bytes -= *(size_t *)m;
+            break;
+        }
+    pthread_mutex_unlock(&cache_lock);
+    return m;
+}
+
 static void *block_grow(void *p, int64_t size) {
     size_t total = (size_t)size + BLOCK_HEADER;
     char *m;
     if (p) {
         char *old = (char *)p - BLOCK_HEADER;
+        if (*(size_t *)old >= total) return p;
         m = mremap(old, *(size_t *)old, total, MREMAP_MAYMOVE);
     } else {
+        if ((m = cached_block(total))) return m + BLOCK_HEADER;
         m = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     }
     if (m == MAP_FAILED) return NULL;
@@ -68,7 +94,15 @@ static void *block_grow(void *p, int64_t size) {
 static void block_free(void *p) {
     if (!p) return;
     char *m = (char *)p - BLOCK_HEADER;
-    munmap(m, *(size_t *)m);
+    size_t size = *(size_t *)m;
+    pthread_mutex_lock(&cache_lock);
+    if (cache_count < CACHE_BLOCKS && cache_bytes + size <= CACHE_BYTES) {
+        cache[cache_count++] = m;
+        cache_bytes += size;
+        m = NULL;
+    }
+    pthread_mutex_unlock(&cache_lock);
+    if (m) munmap(m, size);
 }
 #else
 static void *block_grow(void *p, int64_t size) {
@@ -81,12 +115,10 @@ static void block_free(void *p) {
 }
 #endif
 
-/* a zero-filled block */
+/* a zero-filled block (a cached one holds old data) */
 static void *block_zeros(int64_t size) {
     char *p = block_grow(NULL, size);
-#ifndef __linux__
     if (p) memset(p, 0, (size_t)size);
-#endif
     return p;
 }
 

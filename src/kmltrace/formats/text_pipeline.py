@@ -177,12 +177,14 @@ class TextParse:
         """The table of one scanned piece: the scanner's rows (their event names need no
         event_frame: the scanner leaves those names to the pipeline; the scanner gives their
         system) and the pipeline's, in line order."""
-        events = self._slow_events(slow) if slow is not None else None
+        events = self._slow_events(slow, keep_empty=True) if slow is not None else None
         fast = fast.drop("__offset")
         if frac_digits is not None and fast.height:
             self._frac_digits = max(frac_digits, self._frac_digits or 0)
-        if events is None and fast.height == 0:
+        if (events is None or events.height == 0) and fast.height == 0:
             return None
+        if events is not None and events.height == 0 and "stack" not in events.columns:
+            events = None
         if events is None:
             table = fast.with_columns(pl.lit(None, dtype=pl.Int64).alias("lost"))
         else:
@@ -211,8 +213,11 @@ class TextParse:
         return (self.grammar.system if self.grammar.system is not None
                 else fieldtable.system_of(pl.col("event")))
 
-    def _slow_events(self, collected: pl.DataFrame) -> pl.DataFrame | None:
-        """The event rows of classified lines (bad lines reported, stack lines attached)."""
+    def _slow_events(self, collected: pl.DataFrame,
+                     keep_empty: bool = False) -> pl.DataFrame | None:
+        """The event rows of classified lines (bad lines reported, stack lines attached);
+        None when there are none, or (`keep_empty`) an empty frame that still carries the
+        ``stack`` column of stack lines no event line owns, as a whole batch's table does."""
         kinds = collected.get_column("kind")
         bad = collected.filter(pl.col("kind") == "bad").select("line", "text")
         if bad.height:
@@ -225,7 +230,7 @@ class TextParse:
             collected = _attach_stacks(collected)
         events = _event_rows(collected).drop("text", "kind", "__many")
         if events.height == 0:
-            return None
+            return events if keep_empty else None
         self._lost += int(events.get_column("lost").sum() or 0)
         digits = events.select(pl.col("ts_frac").str.len_bytes().max()).item()
         if digits is not None:
