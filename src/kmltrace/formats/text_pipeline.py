@@ -97,7 +97,9 @@ class TextParse:
         The next piece is scanned in a worker thread while this one becomes a table."""
         path, grammar = self.path, self.grammar
         how = text_scan.setup(module, grammar.scanner, grammar.scan_deferred)
-        size = self._piece_bytes or text_scan.SCAN_BYTES
+        # a whole parse keeps every batch anyway: bigger pieces, fewer per-piece costs
+        size = self._piece_bytes or (text_scan.WHOLE_SCAN_BYTES if self.whole
+                                     else text_scan.SCAN_BYTES)
         truncated = nul = None
         try:
             pieces = text_scan.Pieces(path, size)
