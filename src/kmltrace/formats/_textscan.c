@@ -16,27 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- the Arrow C data interface (https://arrow.apache.org/docs/format/CDataInterface.html) */
-
-struct ArrowSchema {
-    const char *format, *name, *metadata;
-    int64_t flags, n_children;
-    struct ArrowSchema **children;
-    struct ArrowSchema *dictionary;
-    void (*release)(struct ArrowSchema *);
-    void *private_data;
-};
-
-struct ArrowArray {
-    int64_t length, null_count, offset, n_buffers, n_children;
-    const void **buffers;
-    struct ArrowArray **children;
-    struct ArrowArray *dictionary;
-    void (*release)(struct ArrowArray *);
-    void *private_data;
-};
-
-#define ARROW_FLAG_NULLABLE 2
+#include "arrow_c.h"
 
 /* ---- growable buffers and column builders */
 
