@@ -116,6 +116,13 @@ def timed(command: list[str], stdout=subprocess.PIPE, env=None) -> tuple[dict, s
              "peak_rss_bytes": int(rss_kb) * 1024}, proc.stdout if stdout is subprocess.PIPE else "")
 
 
+def rates(usage: dict, lines: int, size: int) -> dict:
+    """Lines per wall and CPU second, and the peak RSS over the text's size."""
+    return {"lines_per_s": round(lines / usage["wall_s"]),
+            "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
+            "peak_rss_over_text": round(usage["peak_rss_bytes"] / size, 2)}
+
+
 def _shown(path: Path) -> str:
     """`path` relative to the repository when inside it (results hold no machine paths)."""
     try:
@@ -184,18 +191,13 @@ def main() -> int:
                 "format": report["inputs"][0]["format"], "events": report["events"],
                 "errors": len(report["errors"]), "precision": report["inputs"][0].get("precision"),
                 "parquet_bytes": out.stat().st_size,
-                **usage, "lines": lines, "bytes": size,
-                "lines_per_s": round(lines / usage["wall_s"]),
-                "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
-                "peak_rss_over_text": round(usage["peak_rss_bytes"] / size, 2),
+                **usage, "lines": lines, "bytes": size, **rates(usage, lines, size),
             }
             out.unlink()
             usage_b, stdout = timed([sys.executable, "-c", BATCHES, str(path)])
             results["kmltrace_batches"][name] = {
                 **json.loads(stdout.strip().splitlines()[-1]), **usage_b,
-                "lines_per_s": round(lines / usage_b["wall_s"]),
-                "lines_per_cpu_s": round(lines / usage_b["cpu_s"]) if usage_b["cpu_s"] else None,
-                "peak_rss_over_text": round(usage_b["peak_rss_bytes"] / size, 2)}
+                **rates(usage_b, lines, size)}
             print(f"kmltrace batches {name}: {usage_b['wall_s']} s "
                   f"({lines / usage_b['wall_s'] / 1e6:.2f} M lines/s), cpu {usage_b['cpu_s']} s, "
                   f"peak RSS {usage_b['peak_rss_bytes'] / size:.2f}x text", flush=True)
@@ -206,15 +208,12 @@ def main() -> int:
                 out.unlink()
                 results["kmltrace_pure"][name] = {
                     "command": f"KMLTRACE_PURE=1 kmltrace ingest {_shown(path)} -o OUT.parquet",
-                    **usage_r, "lines_per_s": round(lines / usage_r["wall_s"]),
-                    "peak_rss_over_text": round(usage_r["peak_rss_bytes"] / size, 2)}
+                    **usage_r, **rates(usage_r, lines, size)}
                 print(f"kmltrace ingest (pure) {name}: {usage_r['wall_s']} s", flush=True)
             usage_p, stdout = timed([sys.executable, "-c", PARSE, str(path)])
             results["kmltrace_parse"][name] = {
                 **json.loads(stdout.strip().splitlines()[-1]), **usage_p,
-                "lines_per_s": round(lines / usage_p["wall_s"]),
-                "lines_per_cpu_s": round(lines / usage_p["cpu_s"]) if usage_p["cpu_s"] else None,
-                "peak_rss_over_text": round(usage_p["peak_rss_bytes"] / size, 2)}
+                **rates(usage_p, lines, size)}
             print(f"kmltrace parse() {name}: {usage_p['wall_s']} s, cpu {usage_p['cpu_s']} s, "
                   f"peak RSS {usage_p['peak_rss_bytes'] / 2**20:.0f} MiB", flush=True)
             print(f"kmltrace ingest {name}: {lines} lines in {usage['wall_s']} s "
