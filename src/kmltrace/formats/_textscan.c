@@ -448,18 +448,18 @@ static int starts(const char *p, const char *end, const char *lit) {
 
 /* ---- the fast field decoders (each mirrors one entry of formats/fields.py) */
 
-enum Decoder { D_NONE, D_NR_ARGS, D_NR_RET, D_FAULT, D_VECTOR };
+enum Decoder { D_NONE, D_NR_ARGS, D_NR_RET, D_FAULT, D_VECTOR, D_FUNCTION };
 
 enum FieldCol {
     F_ID, F_ARGS, F_RET, F_ADDRESS, F_ADDRESS_SYM, F_IP, F_IP_SYM, F_ERROR_CODE, F_VECTOR,
-    F_COUNT
+    F_PARENT_IP, F_PARENT_IP_SYM, F_COUNT
 };
 
 typedef struct {
     int64_t id, ret, vector;
-    uint64_t address, ip, error_code, args[64];
+    uint64_t address, ip, error_code, parent_ip, args[64];
     int64_t nargs;
-    Span address_sym, ip_sym;
+    Span address_sym, ip_sym, parent_ip_sym;
     int have[F_COUNT];
 } Fields;
 
@@ -560,6 +560,17 @@ static int decode_vector(const char *p, const char *end, Fields *f) {
     return 1;
 }
 
+/* "do_user_addr_fault <-exc_page_fault" (a line already known to be of that form):
+ * r"^(?P<ip>\S+) <-(?P<parent_ip>\S+)$", both %ps */
+static int decode_function(const char *p, const char *end, Fields *f) {
+    const char *blank = token_end(p, end);
+    if (blank >= end || !starts(blank, end, " <-")) return 0;
+    return decode_ps(p, blank - p, &f->ip, &f->ip_sym, &f->have[F_IP], &f->have[F_IP_SYM])
+        && decode_ps(blank + 3, end - blank - 3, &f->parent_ip, &f->parent_ip_sym,
+                     &f->have[F_PARENT_IP], &f->have[F_PARENT_IP_SYM])
+        && token_end(blank + 3, end) == end;
+}
+
 static int decode_fields(int decoder, const char *p, const char *end, Fields *f) {
     memset(f->have, 0, sizeof f->have);
     switch (decoder) {
@@ -567,6 +578,7 @@ static int decode_fields(int decoder, const char *p, const char *end, Fields *f)
     case D_NR_RET: return decode_nr_ret(p, end, f);
     case D_FAULT: return decode_fault(p, end, f);
     case D_VECTOR: return decode_vector(p, end, f);
+    case D_FUNCTION: return decode_function(p, end, f);
     }
     return 0;
 }
@@ -641,6 +653,8 @@ static int read_stamp(const char *p, const char *end, int allow_flags, int need_
     return 1;
 }
 
+static const char FUNCTION_EVENT[] = "function";
+
 /* tracefs / trace-cmd: "comm-pid [(tgid)] [cpu] [flags] sec.frac: event: fields" */
 static int read_tracefs(const char *p, const char *end, int strip_padding, Header *h) {
     if (p < end && *p == '#') return 0;
@@ -679,7 +693,18 @@ static int read_tracefs(const char *p, const char *end, int strip_padding, Heade
     if (!colon || !read_stamp(tail, colon, 1, 0, h)) return 0;
     const char *body = colon + 2;
     const char *split = find2(body, end, ':', ' ');
-    if (!split) return 0;
+    if (!split) {
+        /* the function tracer's "func <-parent" (ftrace_text.FUNCTION_RE: r"^\S+ <-\S+$") */
+        const char *blank = memchr(body, ' ', (size_t)(end - body));
+        if (!blank || blank == body || !starts(blank, end, " <-") || end - blank <= 3
+            || memchr(blank + 1, ' ', (size_t)(end - blank - 1)))
+            return 0;
+        h->event.p = FUNCTION_EVENT;
+        h->event.n = sizeof FUNCTION_EVENT - 1;
+        h->raw.p = body;
+        h->raw.n = end - body;
+        return 1;
+    }
     h->event.p = body;
     h->event.n = split - body;
     const char *raw = split + 2;
@@ -794,11 +819,12 @@ static const char *const NAMES[NCOLS] = {
     "line", "__offset", "comm", "pid", "tgid", "cpu", "flags", "ts_ns", "event", "raw",
     "system", "__decoded",
     "__fast_id", "__fast_args", "__fast_ret", "__fast_address", "__fast_address_sym",
-    "__fast_ip", "__fast_ip_sym", "__fast_error_code", "__fast_vector",
+    "__fast_ip", "__fast_ip_sym", "__fast_error_code", "__fast_vector", "__fast_parent_ip",
+    "__fast_parent_ip_sym",
 };
 static const enum Kind KINDS[NCOLS] = {
     K_I64, K_I64, K_UTF8, K_I32, K_I32, K_I32, K_UTF8, K_I64, K_UTF8, K_UTF8, K_UTF8, K_BOOL,
-    K_I64, K_LIST_U64, K_I64, K_U64, K_UTF8, K_U64, K_UTF8, K_U64, K_I32,
+    K_I64, K_LIST_U64, K_I64, K_U64, K_UTF8, K_U64, K_UTF8, K_U64, K_I32, K_U64, K_UTF8,
 };
 
 typedef struct {
@@ -926,6 +952,8 @@ static int emit(Column *cols, const Line *ln, int64_t line_no, int64_t offset, i
     col_text(&fc[F_IP_SYM], f.ip_sym.p, f.ip_sym.n, f.have[F_IP_SYM]);
     col_i64(&fc[F_ERROR_CODE], (int64_t)f.error_code, f.have[F_ERROR_CODE]);
     col_i64(&fc[F_VECTOR], f.vector, f.have[F_VECTOR]);
+    col_i64(&fc[F_PARENT_IP], (int64_t)f.parent_ip, f.have[F_PARENT_IP]);
+    col_text(&fc[F_PARENT_IP_SYM], f.parent_ip_sym.p, f.parent_ip_sym.n, f.have[F_PARENT_IP_SYM]);
     return bad;
 }
 
@@ -1109,6 +1137,7 @@ PyMODINIT_FUNC PyInit__textscan(void) {
         || PyModule_AddIntConstant(m, "NR_RET", D_NR_RET)
         || PyModule_AddIntConstant(m, "FAULT", D_FAULT)
         || PyModule_AddIntConstant(m, "VECTOR", D_VECTOR)
+        || PyModule_AddIntConstant(m, "FUNCTION", D_FUNCTION)
         || PyModule_AddIntConstant(m, "DEFER", D_DEFER)) {
         Py_DECREF(m);
         return NULL;

@@ -173,7 +173,7 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
     EventFields("ftrace", ("print",), r"^ip=(?P<ip>\S+) buf=(?P<buf>.*)$", {"ip": "ps", "buf": "str"}),
     # function tracer: "do_user_addr_fault <-exc_page_fault" (or hex without symbols)
     EventFields("ftrace", ("function",), r"^(?P<ip>\S+) <-(?P<parent_ip>\S+)$",
-                {"ip": "ps", "parent_ip": "ps"}),
+                {"ip": "ps", "parent_ip": "ps"}, fast="FUNCTION"),
 )
 
 #: Event names that tracefs prints without their system, and the system they belong to.
