@@ -87,7 +87,9 @@ class TextParse:
 
     def batches(self):
         module = text_scan.scanner() if self.grammar.scanner else None
-        if module is not None and not text_scan.looks_compressed(_head(self.path)):
+        # the scanner maps the file: a pipe or a device is read by the pure path
+        if (module is not None and self.path.is_file()
+                and not text_scan.looks_compressed(_head(self.path))):
             yield from self._scanned_batches(module)
             return
         yield from self._line_batches()

@@ -23,8 +23,9 @@ import polars as pl
 from kmltrace.accel import use_accelerator
 from kmltrace.formats import fields as fieldtable
 
-#: Bytes scanned at a time when streaming (ingest): a piece's working memory is ~20 times
-#: its text, so 4 MiB keeps ingest's peak near the text's size (8 MiB: ~1.35x).
+#: Bytes scanned at a time when streaming (ingest). A piece's working memory is many times its
+#: text: on the 205 MB bench capture, 4 MiB pieces keep ingest's peak at 1.03-1.42x the text,
+#: 8 MiB ones reached ~1.7x.
 SCAN_BYTES = 1 << 22
 #: ... and for a whole parse (parse(): the table is kept whole anyway): 2.75 -> 1.87 s on the
 #: 205 MB bench text against 4 MiB pieces
@@ -90,9 +91,9 @@ def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...])
     fast = pl.Series(_Capsules(pair)).struct.unnest()
     line_numbers = np.frombuffer(lines, dtype=np.int64)
     if text:
-        # the same reader as the pure path: same lossy UTF-8, same cut at a NUL byte
-        # the same reader as the pure path; a blank first line keeps it from taking a line
-        # that starts like compressed data for a compressed stream
+        # the same reader as the pure path (same lossy UTF-8, same cut at a NUL byte); a blank
+        # first line keeps it from taking a line that starts like compressed data for a
+        # compressed stream
         deferred = pl.scan_csv(io.BytesIO(b"\n" + text), **_DEFERRED_READ).collect().slice(1)
         if deferred.height != len(line_numbers):
             raise pl.exceptions.ComputeError(
@@ -110,8 +111,8 @@ def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...])
 class Pieces:
     """The file memory-mapped and cut into pieces of whole lines, each scanned in a worker
     thread while the caller turns the one before into a table (the scan runs without the
-    GIL). A piece's end is only known once the one before it is scanned: the caller says
-    where the next piece starts (:meth:`next_from`)."""
+    GIL). Where the next piece starts is only known once this one is scanned (at its last
+    taken line), so the caller submits each next piece itself."""
 
     def __init__(self, path: Path, size: int = SCAN_BYTES):
         self.size = size
