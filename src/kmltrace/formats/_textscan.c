@@ -142,10 +142,9 @@ static int col_reserve(Column *c, int64_t rows, int64_t text) {
     if (c->kind != K_UTF8 && c->kind != K_LIST_U64 && buf_reserve(&c->values, rows * width))
         return -1;   /* values.len and validity.len stay 0: rows are stored by index */
     if (buf_reserve(&c->validity, rows)) return -1;
-    if (c->kind == K_UTF8) {
-        if (buf_reserve(&c->offsets, (rows + 1) * 8 - c->offsets.len)
+    if (c->kind == K_UTF8) {    /* `offsets` holds the 16-byte string views */
+        if (buf_reserve(&c->offsets, rows * 16 - c->offsets.len)
             || buf_reserve(&c->bytes, text)) return -1;
-        if (c->offsets.len == 0) { *(int64_t *)c->offsets.data = 0; c->offsets.len = 8; }
     }
     if (c->kind == K_LIST_U64) {
         if (buf_reserve(&c->offsets, (rows + 1) * 4 - c->offsets.len)) return -1;
@@ -167,13 +166,25 @@ static inline void col_i64(Column *c, int64_t x, int valid) {
     col_valid(c, valid);
 }
 
+/* A string as an Arrow string view (polars' own layout, so it imports without a copy): its
+ * length, then up to 12 bytes inline, or its first 4 bytes, buffer 0 and its offset there. */
 static inline void col_text(Column *c, const char *s, int64_t n, int valid) {
+    char *view = c->offsets.data + c->length * 16;
+    memset(view, 0, 16);
     if (valid) {
-        memcpy(c->bytes.data + c->bytes.len, s, (size_t)n);
-        c->bytes.len += n;
+        int32_t len = (int32_t)n;
+        memcpy(view, &len, 4);
+        if (n <= 12) {
+            memcpy(view + 4, s, (size_t)n);
+        } else {
+            int32_t at = (int32_t)c->bytes.len;
+            memcpy(view + 4, s, 4);
+            memcpy(view + 12, &at, 4);        /* buffer index 0 at view + 8 */
+            memcpy(c->bytes.data + c->bytes.len, s, (size_t)n);
+            c->bytes.len += n;
+        }
     }
-    ((int64_t *)c->offsets.data)[c->length + 1] = c->bytes.len;
-    c->offsets.len += 8;
+    c->offsets.len += 16;
     col_valid(c, valid);
 }
 
@@ -242,7 +253,7 @@ static const char *format_of(enum Kind kind) {
     case K_I64: return "l";
     case K_U64: return "L";
     case K_BOOL: return "b";
-    case K_UTF8: return "U";
+    case K_UTF8: return "vu";
     case K_LIST_U64: return "+l";
     }
     return "n";
@@ -266,11 +277,11 @@ static int export_column(Column *c, struct ArrowSchema **schema_out,
     Owned *owned = calloc(1, sizeof *owned);
     if (!s || !a || !owned) goto fail;
     int64_t n = c->length;
-    if (c->offsets.len == 0 && (c->kind == K_UTF8 || c->kind == K_LIST_U64)) {
-        /* no rows: one zero offset */
-        if (c->kind == K_UTF8) { int64_t z = 0; if (buf_put(&c->offsets, &z, 8)) goto fail; }
-        else { int32_t z = 0; if (buf_put(&c->offsets, &z, 4)) goto fail; }
+    if (c->offsets.len == 0 && c->kind == K_LIST_U64) {   /* no rows: one zero offset */
+        int32_t z = 0;
+        if (buf_put(&c->offsets, &z, 4)) goto fail;
     }
+    if (c->kind == K_UTF8 && c->bytes.len > INT32_MAX) goto fail;   /* view offsets are 32-bit */
     char *validity = c->nulls ? packed_bits(&c->validity, n) : NULL;
     if (c->nulls && !validity) goto fail;
     owned->owned[0] = validity;
@@ -279,13 +290,20 @@ static int export_column(Column *c, struct ArrowSchema **schema_out,
     a->private_data = owned;
     a->release = release_array;
     if (c->kind == K_UTF8) {
-        a->n_buffers = 3;
-        a->buffers = calloc(3, sizeof(void *));
-        if (!a->buffers) goto fail;
-        if (buf_reserve(&c->bytes, 1)) goto fail;   /* never a NULL data buffer */
+        /* validity, views, one data buffer, then the data buffers' sizes */
+        a->n_buffers = 4;
+        a->buffers = calloc(4, sizeof(void *));
+        int64_t *sizes = block_zeros(8);
+        if (!a->buffers || !sizes) { block_free(sizes); goto fail; }
+        if (buf_reserve(&c->bytes, 1) || buf_reserve(&c->offsets, 16)) {
+            block_free(sizes);
+            goto fail;
+        }
+        sizes[0] = c->bytes.len;
         a->buffers[0] = validity;
         a->buffers[1] = owned->owned[1] = c->offsets.data;
         a->buffers[2] = owned->owned[2] = c->bytes.data;
+        a->buffers[3] = owned->owned[3] = sizes;
         c->offsets.data = c->bytes.data = NULL;
     } else if (c->kind == K_LIST_U64) {
         a->n_buffers = 2;
