@@ -222,25 +222,21 @@ def main() -> int:
                   f"{usage['peak_rss_bytes'] / 2**20:.0f} MiB = "
                   f"{usage['peak_rss_bytes'] / size:.2f}x text", flush=True)
 
-    report_lines = count_lines(large / "trace-cmd-report.txt")
-    usage, _ = timed(["trace-cmd", "report", "-i", str(large / "trace.dat")],
-                     stdout=subprocess.DEVNULL)
-    results["tools"]["trace-cmd report"] = {
-        **usage, "lines": report_lines, "lines_per_s": round(report_lines / usage["wall_s"]),
-        "lines_per_cpu_s": round(report_lines / usage["cpu_s"]) if usage["cpu_s"] else None,
-        "command": f"trace-cmd report -i {_shown(large / 'trace.dat')} > /dev/null"}
-    print(f"trace-cmd report: {report_lines} lines in {usage['wall_s']} s "
-          f"({report_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
-
-    perf_lines = count_lines(large / "perf-script.txt")
-    usage, _ = timed(["perf", "script", "--ns", "-i", str(large / "perf.data")],
-                     stdout=subprocess.DEVNULL)
-    results["tools"]["perf script"] = {
-        **usage, "lines": perf_lines, "lines_per_s": round(perf_lines / usage["wall_s"]),
-        "lines_per_cpu_s": round(perf_lines / usage["cpu_s"]) if usage["cpu_s"] else None,
-        "command": f"perf script --ns -i {_shown(large / 'perf.data')} > /dev/null"}
-    print(f"perf script: {perf_lines} lines in {usage['wall_s']} s "
-          f"({perf_lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
+    # the tools that write the same texts from the same recording
+    for tool, command, text in (
+            ("trace-cmd report", ["trace-cmd", "report", "-i", large / "trace.dat"],
+             "trace-cmd-report.txt"),
+            ("perf script", ["perf", "script", "--ns", "-i", large / "perf.data"],
+             "perf-script.txt")):
+        lines = count_lines(large / text)
+        usage, _ = timed([str(c) for c in command], stdout=subprocess.DEVNULL)
+        shown = " ".join(_shown(c) if isinstance(c, Path) else c for c in command)
+        results["tools"][tool] = {
+            **usage, "lines": lines, "lines_per_s": round(lines / usage["wall_s"]),
+            "lines_per_cpu_s": round(lines / usage["cpu_s"]) if usage["cpu_s"] else None,
+            "command": f"{shown} > /dev/null"}
+        print(f"{tool}: {lines} lines in {usage['wall_s']} s "
+              f"({lines / usage['wall_s'] / 1e6:.2f} M lines/s)", flush=True)
 
     sampler.stop.set()
     import polars

@@ -27,6 +27,14 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_accelerator(name: str) -> None:
+    """The C accelerator `name` (kmltrace.formats.<name>) is built and switched on."""
+    from kmltrace import accel
+    require(accel.built(name), f"the {name} C accelerator is not built (needs gcc and the "
+                               "Python headers at install time)")
+    require(os.environ.get("KMLTRACE_PURE") != "1", "KMLTRACE_PURE=1 switches it off")
+
+
 def require_root() -> None:
     require(os.geteuid() == 0, "needs root")
 

@@ -13,19 +13,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmltrace.accel import built, use_accelerator
+from kmltrace.accel import use_accelerator
 from kmltrace.formats import ftrace_raw, ringbuffer, tracedat
 from kmltrace.formats.event_format import FormatTable, parse_header_page
 
-from tests.conftest import SAMPLES, require
+from tests import conftest
+from tests.conftest import SAMPLES
 
 TRACE_DATS = sorted(SAMPLES.glob("*/trace*.dat"))
 BUNDLES = sorted({p.parent for p in SAMPLES.glob("**/ftrace/cpu*.raw")})
 
 
 def require_accelerator():
-    require(built("_ringscan"), "the _ringscan C accelerator is not built (needs gcc and the "
-                                "Python headers at install time)")
+    conftest.require_accelerator("_ringscan")
 
 
 def test_accelerator_is_built():
@@ -203,7 +203,7 @@ def test_out_of_order_times_fall_back_to_the_stable_sort(monkeypatch):
 
 def _rs():
     require_accelerator()
-    return use_accelerator("_ringscan") or pytest.skip("KMLTRACE_PURE=1 is set")
+    return use_accelerator("_ringscan")
 
 
 _ints = st.integers(-(1 << 40), 1 << 40) | st.integers(-8, 8200)

@@ -12,11 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kmltrace import accel
 from kmltrace.errors import KmltraceError
 from kmltrace.formats import ftrace_text, perf_script, sniff, text_scan, tracecmd_report
 from kmltrace.formats.text_pipeline import in_column_order
-from tests.conftest import require
+from tests.conftest import require_accelerator
 from tests.fuzzing import documents_from
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,8 +45,7 @@ SAMPLE_FILES = _text_samples()
 
 
 def _scanner_or_skip():
-    require(accel.built("_textscan"),
-            "the C text scanner is not built (no C compiler or Python headers at install)")
+    require_accelerator("_textscan")
 
 
 def _both(path: Path, module=None, **options):

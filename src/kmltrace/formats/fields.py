@@ -219,13 +219,17 @@ def field_columns(events: pl.LazyFrame, event: str = "event", raw: str = "raw",
     columns (all-null columns would cost memory for nothing; readers of the event table must
     not assume a field column exists, as other sources lack them too).
     """
-    if sample is not None:
-        # the sample's texts by event, once (a filter per table entry cost ~6 ms a call)
-        texts: dict = {}
-        for name, text in sample.select(event, raw).iter_rows():
-            texts.setdefault(name, []).append(text)
-    specs = [spec for spec in EVENT_FIELDS if sample is None or _fits(spec, texts)]
+    specs = list(EVENT_FIELDS) if sample is None else _fitting(sample, event, raw)
     return _with_fields(events, specs, event, raw)
+
+
+def _fitting(sample: pl.DataFrame, event: str, raw: str) -> list[EventFields]:
+    """The table entries whose pattern fits one of their events' rows in `sample`."""
+    # the sample's texts by event, once (a filter per table entry cost ~6 ms a call)
+    texts: dict = {}
+    for name, text in sample.select(event, raw).iter_rows():
+        texts.setdefault(name, []).append(text)
+    return [spec for spec in EVENT_FIELDS if _fits(spec, texts)]
 
 
 def _with_fields(events: pl.LazyFrame, specs: list[EventFields], event: str,
@@ -268,10 +272,7 @@ def scanned_field_columns(table: pl.DataFrame, sample: pl.DataFrame, event: str 
     """:func:`field_columns` for a table from the C scanner: the regexes run only on the rows
     it did not decode (usually a few), whose values are then placed among the scanner's
     ``__fast_*`` ones. Same columns, same values as the regexes on all rows."""
-    texts: dict = {}
-    for name, text in sample.select(event, raw).iter_rows():
-        texts.setdefault(name, []).append(text)
-    specs = [spec for spec in EVENT_FIELDS if _fits(spec, texts)]
+    specs = _fitting(sample, event, raw)
     names = [name for spec in specs for name in spec.events]
     undecoded = table.get_column(DECODED).not_().arg_true()
     todo = undecoded.filter(table.get_column(event).gather(undecoded).is_in(names))

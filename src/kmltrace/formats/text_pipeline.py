@@ -24,6 +24,7 @@ import polars as pl
 from kmltrace.errors import InputError
 from kmltrace.formats import fields as fieldtable
 from kmltrace.formats import text_lines, text_scan
+from kmltrace.formats.sniff import read_head
 from kmltrace.schema import (COMMON_COLUMNS, CORE_COLUMNS, LOST_EVENTS, PROVENANCE_COLUMNS,
                              conform)
 
@@ -89,7 +90,7 @@ class TextParse:
         module = text_scan.scanner() if self.grammar.scanner else None
         # the scanner maps the file: a pipe or a device is read by the pure path
         if (module is not None and self.path.is_file()
-                and not text_scan.looks_compressed(_head(self.path))):
+                and not text_scan.looks_compressed(read_head(self.path, 4))):
             yield from self._scanned_batches(module)
             return
         yield from self._line_batches()
@@ -242,7 +243,7 @@ class TextParse:
         return events
 
     def _line_batches(self):
-        path, grammar = self.path, self.grammar
+        path = self.path
         truncated = text_lines.last_line_truncated(path)
         carry: pl.DataFrame | None = None
         reader = text_lines.read_batches(path, self.batch_bytes)
@@ -354,14 +355,6 @@ class TextParse:
         if self.events == 0 and not errors:
             errors.append(InputError(f"no {grammar.what} events", path=str(path)))
         self.errors, self.meta = errors, meta
-
-
-def _head(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4)
-    except OSError:
-        return b""
 
 
 def run(path: Path, grammar: Grammar, **options):
