@@ -357,7 +357,9 @@ def work():
         time.sleep(0.01)
     for _ in range(calls):
         os.getppid()
-    print(threading.get_native_id(), flush=True)
+    # one write(2) per line: print() writes the number and the newline separately, and
+    # two threads could interleave them ("2296622967\\n\\n")
+    os.write(1, f"{threading.get_native_id()}\\n".encode())
 threads = [threading.Thread(target=work) for _ in range(2)]
 for t in threads:
     t.start()
