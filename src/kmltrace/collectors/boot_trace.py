@@ -101,8 +101,9 @@ def judge(states: dict, raw_sizes: dict[int, int], where: str) -> list[str]:
                                "from", path=where)
         raise RefusedError("the boot-mapped instance holds the current boot, not a previous "
                            "one: no 'Ring buffer meta [N] is from previous boot!' in the "
-                           "kernel log (the last boot ended with a power cycle, or RAM was not "
-                           "kept)", path=where)
+                           "kernel log (the last boot ended with a power cycle, RAM was not "
+                           "kept, or KASLR put the kernel where reserve_mem's block was: boot "
+                           "with nokaslr, or use a fixed memmap= block)", path=where)
     if not any(raw_sizes.values()):
         raise RefusedError("the boot-mapped instance is empty: no page in any "
                            "per_cpu/cpuN/trace_pipe_raw (were events enabled in it before the "
