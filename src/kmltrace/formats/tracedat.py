@@ -23,7 +23,7 @@ import polars as pl
 
 from kmltrace import schema
 from kmltrace.errors import InputError, KmltraceError
-from kmltrace.formats import Parsed
+from kmltrace.formats import Parsed, tracedat_clock
 from kmltrace.formats.event_format import (FormatTable, PageHeader, parse_header_event,
                                            parse_header_page)
 from kmltrace.formats.ftrace_raw import lost_events, stats_counts
@@ -212,8 +212,10 @@ def _option(info: TraceDat, opt: int, data: bytes, r: _Reader, at: int) -> None:
         o.setdefault("cpustat", []).append(text)
     elif opt == OPT_DATE:
         o["date"] = text
+        o.setdefault("dates", []).append(text)
     elif opt == OPT_OFFSET:
         o["ts_offset"] = text
+        o.setdefault("ts_offsets", []).append(text)
     elif opt == OPT_TSC2NSEC and len(data) >= 16:
         mult, shift, offset = struct.unpack_from("<IIq", data)
         o["tsc2nsec"] = {"mult": mult, "shift": shift, "offset": offset}
@@ -483,6 +485,10 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
                      release=release)
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
+    # TSC counts -> ns, --date/offset options: the times trace-cmd report prints
+    times = tracedat_clock.corrected(pl.col("ts_ns"), info.options)
+    if times is not None:
+        events = events.with_columns(times.alias("ts_ns"))
     # the clock of the buffers that hold data (an extract -B file's top buffer is empty)
     clocks = [b.clock for b in info.buffers if b.clock and any(size for _, _, size in b.cpus)]
     clocks = clocks or [b.clock for b in info.buffers if b.clock] or [info.options.get("clock")]
@@ -513,5 +519,8 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
     for key in ("uname", "tracecmd_version", "tsc2nsec", "ts_offset", "date"):
         if key in info.options:
             meta[key] = info.options[key]
+    if times is not None:
+        meta["times_corrected"] = {"tsc2nsec": tracedat_clock.tsc2nsec(info.options) is not None,
+                                   "offset_ns": tracedat_clock.offset_ns(info.options)}
     return Parsed(path=str(path), format=NAME, events=schema.conform(events),
                   errors=info.errors + decoded.errors, meta=meta)
