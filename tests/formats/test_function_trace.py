@@ -1,6 +1,7 @@
 """Function-tracer lines (``func <-parent``) of a real 6.12 kernel: sample_traces/
 guest-6.12-function (Debian's kernel under QEMU TCG; this host refuses the function tracer in
-an instance). The expected numbers come from bootwork's own console line (expected.json:
+an instance), and trace-cmd's function events (guest-6.12-tracecmd: function.dat and its
+three ``trace-cmd report`` printings). The expected numbers come from bootwork's own console line (expected.json:
 PAGES pages touched in its region, CALLS getppid() calls) and from counting the text's lines
 with a plain regex, never from kmltrace."""
 
@@ -12,7 +13,8 @@ import re
 import polars as pl
 import pytest
 
-from kmltrace.formats import ftrace_raw, ftrace_text
+from kmltrace.formats import ftrace_raw, ftrace_text, tracecmd_report, tracedat
+from kmltrace.symbols.readers import read_kallsyms_text
 
 from tests.conftest import SAMPLES
 
@@ -106,3 +108,48 @@ def test_raw_pages_give_the_text_events(text):
     assert pairs["ip"].n_unique() == pairs["sym"].n_unique() == pairs.height
     # kernel text addresses (x86_64: the top 2 GiB)
     assert (pairs["ip"] >= 0xFFFFFFFF80000000).all()
+
+
+# -- the same kind of trace recorded by trace-cmd (sample_traces/guest-6.12-tracecmd) ----------
+
+TRACECMD = SAMPLES / "guest-6.12-tracecmd"
+RECORDED = json.loads((TRACECMD / "expected.json").read_text())["function"]
+
+
+@pytest.fixture(scope="module")
+def recorded() -> pl.DataFrame:
+    parsed = tracedat.parse(TRACECMD / "function.dat")
+    assert parsed.errors == []
+    return parsed.events
+
+
+@pytest.mark.parametrize("name, with_parent", [
+    ("function-report.txt", False),            # "function: x64_sys_call"
+    ("function-report-parent.txt", True),      # "... x64_sys_call <-- do_syscall_64"
+    ("function-report-R.txt", True),           # "... ip=x64_sys_call parent_ip=do_syscall_64"
+])
+def test_trace_cmd_report_function_lines(recorded, name, with_parent):
+    """The three ways trace-cmd report prints a function event give the symbols; the
+    trace.dat's own rows carry the addresses, which its kallsyms names the same way."""
+    parsed = tracecmd_report.parse(TRACECMD / name)
+    assert parsed.errors == []
+    text = parsed.events
+    assert text.select("pid", "event").equals(recorded.select("pid", "event"))
+    functions = text.filter(pl.col("event") == "function")
+    assert functions["ip_sym"].null_count() == 0
+    own = functions.filter(pl.col("pid") == RECORDED["pid"])
+    assert own.filter(pl.col("ip_sym") == "__do_sys_getppid").height == RECORDED["calls"]
+    if with_parent:
+        assert own.filter(pl.col("ip_sym") == "__do_sys_getppid")["parent_ip_sym"] \
+            .unique().to_list() == ["do_syscall_64"]
+    else:
+        assert "parent_ip_sym" not in functions.columns or \
+            functions["parent_ip_sym"].null_count() == functions.height
+    # the binary rows' addresses, named by the file's own kallsyms
+    table = read_kallsyms_text(tracedat.parse(TRACECMD / "function.dat").meta["kallsyms_text"])
+    binary = recorded.filter(pl.col("event") == "function")
+    assert table.lookup(binary["ip"].to_numpy())["symbol"].to_list() == \
+        functions["ip_sym"].to_list()
+    if with_parent:
+        assert table.lookup(binary["parent_ip"].to_numpy())["symbol"].to_list() == \
+            functions["parent_ip_sym"].to_list()

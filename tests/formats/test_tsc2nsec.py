@@ -1,6 +1,6 @@
 """trace.dat timestamps as trace-cmd prints them (formats/tracedat_clock.py), on a real
 capture recorded with ``trace-cmd record -C x86-tsc --tsc2nsec`` in a 6.12 guest
-(sample_traces/guest-6.12-tsc2nsec: its ring buffer counts TSC cycles). The reference is the
+(sample_traces/guest-6.12-tracecmd/tsc2nsec.dat: its ring buffer counts TSC cycles). The reference is the
 host's ``trace-cmd report`` of the same file; the workload numbers come from bootwork's own
 console line (expected.json)."""
 
@@ -17,8 +17,8 @@ from kmltrace.formats.tracedat_clock import corrected, mul_shift, strtoll
 
 from tests.conftest import SAMPLES, require_binary
 
-SAMPLE = SAMPLES / "guest-6.12-tsc2nsec"
-EXPECTED = json.loads((SAMPLE / "expected.json").read_text())
+SAMPLE = SAMPLES / "guest-6.12-tracecmd"
+EXPECTED = json.loads((SAMPLE / "expected.json").read_text())["tsc2nsec"]
 
 
 def _rounded_us(ts: pl.Series) -> list[int]:
@@ -27,7 +27,7 @@ def _rounded_us(ts: pl.Series) -> list[int]:
 
 
 def _same_as_report(parsed):
-    report = tracecmd_report.parse(SAMPLE / "trace-report.txt")
+    report = tracecmd_report.parse(SAMPLE / "tsc2nsec-report.txt")
     assert report.errors == [] and parsed.errors == []
     ours, theirs = parsed.events, report.events
     assert ours.height == theirs.height > 0
@@ -36,7 +36,7 @@ def _same_as_report(parsed):
 
 
 def test_tsc_counts_become_the_nanoseconds_trace_cmd_prints():
-    parsed = tracedat.parse(SAMPLE / "trace.dat")
+    parsed = tracedat.parse(SAMPLE / "tsc2nsec.dat")
     assert parsed.meta["tsc2nsec"]["shift"] == 31
     assert parsed.meta["times_corrected"] == {"tsc2nsec": True, "offset_ns": 0}
     _same_as_report(parsed)
@@ -45,7 +45,7 @@ def test_tsc_counts_become_the_nanoseconds_trace_cmd_prints():
 
 
 def test_the_workload_in_converted_time():
-    events = tracedat.parse(SAMPLE / "trace.dat").events
+    events = tracedat.parse(SAMPLE / "tsc2nsec.dat").events
     own = events.filter(pl.col("pid") == EXPECTED["pid"])
     calls = own.filter(pl.col("event") == "sys_enter", pl.col("id") == EXPECTED["getppid_nr"])
     assert calls.height == EXPECTED["calls"]
@@ -60,7 +60,7 @@ def test_the_workload_in_converted_time():
 def test_version_6_gives_the_same_times(tmp_path):
     require_binary("trace-cmd")
     v6 = tmp_path / "trace-v6.dat"
-    subprocess.run(["trace-cmd", "convert", "-i", str(SAMPLE / "trace.dat"), "-o", str(v6),
+    subprocess.run(["trace-cmd", "convert", "-i", str(SAMPLE / "tsc2nsec.dat"), "-o", str(v6),
                     "--file-version", "6", "--compression", "none"], check=True,
                    capture_output=True)
     parsed = tracedat.parse(v6)

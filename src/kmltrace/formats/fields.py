@@ -174,6 +174,13 @@ EVENT_FIELDS: tuple[EventFields, ...] = (
     # function tracer: "do_user_addr_fault <-exc_page_fault" (or hex without symbols)
     EventFields("ftrace", ("function",), r"^(?P<ip>\S+) <-(?P<parent_ip>\S+)$",
                 {"ip": "ps", "parent_ip": "ps"}, fast="FUNCTION"),
+    # trace-cmd report of a function event: "func <-- parent" (-O parent), "ip=func
+    # parent_ip=parent" (-R), the function alone (default)
+    EventFields("ftrace", ("function",), r"^(?P<ip>\S+) <-- (?P<parent_ip>\S+)$",
+                {"ip": "ps", "parent_ip": "ps"}),
+    EventFields("ftrace", ("function",), r"^ip=(?P<ip>\S+) parent_ip=(?P<parent_ip>\S+)$",
+                {"ip": "ps", "parent_ip": "ps"}),
+    EventFields("ftrace", ("function",), r"^(?P<ip>\S+)$", {"ip": "ps"}),
 )
 
 #: Event names that tracefs prints without their system, and the system they belong to.
