@@ -24,19 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.system import boot_trace_guest as boot  # noqa: E402
-from tests.system import build_debian_guest as debian  # noqa: E402
+from tests.system import boot_trace_guest as boot
+from tests.system import build_debian_guest as debian
 
 BEGIN, END = "kmlguest-tar-begin", "kmlguest-tar-end"
 #: the start of every init: a root with busybox's applets, proc, sys, dev and tracefs
-PROLOGUE = r"""#!/bin/busybox sh
-/bin/busybox mkdir -p /sbin /usr/bin /usr/sbin /tmp
-/bin/busybox --install -s
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs dev /dev
-mount -t tracefs nodev /sys/kernel/tracing
-"""
+PROLOGUE = boot.PROLOGUE
 
 
 def save_and_power_off(directory: str) -> str:
@@ -52,20 +45,6 @@ class Boot:
     seconds: float
     release: str
     bootwork: dict        # pid, region, pages, calls from bootwork's console line
-
-
-def programs() -> dict[str, bytes]:
-    """bootwork and bootsave, built static with the boot-trace guest's PAGES and CALLS."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = {}
-        for name, source in (("bootwork", boot.BOOTWORK_C), ("bootsave", boot.BOOTSAVE_C)):
-            src = Path(tmp) / f"{name}.c"
-            src.write_text(source)
-            subprocess.run(["gcc", "-static", "-O1", f"-DPAGES={boot.PAGES}",
-                            f"-DCALLS={boot.CALLS}", "-o", str(Path(tmp) / name), str(src)],
-                           check=True)
-            out[name] = (Path(tmp) / name).read_bytes()
-        return out
 
 
 def with_libraries(binary: str) -> dict[str, tuple]:
@@ -85,20 +64,12 @@ def with_libraries(binary: str) -> dict[str, tuple]:
     return entries
 
 
-def run(init: str, extra: dict[str, tuple] | None = None, timeout: float = 300.0) -> tuple[Boot, Path]:
+def run(init: str, extra: dict[str, tuple] | None = None,
+        timeout: float = 300.0) -> tuple[Boot, Path]:
     """Boot once with `init`; returns the boot and a temporary directory holding the saved
     tar's files (the caller removes it)."""
     guest = boot.build(log=lambda m: print(m, file=sys.stderr))
-    bins = programs()
-    files = {
-        "bin": (b"", 0o40755), "proc": (b"", 0o40755), "sys": (b"", 0o40755),
-        "dev": (b"", 0o40755), "dev/console": (b"", 0o20600, (5, 1)),
-        "bin/busybox": (Path(shutil.which("busybox") or "/bin/busybox").read_bytes(), 0o100755),
-        "init": (init.encode(), 0o100755),
-        "bootwork": (bins["bootwork"], 0o100755),
-        "bootsave": (bins["bootsave"], 0o100755),
-        **(extra or {}),
-    }
+    files = {**boot.initramfs_files(init, boot.programs()), **(extra or {})}
     work = Path(tempfile.mkdtemp(prefix="kmlguest-"))
     (work / "initramfs.cpio").write_bytes(debian._cpio(files))
     console, serial = work / "console.log", work / "ttyS1.log"
@@ -138,5 +109,5 @@ def run(init: str, extra: dict[str, tuple] | None = None, timeout: float = 300.0
 
 
 def qemu_version() -> str:
-    return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+    return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, check=True,
                           text=True).stdout.splitlines()[0]

@@ -82,6 +82,7 @@ def main() -> int:
     expected["source"] = "bootwork's console lines (guest-console.log), one per record"
     (out / "expected.json").write_text(json.dumps(expected, indent=2) + "\n")
     options = subprocess.run(["trace-cmd", "dump", "--options", "-i", "tsc2nsec.dat"], cwd=out,
+                             check=False,
                              capture_output=True, text=True).stdout
     tsc = options[options.find("[Option TSC2NSEC"):].splitlines()[:2]
     (out / "PROVENANCE.md").write_text(PROVENANCE.format(
@@ -92,15 +93,19 @@ def main() -> int:
         works="\n".join(f"- `{name}.dat`: pid {w['pid']}, region {w['region']}"
                         for name, w in zip(RECORDS, works)),
         reports="\n".join(f"    {' '.join(argv)} > {name}" for name, argv in REPORTS.items()),
-        files="\n".join(f"- `{p.name}` (sha256 {hashlib.sha256(p.read_bytes()).hexdigest()[:16]}...)"
-                        for p in sorted(out.iterdir()) if p.name != "PROVENANCE.md"),
+        files="\n".join(f"- `{p.name}` (sha256 {_sha(p)}...)" for p in sorted(out.iterdir())
+                        if p.name != "PROVENANCE.md"),
         pages=works[0]["pages"], calls=works[0]["calls"]))
     print(f"wrote {out} ({run.seconds:.0f} s in the guest)")
     return 0
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def _version() -> str:
-    out = subprocess.run(["trace-cmd", "-h"], capture_output=True, text=True)
+    out = subprocess.run(["trace-cmd", "-h"], capture_output=True, text=True, check=False)
     return next((line.strip() for line in (out.stdout + out.stderr).splitlines()
                  if "version" in line), "unknown")
 

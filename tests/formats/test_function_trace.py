@@ -1,9 +1,9 @@
 """Function-tracer lines (``func <-parent``) of a real 6.12 kernel: sample_traces/
 guest-6.12-function (Debian's kernel under QEMU TCG; this host refuses the function tracer in
 an instance), and trace-cmd's function events (guest-6.12-tracecmd: function.dat and its
-three ``trace-cmd report`` printings). The expected numbers come from bootwork's own console line (expected.json:
-PAGES pages touched in its region, CALLS getppid() calls) and from counting the text's lines
-with a plain regex, never from kmltrace."""
+three ``trace-cmd report`` printings). The expected numbers come from bootwork's own console
+line (expected.json: PAGES pages touched in its region, CALLS getppid() calls) and from
+counting the text's lines with a plain regex, never from kmltrace."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import pytest
 
 from kmltrace.formats import ftrace_raw, ftrace_text, tracecmd_report, tracedat
 from kmltrace.symbols.readers import read_kallsyms_text
-
 from tests.conftest import SAMPLES
 
 SAMPLE = SAMPLES / "guest-6.12-function"

@@ -1,8 +1,8 @@
 """trace.dat timestamps as trace-cmd prints them (formats/tracedat_clock.py), on a real
 capture recorded with ``trace-cmd record -C x86-tsc --tsc2nsec`` in a 6.12 guest
-(sample_traces/guest-6.12-tracecmd/tsc2nsec.dat: its ring buffer counts TSC cycles). The reference is the
-host's ``trace-cmd report`` of the same file; the workload numbers come from bootwork's own
-console line (expected.json)."""
+(sample_traces/guest-6.12-tracecmd/tsc2nsec.dat: its ring buffer counts TSC cycles). The
+reference is the host's ``trace-cmd report`` of the same file; the workload numbers come
+from bootwork's own console line (expected.json)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import json
 import subprocess
 
 import polars as pl
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kmltrace.formats import tracecmd_report, tracedat
 from kmltrace.formats.tracedat_clock import corrected, mul_shift, strtoll
-
 from tests.conftest import SAMPLES, require_binary
 
 SAMPLE = SAMPLES / "guest-6.12-tracecmd"

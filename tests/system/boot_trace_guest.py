@@ -111,14 +111,17 @@ int main(int argc, char **argv)
 }
 """
 
-INIT = r"""#!/bin/busybox sh
+#: the start of an init: a root with busybox's applets, proc, sys, dev and tracefs
+PROLOGUE = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin /tmp
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs dev /dev
 mount -t tracefs nodev /sys/kernel/tracing
-T=/sys/kernel/tracing/instances/boot_map
+"""
+
+INIT = PROLOGUE + r"""T=/sys/kernel/tracing/instances/boot_map
 if dmesg | grep -q -e 'from previous boot' -e 'buffer invalid commit'; then
   echo "kmlboot: second boot"
   O=/tmp/save
@@ -197,29 +200,37 @@ def build(log=print) -> debian.Guest:
     key = hashlib.sha256(f"{PAGES} {CALLS} {INIT}{BOOTWORK_C}{BOOTSAVE_C}".encode()).hexdigest()
     if not guest.initramfs.exists() or not stamp.exists() or stamp.read_text() != key:
         log("building the initramfs")
-        with tempfile.TemporaryDirectory() as tmp:
-            bins = {}
-            for name, source in (("bootwork", BOOTWORK_C), ("bootsave", BOOTSAVE_C)):
-                src = Path(tmp) / f"{name}.c"
-                src.write_text(source)
-                subprocess.run(["gcc", "-static", "-O1", f"-DPAGES={PAGES}",
-                                f"-DCALLS={CALLS}", "-o", str(Path(tmp) / name), str(src)],
-                               check=True)
-                bins[name] = (Path(tmp) / name).read_bytes()
-        busybox = shutil.which("busybox") or "/bin/busybox"
-        files = {
-            "bin": (b"", 0o40755), "proc": (b"", 0o40755), "sys": (b"", 0o40755),
-            "dev": (b"", 0o40755), "dev/console": (b"", 0o20600, (5, 1)),
-            "bin/busybox": (Path(busybox).read_bytes(), 0o100755),
-            "init": (INIT.encode(), 0o100755),
-            "bootwork": (bins["bootwork"], 0o100755),
-            "bootsave": (bins["bootsave"], 0o100755),
-        }
+        files = initramfs_files(INIT, programs())
         tmp = guest.initramfs.with_suffix(f".tmp{os.getpid()}")
         tmp.write_bytes(debian._cpio(files))
         os.replace(tmp, guest.initramfs)
         stamp.write_text(key)
     return guest
+
+
+def programs() -> dict[str, bytes]:
+    """bootwork and bootsave, built static with PAGES and CALLS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bins = {}
+        for name, source in (("bootwork", BOOTWORK_C), ("bootsave", BOOTSAVE_C)):
+            src = Path(tmp) / f"{name}.c"
+            src.write_text(source)
+            subprocess.run(["gcc", "-static", "-O1", f"-DPAGES={PAGES}", f"-DCALLS={CALLS}",
+                            "-o", str(Path(tmp) / name), str(src)], check=True)
+            bins[name] = (Path(tmp) / name).read_bytes()
+        return bins
+
+
+def initramfs_files(init: str, bins: dict[str, bytes]) -> dict[str, tuple]:
+    """The cpio entries: busybox, `init`, and the programs `bins` at the root."""
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    return {
+        "bin": (b"", 0o40755), "proc": (b"", 0o40755), "sys": (b"", 0o40755),
+        "dev": (b"", 0o40755), "dev/console": (b"", 0o20600, (5, 1)),
+        "bin/busybox": (Path(busybox).read_bytes(), 0o100755),
+        "init": (init.encode(), 0o100755),
+        **{name: (data, 0o100755) for name, data in bins.items()},
+    }
 
 
 @dataclass
