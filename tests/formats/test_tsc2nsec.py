@@ -71,6 +71,8 @@ def test_version_6_gives_the_same_times(tmp_path):
 def test_strtoll_reads_numbers_as_c_does():
     assert [strtoll(t) for t in ("0x10", "010", "-5", "12abc", "", " +7", "0", "x1", "-0x2")] \
         == [16, 8, -5, 12, 0, 7, 0, 0, -2]
+    # out of range: saturated, as strtoll does
+    assert strtoll("0x" + "f" * 40) == (1 << 63) - 1 and strtoll("-" + "9" * 30) == -(1 << 63)
 
 
 def test_offset_and_date_options_are_added():
@@ -79,6 +81,9 @@ def test_offset_and_date_options_are_added():
     out = pl.select(corrected(pl.lit(ts), options)).to_series()
     assert out.to_list() == [2116, 3116]
     assert corrected(pl.col("ts_ns"), {}) is None
+    # a hostile DATE option: no exception (the sum stays a 64-bit number)
+    huge = {"dates": ["0x" + "f" * 40], "ts_offsets": ["0x" + "f" * 40]}
+    assert pl.select(corrected(pl.lit(ts), huge)).to_series().dtype == pl.Int64
     # a TSC2NSEC option that cannot be applied leaves the times alone
     assert corrected(pl.col("ts_ns"), {"tsc2nsec": {"mult": 0, "shift": 3, "offset": 0}}) is None
 

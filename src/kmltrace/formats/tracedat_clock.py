@@ -26,13 +26,18 @@ def strtoll(text: str) -> int:
     digits = m[2]
     value = (int(digits, 16) if digits[:2].lower() == "0x"
              else int(digits, 8) if digits.startswith("0") else int(digits))
-    return -value if m[1] == "-" else value
+    return _int64(-value if m[1] == "-" else value)
+
+
+def _int64(value: int) -> int:
+    """Saturated to a signed 64-bit number, as strtoll does on overflow."""
+    return max(-(1 << 63), min((1 << 63) - 1, value))
 
 
 def offset_ns(options: dict) -> int:
     """The nanoseconds the OFFSET and DATE options add (each may appear more than once)."""
-    return (sum(strtoll(t) for t in options.get("ts_offsets", ()))
-            + sum(strtoll(t) * 1000 for t in options.get("dates", ())))
+    return _int64(sum(strtoll(t) for t in options.get("ts_offsets", ()))
+                  + sum(strtoll(t) * 1000 for t in options.get("dates", ())))
 
 
 def tsc2nsec(options: dict) -> tuple[int, int] | None:
