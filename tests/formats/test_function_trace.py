@@ -116,10 +116,10 @@ RECORDED = json.loads((TRACECMD / "expected.json").read_text())["function"]
 
 
 @pytest.fixture(scope="module")
-def recorded() -> pl.DataFrame:
+def recorded():
     parsed = tracedat.parse(TRACECMD / "function.dat")
     assert parsed.errors == []
-    return parsed.events
+    return parsed
 
 
 @pytest.mark.parametrize("name, with_parent", [
@@ -133,7 +133,7 @@ def test_trace_cmd_report_function_lines(recorded, name, with_parent):
     parsed = tracecmd_report.parse(TRACECMD / name)
     assert parsed.errors == []
     text = parsed.events
-    assert text.select("pid", "event").equals(recorded.select("pid", "event"))
+    assert text.select("pid", "event").equals(recorded.events.select("pid", "event"))
     functions = text.filter(pl.col("event") == "function")
     assert functions["ip_sym"].null_count() == 0
     own = functions.filter(pl.col("pid") == RECORDED["pid"])
@@ -145,8 +145,8 @@ def test_trace_cmd_report_function_lines(recorded, name, with_parent):
         assert "parent_ip_sym" not in functions.columns or \
             functions["parent_ip_sym"].null_count() == functions.height
     # the binary rows' addresses, named by the file's own kallsyms
-    table = read_kallsyms_text(tracedat.parse(TRACECMD / "function.dat").meta["kallsyms_text"])
-    binary = recorded.filter(pl.col("event") == "function")
+    table = read_kallsyms_text(recorded.meta["kallsyms_text"])
+    binary = recorded.events.filter(pl.col("event") == "function")
     assert table.lookup(binary["ip"].to_numpy())["symbol"].to_list() == \
         functions["ip_sym"].to_list()
     if with_parent:
