@@ -295,19 +295,32 @@ def scanned_field_columns(table: pl.DataFrame, sample: pl.DataFrame, event: str 
         run = [spec for spec in specs if present.intersection(spec.events)]
         # only the entries of the events left to the regexes (a plan per entry costs ~1 ms)
         parsed = _with_fields(rows.lazy(), run, event, raw).collect().drop(event, raw)
+    # the regexes' values, spread to the table's rows (null elsewhere) by one gather
+    with_values = [name for name in schema
+                   if parsed is not None and name in parsed.columns
+                   and parsed.get_column(name).null_count() < parsed.height]
+    spread = _spread(parsed.select(with_values), todo, table.height) if with_values else None
     columns = []
     for name, dtype in schema.items():
-        values = parsed.get_column(name) if parsed is not None and name in parsed.columns else None
-        if values is not None and values.null_count() < values.len():
-            column = (table.get_column(FAST_PREFIX + name).alias(name) if name in fast
-                      else pl.repeat(None, table.height, dtype=dtype, eager=True).alias(name))
-            columns.append(_placed(column, todo, values))
+        if name in with_values:
+            values = spread.get_column(name)
+            # where the regexes ran the scanner's value is null: one or the other
+            columns.append((pl.coalesce(pl.lit(values), pl.col(FAST_PREFIX + name))
+                            if name in fast else pl.lit(values)).alias(name))
         elif name in fast:
             columns.append(pl.col(FAST_PREFIX + name).alias(name))
         else:
             columns.append(pl.lit(None, dtype=dtype).alias(name))
     scanner_columns = [n for n in table.columns if n == DECODED or n.startswith(FAST_PREFIX)]
     return table.with_columns(columns).drop(scanner_columns)
+
+
+def _spread(values: pl.DataFrame, rows: pl.Series, height: int) -> pl.DataFrame:
+    """`values` (one row per entry of `rows`, ascending) at those rows of a `height`-row
+    frame, null elsewhere: one index column, then a gather of every column."""
+    at = pl.repeat(None, height, dtype=pl.UInt32, eager=True).scatter(
+        rows, pl.int_range(0, rows.len(), dtype=pl.UInt32, eager=True))
+    return values.select(pl.all().gather(pl.lit(at)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -317,16 +330,6 @@ def _field_schema(spec_indexes: tuple[int, ...]) -> pl.Schema:
     specs = [EVENT_FIELDS[i] for i in spec_indexes]
     columns = _with_fields(empty, specs, "event", "raw").collect_schema()
     return pl.Schema({n: t for n, t in columns.items() if n not in ("event", "raw")})
-
-
-def _placed(column: pl.Series, rows: pl.Series, values: pl.Series) -> pl.Series:
-    """`column` with `values` at `rows` (ascending; the column is null there)."""
-    if not column.dtype.is_nested():
-        return column.clone().scatter(rows, values)
-    # lists are not scattered by polars (2.1): gather the values to their rows instead
-    at = pl.repeat(None, column.len(), dtype=pl.UInt32, eager=True).scatter(
-        rows, pl.int_range(0, rows.len(), dtype=pl.UInt32, eager=True))
-    return pl.select(pl.coalesce(values.gather(at), column)).to_series().alias(column.name)
 
 
 def fast_decoders(scanner) -> dict[bytes, int]:
