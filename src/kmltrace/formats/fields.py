@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from kmltrace.schema import FIELD_COLUMNS, CORE_COLUMNS
+from kmltrace.schema import CORE_COLUMNS, FIELD_COLUMNS
 
 
 @dataclass(frozen=True)
