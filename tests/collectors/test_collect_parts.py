@@ -4,7 +4,10 @@ the atomic bundle writer, refusals, the gated command."""
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -81,6 +84,38 @@ def test_watcher_records_own_tree_and_counts_missed():
     assert len(me) == 1 and me[0]["exe"] == os.path.realpath(sys.executable)
     assert any(m["path"] == "[stack]" for m in me[0]["maps"])
     assert watcher.missed({os.getpid(), 999999999}) == [999999999]
+
+
+def _exec_event(pid: int, ts_ns: int) -> bytes:
+    """A proc connector exec notification, as the kernel sends it."""
+    event = (processes._EVENT.pack(processes.PROC_EVENT_EXEC, 0, ts_ns)
+             + struct.pack("=ii", pid, pid))
+    return b"\0" * processes._EVENT_AT + event
+
+
+def test_a_row_read_after_the_exec_takes_the_exec_time():
+    """A listener running late reads a process at its fork notification after the process
+    has already exec'd, and it is gone when the exec notification is handled: the row shows
+    the new image, so it must carry the exec's time, not the fork's (a real process)."""
+    fork_ts = time.monotonic_ns()
+    proc = subprocess.Popen(["sh", "-c", "exec sleep 30"])
+    try:
+        watcher = processes.ProcessWatcher(roots=[proc.pid])
+        for _ in range(500):
+            if os.path.basename(os.readlink(f"/proc/{proc.pid}/exe")) == "sleep":
+                break
+            time.sleep(0.01)
+        exec_ts = time.monotonic_ns()           # stands for the exec, before the late read
+        assert watcher.record(proc.pid, fork_ts)  # the fork notification, handled late
+    finally:
+        proc.kill()
+        proc.wait()
+    processes.ExecListener(watcher).handle(_exec_event(proc.pid, exec_ts))
+    (row,) = watcher.result()
+    assert os.path.basename(row["exe"]) == "sleep" and row["ts_ns"] == exec_ts
+    # a row read before that exec keeps its own time
+    watcher.exec_seen(proc.pid, time.monotonic_ns())
+    assert watcher.result()[0]["ts_ns"] == exec_ts
 
 
 def test_bundle_is_invisible_until_finished(tmp_path):

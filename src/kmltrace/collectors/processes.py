@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,8 @@ class ProcessWatcher:
     #: processes of the traced tree learnt from fork notifications (ExecListener)
     tree: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: when each row was read (CLOCK_MONOTONIC ns, the proc connector's clock)
+    read_at: dict[tuple[int, str | None], int] = field(default_factory=dict)
 
     def wants(self, pid: int) -> bool:
         """Is `pid` (a process) one we trace? Used on fork/exec notifications."""
@@ -114,16 +117,28 @@ class ProcessWatcher:
             return (_read(PROC / str(pid) / "comm") or "").strip() == self.comm
         return True
 
-    def record(self, pid: int, ts_ns: int | None = None) -> None:
+    def record(self, pid: int, ts_ns: int | None = None) -> bool:
         """Read `pid` now (called the moment it forks or execs, at `ts_ns` CLOCK_MONOTONIC:
-        the trace's own clock when the instance uses "mono")."""
+        the trace's own clock when the instance uses "mono"). False: it could not be read."""
+        read_ns = time.monotonic_ns()
         row = read_process(pid)
         if row is None or (row["exe"] is None and not row["maps"]):
-            return
+            return False
         if ts_ns is not None:
             row["ts_ns"] = ts_ns
         with self.lock:
             self.rows[(pid, row["exe"])] = row
+            self.read_at[(pid, row["exe"])] = read_ns
+        return True
+
+    def exec_seen(self, pid: int, ts_ns: int) -> None:
+        """`pid` exec'd at `ts_ns` but was gone before it could be read there. A row of it
+        read after that moment (at its fork, by a listener running late) shows the new
+        image: it takes the exec's time, not the fork's."""
+        with self.lock:
+            for key, read_ns in self.read_at.items():
+                if key[0] == pid and read_ns >= ts_ns and key in self.rows:
+                    self.rows[key]["ts_ns"] = ts_ns
 
     def _pids(self) -> list[int]:
         if self.roots:
@@ -244,8 +259,8 @@ class ExecListener(threading.Thread):
                 watcher.record(child_tgid, ts_ns)
         elif what == PROC_EVENT_EXEC:
             pid, tgid = struct.unpack_from("=ii", data, _DATA_AT)
-            if watcher.wants(tgid):
-                watcher.record(tgid, ts_ns)
+            if watcher.wants(tgid) and not watcher.record(tgid, ts_ns):
+                watcher.exec_seen(tgid, ts_ns)
 
     def stop(self) -> None:
         self.stopping.set()
