@@ -11,6 +11,7 @@ a base64 tar on the second serial port.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import re
@@ -106,6 +107,13 @@ def run(init: str, extra: dict[str, tuple] | None = None,
     return Boot(shown.split(" "), said, seconds, guest.release,
                 {"pid": int(m[1]), "region": m[2], "pages": int(m[3]),
                  "calls": int(m[4])}), saved
+
+
+def file_list(out: Path) -> str:
+    """PROVENANCE.md's list of the files under `out` with the start of their sha256."""
+    return "\n".join(f"- `{p.relative_to(out).as_posix()}` (sha256 "
+                     f"{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}...)"
+                     for p in sorted(out.rglob("*")) if p.is_file() and p.name != "PROVENANCE.md")
 
 
 def qemu_version() -> str:

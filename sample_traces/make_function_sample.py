@@ -19,7 +19,6 @@ files, ``expected.json`` (the workload's own console line) and PROVENANCE.md.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -87,17 +86,11 @@ def main() -> int:
         (out / "PROVENANCE.md").write_text(PROVENANCE.format(
             release=run.release, qemu=guest.qemu_version(), argv=" ".join(run.argv),
             date=datetime.date.today().isoformat(), seconds=run.seconds, init=INIT,
-            host=os.uname().release, files=file_list(out), **run.bootwork))
+            host=os.uname().release, files=guest.file_list(out), **run.bootwork))
     finally:
         shutil.rmtree(saved.parent, ignore_errors=True)
     print(f"wrote {out} ({run.seconds:.0f} s in the guest)")
     return 0
-
-
-def file_list(out: Path) -> str:
-    return "\n".join(f"- `{p.relative_to(out).as_posix()}` (sha256 "
-                     f"{hashlib.sha256(p.read_bytes()).hexdigest()[:16]}...)"
-                     for p in sorted(out.rglob("*")) if p.is_file() and p.name != "PROVENANCE.md")
 
 
 PROVENANCE = """# guest-6.12-function: function-tracer lines from a real 6.12 kernel

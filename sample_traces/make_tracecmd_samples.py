@@ -21,7 +21,6 @@ event).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -93,15 +92,10 @@ def main() -> int:
         works="\n".join(f"- `{name}.dat`: pid {w['pid']}, region {w['region']}"
                         for name, w in zip(RECORDS, works)),
         reports="\n".join(f"    {' '.join(argv)} > {name}" for name, argv in REPORTS.items()),
-        files="\n".join(f"- `{p.name}` (sha256 {_sha(p)}...)" for p in sorted(out.iterdir())
-                        if p.name != "PROVENANCE.md"),
+        files=guest.file_list(out),
         pages=works[0]["pages"], calls=works[0]["calls"]))
     print(f"wrote {out} ({run.seconds:.0f} s in the guest)")
     return 0
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _version() -> str:

@@ -7,6 +7,8 @@ their buffers."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -16,11 +18,10 @@ from hypothesis import strategies as st
 from kmltrace.accel import use_accelerator
 from kmltrace.formats import ftrace_raw, ringbuffer, tracedat
 from kmltrace.formats.event_format import FormatTable, parse_header_page
-
 from tests import conftest
 from tests.conftest import SAMPLES
 
-TRACE_DATS = sorted(SAMPLES.glob("*/trace*.dat"))
+TRACE_DATS = sorted(SAMPLES.glob("*/*.dat"))
 BUNDLES = sorted({p.parent for p in SAMPLES.glob("**/ftrace/cpu*.raw")})
 
 
@@ -65,19 +66,14 @@ def test_samples_are_found():
 
 
 @pytest.mark.parametrize("raw_text", ["untyped", "all"])
-@pytest.mark.parametrize("path", TRACE_DATS, ids=lambda p: str(p.relative_to(SAMPLES)))
-def test_trace_dat_same_on_both_paths(monkeypatch, path, raw_text):
+@pytest.mark.parametrize("read, path", [(tracedat.parse, p) for p in TRACE_DATS]
+                         + [(ftrace_raw.parse_dir, p) for p in BUNDLES],
+                         ids=lambda x: (str(x.relative_to(SAMPLES)) if isinstance(x, Path)
+                                        else x.__module__.rsplit(".", 1)[-1]))
+def test_every_sample_same_on_both_paths(monkeypatch, read, path, raw_text):
+    """Every real trace.dat and raw-page bundle: the same table on both paths."""
     require_accelerator()
-    pure, fast = _both(monkeypatch, lambda: tracedat.parse(path, raw_text=raw_text))
-    assert pure.events.height > 0
-    _assert_same(pure, fast)
-
-
-@pytest.mark.parametrize("raw_text", ["untyped", "all"])
-@pytest.mark.parametrize("path", BUNDLES, ids=lambda p: str(p.relative_to(SAMPLES)))
-def test_raw_pages_same_on_both_paths(monkeypatch, path, raw_text):
-    require_accelerator()
-    pure, fast = _both(monkeypatch, lambda: ftrace_raw.parse_dir(path, raw_text=raw_text))
+    pure, fast = _both(monkeypatch, lambda: read(path, raw_text=raw_text))
     assert pure.events.height > 0
     _assert_same(pure, fast)
 

@@ -211,10 +211,8 @@ def _option(info: TraceDat, opt: int, data: bytes, r: _Reader, at: int) -> None:
     elif opt == OPT_CPUSTAT:
         o.setdefault("cpustat", []).append(text)
     elif opt == OPT_DATE:
-        o["date"] = text
         o.setdefault("dates", []).append(text)
     elif opt == OPT_OFFSET:
-        o["ts_offset"] = text
         o.setdefault("ts_offsets", []).append(text)
     elif opt == OPT_TSC2NSEC and len(data) >= 16:
         mult, shift, offset = struct.unpack_from("<IIq", data)
@@ -516,9 +514,12 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
     if "uname" in info.options:
         meta["kernel"] = str(info.options["uname"]).split()[2] \
             if len(str(info.options["uname"]).split()) > 2 else info.options["uname"]
-    for key in ("uname", "tracecmd_version", "tsc2nsec", "ts_offset", "date"):
+    for key in ("uname", "tracecmd_version", "tsc2nsec"):
         if key in info.options:
             meta[key] = info.options[key]
+    for key, texts in (("ts_offset", "ts_offsets"), ("date", "dates")):
+        if info.options.get(texts):
+            meta[key] = info.options[texts][-1]
     if times is not None:
         meta["times_corrected"] = {"tsc2nsec": tracedat_clock.tsc2nsec(info.options) is not None,
                                    "offset_ns": tracedat_clock.offset_ns(info.options)}
