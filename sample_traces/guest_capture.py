@@ -1,6 +1,6 @@
 """One boot of Debian's 6.12 kernel under QEMU TCG that runs a given init and hands back what
 it saved: the helper of the guest sample scripts (make_function_sample.py,
-make_tsc2nsec_sample.py).
+make_tracecmd_samples.py).
 
 The kernel, busybox and the workload programs are those of tests/system/boot_trace_guest.py
 (bootwork: PAGES fresh pages touched, CALLS getppid() calls; bootsave: an instance's raw
