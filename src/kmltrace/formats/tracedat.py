@@ -35,7 +35,7 @@ MAGIC = b"\x17\x08\x44tracing"
 
 # option ids (trace-cmd.dat.v7(5))
 OPT_DONE, OPT_DATE, OPT_CPUSTAT, OPT_BUFFER, OPT_TRACECLOCK, OPT_UNAME = 0, 1, 2, 3, 4, 5
-OPT_OFFSET, OPT_CPUCOUNT, OPT_VERSION, OPT_TSC2NSEC = 7, 8, 9, 14
+OPT_OFFSET, OPT_CPUCOUNT, OPT_VERSION, OPT_TIME_SHIFT, OPT_TSC2NSEC = 7, 8, 9, 12, 14
 OPT_HEADER_INFO, OPT_FTRACE_EVENTS, OPT_EVENT_FORMATS = 16, 17, 18
 OPT_KALLSYMS, OPT_PRINTK, OPT_CMDLINES = 19, 20, 21
 SEC_FL_COMPRESS = 1
@@ -74,13 +74,21 @@ class TraceDat:
 class _Reader:
     """Bounds-checked little-endian reads from the mapped file; errors name path and offset."""
 
-    def __init__(self, data, path: str, pos: int = 0):
+    def __init__(self, data, path: str, pos: int = 0, base: int = 0, mapped: bool = True):
         self.data = data
         self.path = path
         self.pos = pos
+        # a section's reader: `base` is where its data starts in the file; a compressed
+        # section's bytes have no place in the file, so they are placed at the section
+        self.base, self.mapped = base, mapped
+
+    def where(self, at: int) -> int:
+        """The file offset of position `at` of this reader."""
+        return self.base + at if self.mapped else self.base
 
     def fail(self, what: str, at: int | None = None) -> InputError:
-        return InputError(what, path=self.path, offset=self.pos if at is None else at)
+        return InputError(what, path=self.path,
+                          offset=self.where(self.pos if at is None else at))
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.data):
@@ -159,7 +167,7 @@ def _add_format(info: TraceDat, text: bytes, system: str, path: str, at: int) ->
 
 def _read_ftrace_formats(r: _Reader, info: TraceDat) -> None:
     for _ in range(r.u32()):
-        at = r.pos
+        at = r.where(r.pos)
         _add_format(info, r.take(r.u64()), "ftrace", r.path, at)
 
 
@@ -167,7 +175,7 @@ def _read_event_formats(r: _Reader, info: TraceDat) -> None:
     for _ in range(r.u32()):
         system = r.cstr()
         for _ in range(r.u32()):
-            at = r.pos
+            at = r.where(r.pos)
             _add_format(info, r.take(r.u64()), system, r.path, at)
 
 
@@ -233,11 +241,14 @@ def _option(info: TraceDat, opt: int, data: bytes, r: _Reader, at: int) -> None:
         o.setdefault("dates", []).append(text)
     elif opt == OPT_OFFSET:
         o.setdefault("ts_offsets", []).append(text)
+    elif opt == OPT_TIME_SHIFT:
+        # a later one replaces an earlier one, as in libtracecmd
+        o["time_shift"] = (bytes(data), r.where(at))
     elif opt == OPT_TSC2NSEC and len(data) >= 16:
         mult, shift, offset = struct.unpack_from("<IIq", data)
         o["tsc2nsec"] = {"mult": mult, "shift": shift, "offset": offset}
     elif opt == OPT_BUFFER:
-        sub = _Reader(data, r.path)
+        sub = _Reader(data, r.path, base=r.where(at + 6), mapped=r.mapped)
         try:
             offset = sub.u64()
             name = sub.cstr()
@@ -273,10 +284,10 @@ def _section(r: _Reader, offset: int, decompress) -> tuple[_Reader, int, int]:
         except Exception as e:   # zstd/zlib raise their own types: name the place
             raise InputError(f"cannot decompress section {sec_id}: {e}", path=r.path,
                              offset=offset) from None
-        return _Reader(data, r.path), sec_id, flags
+        return _Reader(data, r.path, base=r.where(offset), mapped=False), sec_id, flags
     if start + size > len(r.data):
         raise r.fail(f"truncated: section {sec_id} of {size} bytes runs past the end", offset)
-    return _Reader(r.data[start:start + size], r.path), sec_id, flags
+    return _Reader(r.data[start:start + size], r.path, base=r.where(start)), sec_id, flags
 
 
 def _read_v7(r: _Reader, info: TraceDat) -> None:
@@ -482,6 +493,31 @@ def read(path: Path) -> tuple[TraceDat, np.ndarray, list[CpuSegment], object]:
     return info, buf, segments, data
 
 
+def _time_shift(info: TraceDat, path) -> tracedat_clock.TimeShift | None:
+    """The TIME_SHIFT option, parsed; one that does not parse is reported and not applied
+    (libtracecmd refuses the whole file)."""
+    if "time_shift" not in info.options:
+        return None
+    data, at = info.options["time_shift"]
+    try:
+        return tracedat_clock.parse_time_shift(data)
+    except ValueError as e:
+        info.errors.append(InputError(f"TIME_SHIFT option not applied: {e}", path=str(path),
+                                      offset=at))
+        return None
+
+
+def _host_synced(events: pl.DataFrame, shift: tracedat_clock.TimeShift) -> pl.DataFrame:
+    """Times moved per CPU onto the host's clock; the rows then in that time order (as
+    trace-cmd merges the CPUs by corrected time), ``seq`` renumbered in it."""
+    ts = events.get_column("ts_ns")
+    cpu = events.get_column("cpu").fill_null(-1).to_numpy()
+    moved = tracedat_clock.host_sync(ts.fill_null(0).to_numpy(), cpu, shift)
+    moved = pl.when(pl.col("ts_ns").is_not_null()).then(pl.Series(moved)).alias("ts_ns")
+    return (events.with_columns(moved).sort("ts_ns", maintain_order=True, nulls_last=True)
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")))
+
+
 def parse(path: Path, raw_text: str = "untyped") -> Parsed:
     """Decode a trace.dat; `raw_text` as in :func:`kmltrace.formats.ringbuffer.decode`."""
     info, buf, segments, mapping = read(path)
@@ -502,6 +538,10 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
                      release=release)
     events = decoded.events.with_columns(
         pl.lit(str(path)).alias("file"))
+    # a guest's file of a host-guest recording: its times on the host's clock
+    shift = _time_shift(info, path)
+    if shift is not None:
+        events = _host_synced(events, shift)
     # TSC counts -> ns, --date/offset options: the times trace-cmd report prints
     times = tracedat_clock.corrected(pl.col("ts_ns"), info.options)
     if times is not None:
@@ -539,8 +579,10 @@ def parse(path: Path, raw_text: str = "untyped") -> Parsed:
     for key, texts in (("ts_offset", "ts_offsets"), ("date", "dates")):
         if info.options.get(texts):
             meta[key] = info.options[texts][-1]
-    if times is not None:
+    if times is not None or shift is not None:
         meta["times_corrected"] = {"tsc2nsec": tracedat_clock.tsc2nsec(info.options) is not None,
                                    "offset_ns": tracedat_clock.offset_ns(info.options)}
+        if shift is not None:
+            meta["times_corrected"]["time_shift"] = shift.summary()
     return Parsed(path=str(path), format=NAME, events=schema.conform(events),
                   errors=info.errors + decoded.errors, meta=meta)
