@@ -28,7 +28,6 @@ machine may be shared: CPU seconds are the load-independent figure).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -40,8 +39,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
+from common import REPO, save_result, sha256  # noqa: E402
+
 KEY = "ingest_text"
 TEXTS = ("trace.txt", "trace-cmd-report.txt", "perf-script.txt")
 
@@ -137,14 +137,6 @@ def count_lines(path: Path) -> int:
         while chunk := f.read(1 << 24):
             count += chunk.count(b"\n")
     return count
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def version(command: list[str]) -> str:
@@ -269,9 +261,7 @@ def main() -> int:
         for r in results["kmltrace_batches"].values())
     print(json.dumps({"goal_met": ok, "batches_goal_met": entry["batches_goal_met"]}))
     if not opts.no_write:
-        data = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        data[KEY] = entry
-        RESULTS.write_text(json.dumps(data, indent=2) + "\n")
+        save_result(KEY, entry)
     return 0
 
 
