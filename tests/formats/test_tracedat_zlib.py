@@ -91,6 +91,10 @@ def test_hostile_block_is_not_inflated(name):
     block = tracedat._decompressor(name, "x.dat")
     with pytest.raises(ValueError, match="more than the 4096 bytes"):
         block(blob, 4096)
+    # a header that says 0 bytes is no licence to inflate without limit
+    with pytest.raises(Exception, match="more than the 0 bytes|content size"):
+        block(blob if name == "zlib" else
+              zstandard.ZstdCompressor(write_content_size=False).compress(bomb), 0)
     small = zlib.compress(b"abc") if name == "zlib" else \
         zstandard.ZstdCompressor().compress(b"abc")
     assert block(small, 3) == b"abc"

@@ -139,8 +139,9 @@ def _zlib_block(blob: bytes, size: int) -> bytes:
     """One zlib block of `size` bytes: never more is inflated (a hostile block could expand
     a thousandfold), and a block that holds more, or ends early, is an error."""
     inflate = zlib.decompressobj()
-    out = inflate.decompress(blob, size)
-    if inflate.unconsumed_tail:
+    # max_length 0 would mean no limit: ask for one byte more, and refuse it if it comes
+    out = inflate.decompress(blob, size + 1)
+    if len(out) > size or inflate.unconsumed_tail:
         raise ValueError(f"the block holds more than the {size} bytes its header says")
     if not inflate.eof:
         raise ValueError("the block ends before its zlib stream does")
