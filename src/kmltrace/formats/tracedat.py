@@ -509,13 +509,15 @@ def _time_shift(info: TraceDat, path) -> tracedat_clock.TimeShift | None:
 
 
 def _host_synced(events: pl.DataFrame, shift: tracedat_clock.TimeShift) -> pl.DataFrame:
-    """Times moved per CPU onto the host's clock; the rows then in that time order (as
-    trace-cmd merges the CPUs by corrected time), ``seq`` renumbered in it."""
+    """Times moved per CPU onto the host's clock; the rows then in that time order, CPU
+    order breaking ties (as trace-cmd merges the CPUs by corrected time), ``seq`` renumbered
+    in it. Where samples make a CPU's corrected times go backwards (an offset falling faster
+    than time), its rows are put in time order; trace-cmd's merge keeps their record order."""
     ts = events.get_column("ts_ns")
     cpu = events.get_column("cpu").fill_null(-1).to_numpy()
     moved = tracedat_clock.host_sync(ts.fill_null(0).to_numpy(), cpu, shift)
     moved = pl.when(pl.col("ts_ns").is_not_null()).then(pl.Series(moved)).alias("ts_ns")
-    return (events.with_columns(moved).sort("ts_ns", maintain_order=True, nulls_last=True)
+    return (events.with_columns(moved).sort(["ts_ns", "cpu"], maintain_order=True, nulls_last=True)
             .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("seq")))
 
 
