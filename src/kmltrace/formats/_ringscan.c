@@ -37,11 +37,24 @@ static inline uint32_t rd32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); re
 static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
 /* Big outputs in transparent huge pages where the system offers them (as numpy does for its
- * own arrays): a 4 KiB page fault per 4 KiB written was a third of the decode's time. */
+ * own arrays): a 4 KiB page fault per 4 KiB written was a third of the decode's time. Not in
+ * a VM that hands free memory back to its host (ringbuffer.huge_pages_pay decides): a huge
+ * page then always comes from memory the host took back, 4 KiB pages often not. */
+static int huge_pages = 1;
+
+static PyObject *set_huge_pages(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on))
+        return NULL;
+    int before = huge_pages;
+    huge_pages = on;
+    return PyBool_FromLong(before);
+}
+
 static void advise_huge(void *p, size_t n) {
 #ifdef MADV_HUGEPAGE
     const uintptr_t huge = (uintptr_t)1 << 21;
-    if (n < 2 * huge)
+    if (!huge_pages || n < 2 * huge)
         return;
     uintptr_t a = ((uintptr_t)p + huge - 1) & ~(huge - 1);
     uintptr_t e = ((uintptr_t)p + n) & ~(huge - 1);
@@ -1162,6 +1175,9 @@ static PyMethodDef methods[] = {
     {"block", block, METH_VARARGS,
      "block(size, huge=True) -> Block: zeroed memory for numpy to fill and export_array to "
      "hand over (huge: in transparent huge pages, for memory that will be written whole)"},
+    {"set_huge_pages", set_huge_pages, METH_VARARGS,
+     "set_huge_pages(on) -> the previous setting: whether big outputs are advised into "
+     "transparent huge pages (process-wide)"},
     {"export_array", export_array, METH_VARARGS,
      "export_array((format, name, length, null_count, [Block|None...], [child spec...])) -> "
      "(arrow_schema capsule, arrow_array capsule), the Blocks' memory shared, not copied"},

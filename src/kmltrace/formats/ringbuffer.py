@@ -27,6 +27,7 @@ from kmltrace.formats.ringbuffer_fields import (Piece, Reads, field_columns, fla
                                                 flags_column, hex_strings)
 from kmltrace.formats.ringbuffer_pages import (RB_MISSED_EVENTS, RB_MISSED_STORED, CpuSegment,
                                                Decoded, merge_c, merge_numpy, walk_cpu)
+from kmltrace.memory import fresh_pages
 from kmltrace.schema import FIELD_COLUMNS, LOST_EVENTS
 
 __all__ = ["RB_MISSED_EVENTS", "RB_MISSED_STORED", "CpuSegment", "Decoded", "decode",
@@ -84,9 +85,11 @@ def decode(buf: np.ndarray, segments: list[CpuSegment], formats: dict[int, Event
     # reference and can drop it (a caller that passes `box.pop()` keeps none either)
     box = [buf]
     del buf
-    return _decode(box, segments, formats, header, path=path, long_size=long_size,
-                   cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
-                   release=release, rs=use_accelerator("_ringscan"))
+    rs = use_accelerator("_ringscan")
+    with fresh_pages(rs):
+        return _decode(box, segments, formats, header, path=path, long_size=long_size,
+                       cmdlines=cmdlines, tgids=tgids, raw_text=raw_text != "untyped",
+                       release=release, rs=rs)
 
 
 def _decode(box, segments, formats, header, *, path, long_size, cmdlines, tgids,
