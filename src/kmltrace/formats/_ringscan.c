@@ -38,7 +38,7 @@ static inline uint64_t rd64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); re
 
 /* Big outputs in transparent huge pages where the system offers them (as numpy does for its
  * own arrays): a 4 KiB page fault per 4 KiB written was a third of the decode's time. Not in
- * a VM that hands free memory back to its host (ringbuffer.huge_pages_pay decides): a huge
+ * a VM that hands free memory back to its host (memory.huge_pages_pay decides): a huge
  * page then always comes from memory the host took back, 4 KiB pages often not. */
 static int huge_pages = 1;
 
