@@ -119,3 +119,31 @@ def test_sample_is_what_the_script_writes(tmp_path):
                     str(out)], check=True, capture_output=True)
     assert (out / "trace.dat").read_bytes() == ZLIB.read_bytes()
     assert (out / "libtracecmd.txt").read_text() == (ZLIB.parent / "libtracecmd.txt").read_text()
+
+
+@pytest.mark.parametrize("path", [ZLIB, ZSTD], ids=["zlib", "zstd"])
+def test_two_threads_decompress_the_same_table(monkeypatch, tmp_path, path):
+    """Big files are decompressed by two threads, each its half of the chunks: forced on
+    these small ones, the same table; the last chunk (second half) made unreadable still
+    cuts its CPU there, and the pages of the chunks before it are kept."""
+    one = tracedat.parse(path)
+    monkeypatch.setattr(tracedat, "_THREADED_DECOMPRESS", 0)
+    assert tracedat.parse(path).events.equals(one.events)
+    cpu, offset = _chunks(path)
+    data = bytearray(path.read_bytes())
+    count, = struct.unpack_from("<I", data, offset)
+    at, chunks = offset + 4, []
+    for _ in range(count):
+        csize, usize = struct.unpack_from("<II", data, at)
+        chunks.append((at, csize, usize))
+        at += 8 + csize
+    assert count >= 2
+    last, csize, _ = chunks[-1]
+    data[last + 8:last + 8 + min(8, csize)] = b"\xff" * min(8, csize)
+    damaged = tmp_path / "trace.dat"
+    damaged.write_bytes(bytes(data))
+    parsed = tracedat.parse(damaged)
+    (err,) = parsed.errors
+    assert err.offset == last and f"cpu{cpu} chunk" in err.message
+    kept = one.events.filter(pl.col("offset") < offset + sum(u for _, _, u in chunks[:-1]))
+    assert 0 < parsed.events.height == kept.height < one.events.height
