@@ -5,6 +5,7 @@ quoted lines themselves."""
 from __future__ import annotations
 
 import polars as pl
+import pytest
 
 from kmltrace.formats import console
 from kmltrace.formats.sniff import parse_file
@@ -160,3 +161,27 @@ def test_dmesg_T_wall_clock_prefix(tmp_path):
     guard, oops = _rows(parsed)
     assert guard["event"] == "stack_overflow" and guard["ts_ns"] is None
     assert oops["symbol"] == "_raw_spin_lock_irqsave+0x9/0x50" and oops["pid"] == 459
+
+
+@pytest.mark.parametrize("text, columns", [
+    # found by the fuzz test above: an address of 65 bits
+    ("BUG: stack guard page was hit at 10000000000000000 (stack is 0..1)", ["address"]),
+    ("[99999999999999999999.000000] Oops: 0002 [#1] SMP\n"
+     "CPU: 99999999999 PID: 99999999999 Comm: x Not tainted\n"
+     "RSP: 0018:1ffffffffffffffff\nCR2: 1ffffffffffffffffff\n"
+     "RIP: 0010:[<fffffffffffffffff1>] do_it+0x1/0x2",
+     ["ts_ns", "cpu", "pid", "rsp", "cr2", "ip"]),
+    ("PANIC: double fault, error_code: 0x1ffffffffffffffffff", ["error_code"]),
+    ("Kernel Offset: 0x1ffffffffffffffffff from 0xffffffff81000000", ["kaslr_offset"]),
+])
+def test_numbers_too_big_for_their_columns_are_left_out(tmp_path, text, columns):
+    """SYNTHETIC lines with numbers wider than their columns (64-bit registers, Int32 pids,
+    Int64 ns): the row is kept, those numbers are null, the rest is read."""
+    path = tmp_path / "console.txt"
+    path.write_text(text + "\n")
+    events = console.parse(path).events
+    assert events.height == 1
+    row = events.row(0, named=True)
+    assert {c: row[c] for c in columns} == dict.fromkeys(columns)
+    if "pid" in columns:
+        assert row["error_code"] == 2 and row["symbol"] == "do_it+0x1/0x2"

@@ -71,12 +71,20 @@ def sniff(head: bytes) -> bool:
 
 
 def _num(text: str | None) -> int | None:
+    """A hex number of at most 64 bits (a register, an address), else None."""
     if text is None:
         return None
     try:
-        return int(text, 16)
+        value = int(text, 16)
     except ValueError:
         return None
+    return value if value < 1 << 64 else None
+
+
+def _small(text: str, limit: int = 1 << 31) -> int | None:
+    """A decimal CPU or pid that fits its Int32 column, else None."""
+    value = int(text)
+    return value if value < limit else None
 
 
 def parse(path: Path) -> Parsed:
@@ -117,6 +125,8 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
         if match.group(1) is not None:
             frac = match.group(2)
             ts_ns = int(match.group(1)) * 1_000_000_000 + int(frac.ljust(9, "0")[:9])
+            if ts_ns >= 1 << 63:                    # no printk clock runs that long
+                ts_ns = None
         if trace is not None:
             step = _TRACE_RE.match(body)
             if step and body[:1] == " ":
@@ -141,17 +151,17 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
                 meta.setdefault("kernel", m.group(1))
             elif kind == "double_fault":
                 row["vector"] = DF_VECTOR
-                row["error_code"] = int(m.group(1), 16)
+                row["error_code"] = _num(m.group(1))
             elif kind == "stack_overflow":
                 row["stack_type"] = m.group(1)
                 row["address"] = _num(m.group(2))
                 row["stack_lo"], row["stack_hi"] = _num(m.group(3)), _num(m.group(4))
             elif kind == "kernel_offset":
-                row["kaslr_offset"] = int(m.group(1), 16) if m.group(1) else 0
+                row["kaslr_offset"] = _num(m.group(1)) if m.group(1) else 0
                 meta["kaslr_offset"] = row["kaslr_offset"]
             elif kind == OOPS:
                 err = _ERR_RE.search(body)
-                row["error_code"] = int(err.group(1), 16) if err else None
+                row["error_code"] = _num(err.group(1)) if err else None
                 if body.startswith(("kernel stack overflow (double-fault)", "Oops: double fault",
                                     "double fault:", "stack guard page:")):
                     row["vector"] = DF_VECTOR
@@ -168,16 +178,16 @@ def parse_text(text: str, file: str) -> tuple[list[dict], dict]:
         if _BLOCK_END.match(body):
             continue
         if (m := _CPU_RE.match(body)) is not None:
-            _fill(current, rows, cpu=int(m.group(1)), pid=int(m.group(2)), comm=m.group(3))
+            _fill(current, rows, cpu=_small(m.group(1)), pid=_small(m.group(2)), comm=m.group(3))
         elif (m := _RIP_RE.match(body)) is not None:
             where = m.group(3)
             ip = _num(m.group(2)) or (_num(where) if where.startswith("0x") else None)
-            _fill(current, rows, cs=int(m.group(1), 16), ip=ip,
+            _fill(current, rows, cs=_num(m.group(1)), ip=ip,
                   symbol=None if where.startswith("0x") else where)
         elif (m := _RSP_RE.match(body)) is not None:
-            _fill(current, rows, ss=int(m.group(1), 16), rsp=int(m.group(2), 16))
+            _fill(current, rows, ss=_num(m.group(1)), rsp=_num(m.group(2)))
         elif (m := _CR2_RE.match(body)) is not None:
-            _fill(current, rows, cr2=int(m.group(1), 16))
+            _fill(current, rows, cr2=_num(m.group(1)))
         elif body.startswith("Code: "):
             _fill(current, rows, code_bytes=body[6:])
         elif body.startswith("Call Trace:"):
