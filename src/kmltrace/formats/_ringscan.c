@@ -16,10 +16,12 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "_ringscan reads little-endian data in place: little-endian hosts only"
@@ -61,6 +63,66 @@ static void advise_huge(void *p, size_t n) {
     if (e > a)
         (void)madvise((void *)a, e - a, MADV_HUGEPAGE);     /* advice only: errors ignored */
 #endif
+}
+
+/* Fresh output arrays faulted in by a second thread while one thread writes them from the
+ * start: MADV_POPULATE_WRITE (Linux 5.14) maps a page writable and zeroed unless it is
+ * there already, and never changes a page's contents, so the two threads cannot disturb
+ * each other. On a VM whose host took the memory back, each first touch waits for the host,
+ * and two CPUs wait side by side. The helper works from the arrays' ends backwards, where
+ * the writer comes last; an old kernel (EINVAL) ends it at once. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#define PREFAULT_MAX 16
+
+typedef struct {
+    void *at[PREFAULT_MAX];
+    size_t len[PREFAULT_MAX];
+    int count;
+    pthread_t thread;
+    int started;
+} Prefault;
+
+static void *prefault_backwards(void *arg) {
+    Prefault *pf = arg;
+    const size_t step = (size_t)1 << 21;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    size_t longest = 0;
+    for (int i = 0; i < pf->count; i++)
+        longest = pf->len[i] > longest ? pf->len[i] : longest;
+    for (size_t end = (longest + step - 1) / step * step; end > 0; end -= step) {
+        for (int i = 0; i < pf->count; i++) {
+            if (end - step >= pf->len[i])
+                continue;
+            uintptr_t lo = ((uintptr_t)pf->at[i] + end - step + page - 1) & ~(page - 1);
+            uintptr_t hi = ((uintptr_t)pf->at[i] + (end < pf->len[i] ? end : pf->len[i])) &
+                           ~(page - 1);
+            if (hi > lo && madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0)
+                return NULL;
+        }
+    }
+    return NULL;
+}
+
+/* start faulting in the `count` ranges (worth it from 8 MiB on) */
+static void prefault_start(Prefault *pf, void **at, const size_t *len, int count) {
+    size_t total = 0;
+    pf->started = 0;
+    pf->count = count < PREFAULT_MAX ? count : PREFAULT_MAX;
+    for (int i = 0; i < pf->count; i++) {
+        pf->at[i] = at[i];
+        pf->len[i] = len[i];
+        total += len[i];
+    }
+    if (total >= ((size_t)8 << 20))
+        pf->started = pthread_create(&pf->thread, NULL, prefault_backwards, pf) == 0;
+}
+
+static void prefault_join(Prefault *pf) {
+    if (pf->started)
+        pthread_join(pf->thread, NULL);
+    pf->started = 0;
 }
 
 /* a bytearray of n elements of `size` bytes, and its data pointer */
@@ -418,7 +480,14 @@ static PyObject *merge(PyObject *self, PyObject *args) {
     const uint8_t *data = buf.buf;
     const int64_t len = buf.len;
     int bad_order = 0;
+    Prefault prefault;
+    void *outputs[9] = {o_ts, o_kind, o_start, o_length, o_lost, o_cpu, o_offset, o_pid, o_lat};
+    const size_t widths[9] = {8, 4, 8, 4, 8, 4, 8, 4, 2};
+    size_t lengths[9];
+    for (int j = 0; j < 9; j++)
+        lengths[j] = (size_t)total * widths[j];
     Py_BEGIN_ALLOW_THREADS
+    prefault_start(&prefault, outputs, lengths, 9);
     bounds[0] = 0;
     for (Py_ssize_t i = 0; i < k; i++)
         bounds[i + 1] = bounds[i] + parts[i].n;
@@ -476,6 +545,7 @@ static PyObject *merge(PyObject *self, PyObject *args) {
         o_lat[r] = (uint16_t)(head >> 16);
         o_pid[r] = (int32_t)pid;
     }
+    prefault_join(&prefault);
     Py_END_ALLOW_THREADS
     PyMem_Free(heap);
     PyMem_Free(bounds);
@@ -880,7 +950,11 @@ static PyObject *take_rows(PyObject *self, PyObject *args) {
         const int64_t n = idx.len / idx_size, rows = src.len / width;
         const uint8_t *from = src.buf;
         uint8_t *to = dst.buf;
+        Prefault prefault;
+        void *out = to;
+        const size_t out_len = (size_t)dst.len;
         Py_BEGIN_ALLOW_THREADS
+        prefault_start(&prefault, &out, &out_len, 1);
         for (int64_t i = 0; i < n; i++) {
             int64_t r = idx_size == 8 ? ((const int64_t *)idx.buf)[i]
                       : idx_size == 4 ? ((const int32_t *)idx.buf)[i]
@@ -888,6 +962,7 @@ static PyObject *take_rows(PyObject *self, PyObject *args) {
             if (r < 0 || r >= rows) { bad = 1; break; }
             memcpy(to + i * width, from + r * width, width);
         }
+        prefault_join(&prefault);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&dst);
