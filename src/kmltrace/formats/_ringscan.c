@@ -115,8 +115,10 @@ static void prefault_start(Prefault *pf, void **at, const size_t *len, int count
         pf->len[i] = len[i];
         total += len[i];
     }
+#ifdef __linux__                    /* MADV_POPULATE_WRITE's number is Linux's */
     if (total >= ((size_t)8 << 20))
         pf->started = pthread_create(&pf->thread, NULL, prefault_backwards, pf) == 0;
+#endif
 }
 
 static void prefault_join(Prefault *pf) {
