@@ -41,7 +41,7 @@ def test_same_events_as_the_zstd_original(zlib_file):
 
 
 def _chunks(path):
-    """(cpu, offset of its data, count of chunks) of the one CPU that holds data."""
+    """(cpu, file offset of its compressed data) of the one CPU that holds data."""
     info, _, _, _ = tracedat.read(path)
     (cpu, offset, _), = [c for b in info.buffers for c in b.cpus if c[2]]
     return cpu, offset

@@ -81,10 +81,10 @@ def _num(text: str | None) -> int | None:
     return value if value < 1 << 64 else None
 
 
-def _small(text: str, limit: int = 1 << 31) -> int | None:
+def _small(text: str) -> int | None:
     """A decimal CPU or pid that fits its Int32 column, else None."""
     value = int(text)
-    return value if value < limit else None
+    return value if value < 1 << 31 else None
 
 
 def parse(path: Path) -> Parsed:
