@@ -14,6 +14,7 @@ from kmltrace import ingest_stream
 from kmltrace.analysis.events import merged_events
 from kmltrace.capture import load
 from kmltrace.cli import main
+from kmltrace.event_file import output_schema, to_output_schema
 from kmltrace.formats import ftrace_text, perf_script, tracecmd_report
 from kmltrace.formats import text_lines
 from tests.formats.workload_counts import WORKLOAD, assert_workload_counts, expected
@@ -22,7 +23,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
 
 
 def _whole(path: Path) -> pl.DataFrame:
-    return merged_events(load([path])).collect()
+    """What the whole-table path writes for `path`: the merge, in the event file's columns."""
+    return to_output_schema(merged_events(load([path])).collect())
 
 
 @pytest.mark.parametrize("module, path", [
@@ -39,8 +41,9 @@ def test_streamed_table_equals_the_merged_one(tmp_path, module, path):
     assert parsed.count == streamed.height == whole.height
     assert streamed.columns == whole.columns
     assert streamed.equals(whole)
+    assert streamed.schema == output_schema()
     assert streamed["row"].to_list() == list(range(streamed.height))
-    assert not list(tmp_path.glob(".*"))        # parts and temporary file removed
+    assert not list(tmp_path.glob(".*"))        # the temporary file is gone
 
 
 def test_image_counts_execs_across_batches(tmp_path):

@@ -3,33 +3,27 @@
 The parser's batches (formats/text_pipeline.TextParse: ``seq`` and ``line`` count across
 batches) get the columns analysis.events.merged_events adds (``row``, ``task_pid``,
 ``task_comm``, ``image``), computed the way it computes them for a time-ordered table whose
-timed rows all carry their pid (what tracefs, trace-cmd and perf print). Each batch goes to a
-parquet part beside the output; the parts are then streamed into the one output file.
+timed rows all carry their pid (what tracefs, trace-cmd and perf print). The batches stream
+into the one output file as they are parsed (polars' streaming parquet sink), in the output
+schema (event_file.py): every column is known before the first batch, so nothing is
+written twice.
 
 A trace that needs the whole-table merge (times going backwards, timed rows without a pid)
-raises :class:`NeedsWholeTable` before anything is written to the output.
+raises :class:`NeedsWholeTable`; nothing is left at the output's name.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
+from polars.io.plugins import register_io_source
 
 from kmltrace.formats import Parsed
-from kmltrace.formats.text_pipeline import in_column_order
-from kmltrace.schema import SCHED_PROCESS_EXEC, conform
+from kmltrace.event_file import OUTPUT_OPTIONS, output_schema, own_columns, to_output_schema
+from kmltrace.schema import SCHED_PROCESS_EXEC
 
-ATTRIBUTION = ("row", "task_pid", "task_comm", "image")
-#: parts are read once, right away: not worth compressing (Arrow IPC parts were no cheaper
-#: to write and, memory-mapped when read, raised the peak RSS)
-PART_OPTIONS = dict(compression="uncompressed", statistics=False)
-#: the output: zstd at level 1 wrote the 1.78 M-row bench table in 0.75 s (11 MB) where the
-#: default level took 1.16 s (9 MB)
-OUTPUT_OPTIONS = dict(compression="zstd", compression_level=1)
 #: (pid, row) packed in one Int64 key, as analysis.events does
 _PID_KEY = 1 << 40
 
@@ -48,16 +42,12 @@ def ingest_text(path: Path, module, output: Path, **options) -> Parsed:
     beside its final name, then renamed). Returns the input's Parsed (events left empty;
     ``event_count`` says how many rows were written)."""
     parse = module.text_parse(path, **options)
-    parts_dir = output.with_name(f".{output.name}.{os.getpid()}.parts")
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    parts_dir.mkdir(exist_ok=True)
     try:
-        rows = _write_parts(parse, parts_dir)
+        rows = _sink(parse, tmp)
         if rows:
-            _join_parts(parts_dir, tmp)
             os.replace(tmp, output)
     finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
         if tmp.exists():
             tmp.unlink()
     meta = parse.meta if rows else {}
@@ -65,45 +55,33 @@ def ingest_text(path: Path, module, output: Path, **options) -> Parsed:
                   event_count=rows)
 
 
-class _PartWriter:
-    """Writes parts in a worker thread (polars writes without the GIL), so the next batch is
-    parsed meanwhile; one write at a time in flight keeps the memory bounded."""
+def _sink(parse, tmp: Path) -> int:
+    """Stream the attributed batches of `parse` into the parquet file `tmp`; the rows
+    written. The parse runs inside polars' sink, which asks for the next batch while it
+    encodes the one before."""
+    schema = output_schema()
+    rows = [0]
 
-    def __init__(self, parts_dir: Path):
-        self.parts_dir = parts_dir
-        self.count = 0
-        self._pool = ThreadPoolExecutor(max_workers=1)
-        self._pending = None
+    def batches(with_columns, predicate, n_rows, batch_size):
+        for frame in _attributed_batches(parse):
+            if own_columns(frame, schema):
+                raise NeedsWholeTable(f"columns outside the event file's: {own_columns(frame, schema)}")
+            rows[0] += frame.height
+            frame = to_output_schema(frame, schema)
+            # the sink asks for whole frames; honour a narrower request all the same
+            if with_columns is not None:
+                frame = frame.select(with_columns)
+            if predicate is not None:
+                frame = frame.filter(predicate)
+            yield frame
 
-    def write(self, frame: pl.DataFrame) -> None:
-        self.wait()
-        path = self.parts_dir / f"part-{self.count:06d}.parquet"
-        self._pending = self._pool.submit(frame.write_parquet, path, **PART_OPTIONS)
-        self.count += 1
-
-    def wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
+    register_io_source(batches, schema=schema).sink_parquet(tmp, **OUTPUT_OPTIONS)
+    return rows[0]
 
 
-def _write_parts(parse, parts_dir: Path) -> int:
-    """Attribute each batch and write it as a part; untimed rows (lost-event records) go
-    last, after every timed row, as merged_events puts them. Returns the rows written."""
-    writer = _PartWriter(parts_dir)
-    try:
-        return _write_batches(parse, writer)
-    finally:
-        writer.close()
-
-
-def _write_batches(parse, writer: _PartWriter) -> int:
+def _attributed_batches(parse):
+    """The batches with their attribution columns; untimed rows (lost-event records) come
+    last, after every timed row, as merged_events puts them."""
     rows = 0
     last_ts = None
     execs: dict[int, int] = {}          # pid -> execs seen in earlier batches
@@ -124,20 +102,17 @@ def _write_batches(parse, writer: _PartWriter) -> int:
             raise NeedsWholeTable("times go backwards")
         last_ts = ts[-1]
         batch = _attributed(batch, rows, execs)
-        writer.write(batch)
         rows += batch.height
+        yield batch
     if untimed:
         table = pl.concat(untimed, how="diagonal_relaxed")
         pid = pl.col("pid")
         known = pid.replace_strict(execs, default=0, return_dtype=pl.Int32) if execs else 0
-        table = table.with_columns(
+        yield table.with_columns(
             pl.int_range(rows, rows + pl.len(), dtype=pl.Int64).alias("row"),
             pid.alias("task_pid"),
             pl.when(pid.is_not_null()).then(pl.col("comm")).alias("task_comm"),
             pl.when(pid.is_not_null()).then(known).otherwise(0).cast(pl.Int32).alias("image"))
-        writer.write(table)
-        rows += table.height
-    return rows
 
 
 def _attributed(batch: pl.DataFrame, first_row: int, execs: dict[int, int]) -> pl.DataFrame:
@@ -164,20 +139,3 @@ def _attributed(batch: pl.DataFrame, first_row: int, execs: dict[int, int]) -> p
     for pid, count in keys.group_by("pid").len().iter_rows():
         execs[pid] = execs.get(pid, 0) + count
     return out
-
-
-def _join_parts(parts_dir: Path, tmp: Path) -> None:
-    """One parquet file from the parts, streamed: columns as merged_events orders them.
-
-    One scan of every part with the union of their columns (a column a part lacks is read as
-    nulls), in low-memory mode: a concatenation of one scan per part held ~50 % more."""
-    parts = sorted(parts_dir.glob("part-*.parquet"))
-    schema: dict = {}
-    for part in parts:
-        for name, dtype in pl.read_parquet_schema(part).items():
-            if schema.get(name, pl.Null) == pl.Null:
-                schema[name] = dtype
-    frame = pl.scan_parquet(parts, schema=schema, missing_columns="insert", low_memory=True)
-    frame = in_column_order(conform(frame))
-    names = [n for n in frame.collect_schema().names() if n not in ATTRIBUTION]
-    frame.select(*names, *ATTRIBUTION).sink_parquet(tmp, **OUTPUT_OPTIONS)

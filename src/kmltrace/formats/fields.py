@@ -332,6 +332,11 @@ def _field_schema(spec_indexes: tuple[int, ...]) -> pl.Schema:
     return pl.Schema({n: t for n, t in columns.items() if n not in ("event", "raw")})
 
 
+def field_table_schema() -> pl.Schema:
+    """Every column the table's entries can add, in the order they add them."""
+    return _field_schema(tuple(range(len(EVENT_FIELDS))))
+
+
 def fast_decoders(scanner) -> dict[bytes, int]:
     """{event name: the C scanner's decoder number} from the table's ``fast`` entries."""
     return {name.encode(): getattr(scanner, spec.fast)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
@@ -59,10 +58,11 @@ def _merged(targets, output: Path):
     """Every TARGET parsed whole, merged (dedupe, time order, attribution), written."""
     from kmltrace.analysis.events import merged_events
     from kmltrace.capture import load
+    from kmltrace.event_file import write_event_file
 
     capture = load(list(targets))
     table = merged_events(capture).collect()
-    _write_atomically(table, output)
+    write_event_file(table, output)
     return capture.inputs, table.height
 
 
@@ -89,17 +89,6 @@ def _streamed(targets, output: Path):
     if parsed.count == 0:   # nothing to stream: the whole path writes the empty table
         return None, 0
     return [parsed], parsed.count
-
-
-def _write_atomically(table, output: Path) -> None:
-    """Write the parquet beside its final name, then rename: no half-written OUT."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        table.write_parquet(tmp)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _print_table(inputs, total: int, output: str) -> None:

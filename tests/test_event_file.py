@@ -1,0 +1,71 @@
+"""The parquet file ``kmltrace ingest`` writes (kmltrace/event_file.py): the same columns for
+every capture, a source's own columns kept before the attribution ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+from click.testing import CliRunner
+
+from kmltrace.cli import main
+from kmltrace.event_file import ATTRIBUTION, output_schema, to_output_schema
+from kmltrace.formats import fields
+from kmltrace.schema import CORE_COLUMNS
+
+SAMPLES = Path(__file__).resolve().parents[1] / "sample_traces"
+
+
+def _ingest(tmp_path: Path, *targets: Path) -> pl.DataFrame:
+    out = tmp_path / "events.parquet"
+    result = CliRunner().invoke(main, ["ingest", *map(str, targets), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return pl.read_parquet(out)
+
+
+def test_the_schema_holds_core_fields_then_attribution():
+    schema = output_schema()
+    names = list(schema)
+    assert names[:len(CORE_COLUMNS)] == list(CORE_COLUMNS)
+    assert names[-len(ATTRIBUTION):] == list(ATTRIBUTION)
+    assert set(fields.field_table_schema()) <= set(names)
+    assert schema["args"] == pl.List(pl.UInt64) and schema["ip_sym"] == pl.String
+
+
+def test_captures_of_different_events_share_one_schema(tmp_path):
+    # a streamed text (6.18 host), an old kernel's excerpt (4.x, raw syscalls only) and a
+    # trace.dat (whole-table path): the same columns, in the same order
+    text = _ingest(tmp_path, SAMPLES / "host-6.18-workload" / "trace.txt")
+    old = _ingest(tmp_path, SAMPLES / "public-4.x" / "android-arm64-4.x-raw_syscalls.txt")
+    binary = _ingest(tmp_path, SAMPLES / "host-6.18-workload" / "trace.dat")
+    assert text.schema == old.schema == binary.schema == output_schema()
+    # the 4.x excerpt has no page faults: its fault columns are there, all null
+    assert old["address"].null_count() == old.height > 0
+    assert text["address"].null_count() < text.height
+
+
+def test_a_sources_own_columns_stay_before_the_attribution(tmp_path):
+    log = SAMPLES / "lab-starvation-tcg" / "qemu.log"
+    table = _ingest(tmp_path, log)
+    names = table.columns
+    assert names[:len(output_schema()) - len(ATTRIBUTION)] == [
+        n for n in output_schema() if n not in ATTRIBUTION]
+    assert names[-len(ATTRIBUTION):] == list(ATTRIBUTION)
+    # QEMU's register dump columns, with values
+    assert {"cs", "rip", "cr2", "in_asm"} <= set(names)
+    assert table["rip"].null_count() < table.height
+
+
+def test_to_output_schema_casts_and_fills():
+    # synthetic: a two-row frame with a narrower dtype and an own column
+    frame = pl.DataFrame({"ts_ns": [1, 2], "pid": pl.Series([7, 8], dtype=pl.Int64),
+                          "mine": ["a", "b"], "row": [0, 1]})
+    out = to_output_schema(frame)
+    assert out.height == 2
+    assert out.schema["pid"] == pl.Int32 and out["pid"].to_list() == [7, 8]
+    assert out["args"].to_list() == [None, None]
+    assert out.columns[-len(ATTRIBUTION) - 1] == "mine"
+    assert out["row"].to_list() == [0, 1] and out["image"].to_list() == [None, None]
+    # the cached null columns serve a longer frame too
+    long = to_output_schema(pl.DataFrame({"ts_ns": list(range(70000))}))
+    assert long["comm"].null_count() == 70000
