@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import REPO, save_result, sha256  # noqa: E402
+from common import REPO, byte_compile_kmltrace, save_result, sha256  # noqa: E402
 
 KEY = "ingest_text"
 TEXTS = ("trace.txt", "trace-cmd-report.txt", "perf-script.txt")
@@ -163,6 +163,7 @@ def main() -> int:
             print(f"needs {tool} on PATH", file=sys.stderr)
             return 1
 
+    bytecode = byte_compile_kmltrace()
     load_before = os.getloadavg()
     sampler = LoadSampler()
     sampler.start()
@@ -249,6 +250,7 @@ def main() -> int:
                      "trace-cmd": version(["trace-cmd", "--version"]).strip() or
                      version(["trace-cmd", "-h"]),
                      "perf": version(["perf", "--version"])},
+        "bytecode": bytecode,
         "inputs": {name: {"sha256": sha256(large / name), "bytes": (large / name).stat().st_size}
                    for name in (*TEXTS, "trace.dat", "perf.data")},
         **results,

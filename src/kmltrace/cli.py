@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 
 import click
 
 from kmltrace import __version__
+
+# numpy's OpenBLAS starts a thread per CPU that spins for a while after the import: kmltrace
+# does no linear algebra, and on 2 CPUs the spinning cost ~0.13 CPU-s of every run that
+# imports numpy (before polars or numpy is imported, or it has no effect)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 #: verb -> "module:attribute" of its click command
 VERBS: dict[str, str] = {

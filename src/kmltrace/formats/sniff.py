@@ -10,28 +10,33 @@ from kmltrace.errors import InputError, KmltraceError, UnknownFormatError
 from kmltrace.formats import Parsed
 
 #: Format modules in the order they are tried: binary and strongly marked formats first,
-#: the loosest text formats last.
-FORMAT_MODULES: list[str] = [
-    # each entry is a module of kmltrace.formats exposing NAME, sniff(head), parse(path)
-    "tracedat",       # binary: magic \x17\x08Dtracing
-    "perf_data",      # binary: magic PERFILE2 (read through perf script)
-    "guest_memory",   # binary: ELF core of dump-guest-memory (or its zstd)
-    "elf",            # binary: any other ELF (vmlinux, programs): symbols only
-    "snapshot",       # JSON starting {"kernel": {...}: written by kmltrace snapshot
-    "kallsyms",       # every line "ADDR TYPE NAME[\t[module]]": /proc/kallsyms, System.map
-    "qemu_log",       # QEMU -d int,cpu_reset: before console and the loose ftrace text
-    "console",        # serial console / dmesg
-    "tracecmd_report",
-    "perf_script",
-    "ftrace_text",      # loosest text grammar: after the other trace texts
+#: the loosest text formats last. Each module of kmltrace.formats exposes NAME, sniff(head),
+#: parse(path); beside it, the bytes a file of the format starts with (one of them), or None:
+#: a module whose magic the file lacks is not imported at all (the binary readers pull in
+#: numpy, a tenth of a second of every text's ingest).
+FORMATS: list[tuple[str, tuple[bytes, ...] | None]] = [
+    ("tracedat", (b"\x17\x08\x44tracing",)),          # trace-cmd's trace.dat
+    ("perf_data", None),      # binary: magic PERFILE2 (read through perf script)
+    ("guest_memory", (b"\x7fELF", b"\x28\xb5\x2f\xfd")),  # ELF core of dump-guest-memory, or its zstd
+    ("elf", (b"\x7fELF",)),   # any other ELF (vmlinux, programs): symbols only
+    ("snapshot", None),       # JSON starting {"kernel": {...}: written by kmltrace snapshot
+    ("kallsyms", None),       # every line "ADDR TYPE NAME[\t[module]]": /proc/kallsyms, System.map
+    ("qemu_log", None),       # QEMU -d int,cpu_reset: before console and the loose ftrace text
+    ("console", None),        # serial console / dmesg
+    ("tracecmd_report", None),
+    ("perf_script", None),
+    ("ftrace_text", None),    # loosest text grammar: after the other trace texts
 ]
+FORMAT_MODULES: list[str] = [name for name, _ in FORMATS]
 
 HEAD_BYTES = 64 * 1024
 
 
-def _modules():
-    for name in FORMAT_MODULES:
-        yield importlib.import_module(f"kmltrace.formats.{name}")
+def _modules(head: bytes | None = None):
+    """The format modules to try on a file starting with `head` (every one for None)."""
+    for name, magic in FORMATS:
+        if head is None or magic is None or head.startswith(magic):
+            yield importlib.import_module(f"kmltrace.formats.{name}")
 
 
 def read_head(path: Path, size: int = HEAD_BYTES) -> bytes:
@@ -49,7 +54,7 @@ def detect(path: Path):
     head = read_head(path)
     if not head:
         raise InputError("empty file", path=str(path))
-    for module in _modules():
+    for module in _modules(head):
         if module.sniff(head):
             return module
     raise UnknownFormatError("not a supported format (trace text, trace.dat, perf script, "

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from kmltrace.accel import use_accelerator
@@ -89,7 +88,7 @@ def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...])
     pair, text, lines, offsets, count, frac, nul = module.scan(
         data, first_line, code, prefixes, how.decoders, how.systems)
     fast = pl.Series(_Capsules(pair)).struct.unnest()
-    line_numbers = np.frombuffer(lines, dtype=np.int64)
+    line_numbers = _int64s(lines)
     if text:
         # the same reader as the pure path (same lossy UTF-8, same cut at a NUL byte); a blank
         # first line keeps it from taking a line that starts like compressed data for a
@@ -100,12 +99,18 @@ def scan(data, module, first_line: int, how: Setup, prefixes: tuple[bytes, ...])
                 f"the deferred lines read back as {deferred.height} rows, not "
                 f"{len(line_numbers)}")
         deferred = deferred.with_columns(
-            pl.Series("line", line_numbers), pl.Series("__offset", np.frombuffer(offsets, np.int64))
+            pl.Series("line", line_numbers, dtype=pl.Int64),
+            pl.Series("__offset", _int64s(offsets), dtype=pl.Int64)
         ).select("line", "__offset", "text")
     else:
         deferred = pl.DataFrame(schema={"line": pl.Int64, "__offset": pl.Int64, "text": pl.String})
     return Scanned(fast=fast, deferred=deferred, lines=count,
                    frac_digits=None if frac < 0 else frac, first_nul=None if nul < 0 else nul)
+
+
+def _int64s(data: bytes) -> memoryview:
+    """The scanner's int64 array (native byte order), as polars takes it without numpy."""
+    return memoryview(data).cast("q")
 
 
 class Pieces:
