@@ -100,3 +100,24 @@ def test_a_text_the_reader_refuses_is_reported_by_the_whole_path(tmp_path):
     assert len(report["errors"]) == 1 and "cannot read as text lines" in report["errors"][0]
     assert result.stderr.count("\n") == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_an_interrupt_leaves_no_file(tmp_path, monkeypatch):
+    # Ctrl-C while the sink runs (polars ends it with KeyboardInterrupt): no temporary file,
+    # and an output written before stays as it was
+    out = tmp_path / "events.parquet"
+    out.write_bytes(b"written before")
+    batches = ingest_stream._attributed_batches
+
+    def interrupted(parse):
+        for number, batch in enumerate(batches(parse)):
+            if number == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(ingest_stream, "_attributed_batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_stream.ingest_text(WORKLOAD / "trace.txt", ftrace_text, out,
+                                  batch_bytes=8 * 1024)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
+    assert out.read_bytes() == b"written before"

@@ -14,6 +14,7 @@ raises :class:`NeedsWholeTable`; nothing is left at the output's name.
 
 from __future__ import annotations
 
+import atexit
 import os
 from pathlib import Path
 
@@ -43,13 +44,17 @@ def ingest_text(path: Path, module, output: Path, **options) -> Parsed:
     ``event_count`` says how many rows were written)."""
     parse = module.text_parse(path, **options)
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    # Ctrl-C: polars ends the sink with KeyboardInterrupt at once, but Python may raise a
+    # second one at its next bytecode, inside this clean-up: the exit handler removes the
+    # file then
+    atexit.register(tmp.unlink, missing_ok=True)
     try:
         rows = _sink(parse, tmp)
         if rows:
             os.replace(tmp, output)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+        atexit.unregister(tmp.unlink)
     meta = parse.meta if rows else {}
     return Parsed(path=str(path), format=module.NAME, errors=parse.errors, meta=meta,
                   event_count=rows)
