@@ -83,3 +83,16 @@ def test_table_output_without_json(tmp_path):
     result = _run(TRACE, "-o", tmp_path / "e.parquet")
     assert result.exit_code == 0
     assert "ftrace_text" in result.stdout and "µs" in result.stdout
+
+
+def test_an_interrupt_in_a_callback_prints_nothing():
+    # "Exception ignored in ..." with a traceback, for a Ctrl-C that hit a weakref callback
+    from types import SimpleNamespace
+
+    from kmltrace import cli
+    seen = []
+    cli._quiet_interrupts(SimpleNamespace(exc_value=KeyboardInterrupt()), default=seen.append)
+    assert seen == []
+    other = SimpleNamespace(exc_value=ValueError("a real bug"))
+    cli._quiet_interrupts(other, default=seen.append)
+    assert seen == [other]

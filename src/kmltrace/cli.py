@@ -22,6 +22,18 @@ from kmltrace import __version__
 # imports numpy (before polars or numpy is imported, or it has no effect)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+
+def _quiet_interrupts(unraisable, default=sys.unraisablehook):
+    """A Ctrl-C that lands in a callback (a weakref's, a __del__) is lost either way: Python
+    prints it as "Exception ignored" with a traceback. Say nothing: polars ends a running
+    query on the same Ctrl-C, and the verb then stops with "Aborted!"."""
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        return
+    default(unraisable)
+
+
+sys.unraisablehook = _quiet_interrupts
+
 #: verb -> "module:attribute" of its click command
 VERBS: dict[str, str] = {
     "collect": "kmltrace.verbs.collect:collect",
