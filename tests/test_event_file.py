@@ -3,13 +3,16 @@ every capture, a source's own columns kept before the attribution ones."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 from click.testing import CliRunner
 
 from kmltrace.cli import main
-from kmltrace.event_file import ATTRIBUTION, output_schema, to_output_schema
+from kmltrace.event_file import ATTRIBUTION, beside, output_schema, to_output_schema
 from kmltrace.formats import fields
 from kmltrace.schema import CORE_COLUMNS
 
@@ -69,3 +72,32 @@ def test_to_output_schema_casts_and_fills():
     # the cached null columns serve a longer frame too
     long = to_output_schema(pl.DataFrame({"ts_ns": list(range(70000))}))
     assert long["comm"].null_count() == 70000
+
+
+def test_beside_removes_its_file_on_an_error(tmp_path):
+    out = tmp_path / "events.parquet"
+    with pytest.raises(RuntimeError):
+        with beside(out) as tmp:
+            tmp.write_bytes(b"half a file")
+            raise RuntimeError("the write failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_beside_removes_its_file_at_exit_when_the_clean_up_is_cut_short(tmp_path):
+    # a second KeyboardInterrupt that lands inside the clean-up (simulated: the first
+    # unlink raises it) must still leave no temporary file once the process has ended
+    out = tmp_path / "events.parquet"
+    script = f"""
+import pathlib
+from kmltrace.event_file import beside
+unlink = pathlib.Path.unlink
+def interrupted(self, missing_ok=False):
+    pathlib.Path.unlink = unlink
+    raise KeyboardInterrupt
+with beside(pathlib.Path({str(out)!r})) as tmp:
+    tmp.write_bytes(b"half a file")
+    pathlib.Path.unlink = interrupted
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -11,8 +11,10 @@ once, as it is parsed.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -86,10 +88,21 @@ def _nulls(dtype: pl.DataType, height: int) -> pl.Series:
 def write_event_file(table: pl.DataFrame, output: Path) -> None:
     """Write `table` in the event file's columns beside `output`, then rename: no
     half-written file at `output`."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
+    with beside(output) as tmp:
         to_output_schema(table).write_parquet(tmp, **OUTPUT_OPTIONS)
         os.replace(tmp, output)
+
+
+@contextmanager
+def beside(output: Path):
+    """A temporary name beside `output` (the caller renames it to `output` when the file is
+    whole), removed on the way out whatever happens. Ctrl-C: polars ends a running write
+    with KeyboardInterrupt at once, and Python may raise a second one at its next bytecode,
+    inside this clean-up: an exit handler removes the file then."""
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    atexit.register(tmp.unlink, missing_ok=True)
+    try:
+        yield tmp
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
+        atexit.unregister(tmp.unlink)

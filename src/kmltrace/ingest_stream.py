@@ -14,7 +14,6 @@ raises :class:`NeedsWholeTable`; nothing is left at the output's name.
 
 from __future__ import annotations
 
-import atexit
 import os
 from pathlib import Path
 
@@ -22,7 +21,8 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from kmltrace.formats import Parsed
-from kmltrace.event_file import OUTPUT_OPTIONS, output_schema, own_columns, to_output_schema
+from kmltrace.event_file import (OUTPUT_OPTIONS, beside, output_schema, own_columns,
+                                 to_output_schema)
 from kmltrace.schema import SCHED_PROCESS_EXEC
 
 #: (pid, row) packed in one Int64 key, as analysis.events does
@@ -43,18 +43,10 @@ def ingest_text(path: Path, module, output: Path, **options) -> Parsed:
     beside its final name, then renamed). Returns the input's Parsed (events left empty;
     ``event_count`` says how many rows were written)."""
     parse = module.text_parse(path, **options)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    # Ctrl-C: polars ends the sink with KeyboardInterrupt at once, but Python may raise a
-    # second one at its next bytecode, inside this clean-up: the exit handler removes the
-    # file then
-    atexit.register(tmp.unlink, missing_ok=True)
-    try:
+    with beside(output) as tmp:
         rows = _sink(parse, tmp)
         if rows:
             os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-        atexit.unregister(tmp.unlink)
     meta = parse.meta if rows else {}
     return Parsed(path=str(path), format=module.NAME, errors=parse.errors, meta=meta,
                   event_count=rows)
