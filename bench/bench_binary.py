@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import save_result, sha256  # noqa: E402
+from common import save_result, sha256, tool_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work"
@@ -89,15 +89,6 @@ def run(command: list[str], stdout=subprocess.PIPE) -> tuple[float, float, str]:
         raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.strip()[-500:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu, proc.stdout if stdout == subprocess.PIPE else ""
-
-
-def version(command: list[str]) -> str:
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unavailable"
-    text = (out.stdout + out.stderr).strip().splitlines()
-    return next((line.strip() for line in text if line.strip()), "unknown")
 
 
 def build_reference() -> Path:
@@ -213,8 +204,8 @@ def main() -> int:
         "versions": {"kmltrace": kmltrace.__version__, "python": platform.python_version(),
                      "polars": polars.__version__, "numpy": numpy.__version__,
                      "zstandard": zstandard.__version__,
-                     "trace-cmd": version(["trace-cmd", "--version"]),
-                     "gcc": version(["gcc", "--version"])},
+                     "trace-cmd": tool_version(["trace-cmd", "--version"]),
+                     "gcc": tool_version(["gcc", "--version"])},
         "inputs": runs,
     }
     print(json.dumps(result, indent=2))

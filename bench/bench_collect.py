@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import save_result  # noqa: E402
+from common import save_result, tool_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SYSRATE_SRC = REPO / "tests" / "system" / "sysrate.c"
@@ -178,8 +178,7 @@ def burst(exe: Path, tmp: Path, calls: int) -> dict:
 def versions() -> dict:
     from kmltrace import __version__
 
-    perf = subprocess.run(["perf", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"kmltrace": __version__, "perf": perf, "kernel": platform.release(),
+    return {"kmltrace": __version__, "perf": tool_version(["perf", "--version"]), "kernel": platform.release(),
             "python": platform.python_version(), "cpus": os.cpu_count()}
 
 

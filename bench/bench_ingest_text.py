@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import REPO, byte_compile_kmltrace, save_result, sha256  # noqa: E402
+from common import REPO, byte_compile_kmltrace, save_result, sha256, tool_version  # noqa: E402
 
 KEY = "ingest_text"
 TEXTS = ("trace.txt", "trace-cmd-report.txt", "perf-script.txt")
@@ -137,14 +137,6 @@ def count_lines(path: Path) -> int:
         while chunk := f.read(1 << 24):
             count += chunk.count(b"\n")
     return count
-
-
-def version(command: list[str]) -> str:
-    try:
-        out = subprocess.run(command, capture_output=True, text=True)
-    except FileNotFoundError:
-        return "not installed"
-    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else ""
 
 
 def main() -> int:
@@ -247,9 +239,8 @@ def main() -> int:
                             "the process's own CPU time"},
         "versions": {"kmltrace": kmltrace.__version__, "polars": polars.__version__,
                      "python": platform.python_version(),
-                     "trace-cmd": version(["trace-cmd", "--version"]).strip() or
-                     version(["trace-cmd", "-h"]),
-                     "perf": version(["perf", "--version"])},
+                     "trace-cmd": tool_version(["trace-cmd", "--version"]),
+                     "perf": tool_version(["perf", "--version"])},
         "bytecode": bytecode,
         "inputs": {name: {"sha256": sha256(large / name), "bytes": (large / name).stat().st_size}
                    for name in (*TEXTS, "trace.dat", "perf.data")},

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import save_result, sha256  # noqa: E402
+from common import save_result, sha256, tool_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "sample_traces" / "qemu-tiny" / "starvation-int-inasm.log"
@@ -66,13 +66,6 @@ def cpu_timed(fn, repeats: int) -> float:
         fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
-
-
-def tool_version(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        return "unknown"
 
 
 def main() -> None:

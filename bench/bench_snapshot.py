@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import save_result, sha256  # noqa: E402
+from common import save_result, sha256, tool_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,7 @@ def main() -> None:
                     "incidents": len(snap["incidents"]),
                     "no_dwarf_tasks": len(bare["tasks"])},
         "versions": {"python": platform.python_version(), "drgn": drgn.__version__,
-                     "qemu": subprocess.run(["qemu-system-x86_64", "--version"],
-                                            capture_output=True, text=True).stdout.split("\n")[0]},
+                     "qemu": tool_version(["qemu-system-x86_64", "--version"])},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_1min": round(os.getloadavg()[0], 2)},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py
-from common import save_result, sha256  # noqa: E402
+from common import save_result, sha256, tool_version  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench" / "work" / "symbols"
@@ -162,11 +162,7 @@ def versions() -> dict:
     import polars
     out = {"python": sys.version.split()[0], "numpy": np.__version__, "polars": polars.__version__}
     for tool in ("addr2line", "as"):
-        try:
-            out[tool] = subprocess.run([tool, "--version"], capture_output=True, text=True
-                                       ).stdout.splitlines()[0]
-        except (OSError, IndexError):
-            out[tool] = None
+        out[tool] = tool_version([tool, "--version"])
     return out
 
 

@@ -11,6 +11,7 @@ import compileall
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +25,17 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def tool_version(command: list[str]) -> str:
+    """The first non-empty line a tool prints for `command` (``perf --version``, ...), on
+    stdout or stderr; "not installed" when it cannot be run."""
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    lines = (out.stdout + out.stderr).splitlines()
+    return next((line.strip() for line in lines if line.strip()), "unknown")
 
 
 def _portable(value):
