@@ -61,8 +61,8 @@ def _sink(parse, tmp: Path) -> int:
 
     def batches(with_columns, predicate, n_rows, batch_size):
         for frame in _attributed_batches(parse):
-            if own_columns(frame, schema):
-                raise NeedsWholeTable(f"columns outside the event file's: {own_columns(frame, schema)}")
+            if own := own_columns(frame, schema):
+                raise NeedsWholeTable(f"columns outside the event file's: {own}")
             rows[0] += frame.height
             frame = to_output_schema(frame, schema)
             # the sink asks for whole frames; honour a narrower request all the same
