@@ -121,3 +121,15 @@ def test_an_interrupt_leaves_no_file(tmp_path, monkeypatch):
                                   batch_bytes=8 * 1024)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.parquet"]
     assert out.read_bytes() == b"written before"
+
+
+def test_a_column_the_file_has_no_place_for_needs_the_whole_table(tmp_path, monkeypatch):
+    # the streamed file's columns are fixed before the first batch: a batch with another
+    # column (simulated: an event file schema without `raw`) sends the trace to the merge
+    schema = ingest_stream.output_schema()
+    narrower = pl.Schema({n: t for n, t in schema.items() if n != "raw"})
+    monkeypatch.setattr(ingest_stream, "output_schema", lambda: narrower)
+    out = tmp_path / "events.parquet"
+    with pytest.raises(ingest_stream.NeedsWholeTable, match="raw"):
+        ingest_stream.ingest_text(WORKLOAD / "trace.txt", ftrace_text, out)
+    assert list(tmp_path.iterdir()) == []
