@@ -101,3 +101,17 @@ with beside(pathlib.Path({str(out)!r})) as tmp:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_whole_table_writer_places_columns_as_to_output_schema(tmp_path):
+    # write_event_file streams the table with the absent columns as literals; the file must
+    # hold what to_output_schema gives (a QEMU log: a source with columns of its own)
+    from kmltrace.analysis.events import merged_events
+    from kmltrace.capture import load
+    from kmltrace.event_file import write_event_file
+
+    table = merged_events(load([SAMPLES / "lab-starvation-tcg" / "qemu.log"])).collect()
+    out = tmp_path / "events.parquet"
+    write_event_file(table, out)
+    assert pl.read_parquet(out).equals(to_output_schema(table))
+    assert [p.name for p in tmp_path.iterdir()] == ["events.parquet"]

@@ -90,8 +90,24 @@ def write_event_file(table: pl.DataFrame, output: Path) -> None:
     """Write `table` in the event file's columns beside `output`, then rename: no
     half-written file at `output`."""
     with beside(output) as tmp:
-        to_output_schema(table).write_parquet(tmp, **OUTPUT_OPTIONS)
+        # streamed from the table, the absent columns as literals: a null column of the
+        # table's height for each absent field added ~45 MB to a 1.78 M-row ingest
+        table.lazy().select(output_columns(table.columns)).sink_parquet(tmp, **OUTPUT_OPTIONS)
         os.replace(tmp, output)
+
+
+def output_columns(names: list[str]) -> list[pl.Expr]:
+    """:func:`to_output_schema` as expressions on a frame with the columns `names`."""
+    schema = output_schema()
+    present = set(names)
+
+    def column(name, dtype):
+        return (pl.col(name).cast(dtype) if name in present
+                else pl.lit(None, dtype=dtype).alias(name))
+
+    return [*(column(n, t) for n, t in schema.items() if n not in ATTRIBUTION),
+            *(pl.col(n) for n in names if n not in schema),
+            *(column(n, t) for n, t in ATTRIBUTION.items())]
 
 
 @contextmanager
