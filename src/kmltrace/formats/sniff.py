@@ -17,7 +17,8 @@ from kmltrace.formats import Parsed
 FORMATS: list[tuple[str, tuple[bytes, ...] | None]] = [
     ("tracedat", (b"\x17\x08\x44tracing",)),          # trace-cmd's trace.dat
     ("perf_data", None),      # binary: magic PERFILE2 (read through perf script)
-    ("guest_memory", (b"\x7fELF", b"\x28\xb5\x2f\xfd")),  # ELF core of dump-guest-memory, or its zstd
+    # the ELF core of dump-guest-memory, or its zstd
+    ("guest_memory", (b"\x7fELF", b"\x28\xb5\x2f\xfd")),
     ("elf", (b"\x7fELF",)),   # any other ELF (vmlinux, programs): symbols only
     ("snapshot", None),       # JSON starting {"kernel": {...}: written by kmltrace snapshot
     ("kallsyms", None),       # every line "ADDR TYPE NAME[\t[module]]": /proc/kallsyms, System.map
