@@ -48,29 +48,40 @@ def output_schema() -> pl.Schema:
     return pl.Schema({**columns, **ATTRIBUTION})
 
 
-def to_output_schema(frame: pl.DataFrame, schema: pl.Schema | None = None) -> pl.DataFrame:
-    """`frame` with the event file's columns (nulls where it has none), its own other
-    columns before the attribution ones. Columns are placed, not selected: a select runs
-    through the query engine, which copied whole frames."""
+def layout(names: list[str], schema: pl.Schema | None = None) -> list[tuple[str, object]]:
+    """The event file's columns for a frame with the columns `names`, in order: (name, the
+    dtype to cast to or to fill with nulls, or None for a column of the frame's own)."""
     schema = schema or output_schema()
-    height = frame.height
-    first = [(n, t) for n, t in schema.items() if n not in ATTRIBUTION]
-    own = [frame.get_column(n) for n in frame.columns if n not in schema]
-    return pl.DataFrame([*(_column(frame, n, t, height) for n, t in first), *own,
-                         *(_column(frame, n, t, height) for n, t in ATTRIBUTION.items())])
+    return [*((n, t) for n, t in schema.items() if n not in ATTRIBUTION),
+            *((n, None) for n in names if n not in schema),
+            *ATTRIBUTION.items()]
+
+
+def to_output_schema(frame: pl.DataFrame, schema: pl.Schema | None = None) -> pl.DataFrame:
+    """`frame` in the event file's columns (:func:`layout`). Columns are placed, not
+    selected: a select runs through the query engine, which copied whole frames."""
+    return pl.DataFrame([_column(frame, n, t) for n, t in layout(frame.columns, schema)])
+
+
+def _column(frame: pl.DataFrame, name: str, dtype) -> pl.Series:
+    if name not in frame.columns:
+        return _nulls(dtype, frame.height).alias(name)
+    column = frame.get_column(name)
+    return column if dtype is None or column.dtype == dtype else column.cast(dtype)
+
+
+def output_columns(names: list[str]) -> list[pl.Expr]:
+    """:func:`to_output_schema` as expressions, for a lazy frame with the columns `names`
+    (absent columns as null literals, which a streaming sink never builds whole)."""
+    present = set(names)
+    return [pl.lit(None, dtype=t).alias(n) if n not in present
+            else pl.col(n) if t is None else pl.col(n).cast(t)
+            for n, t in layout(names)]
 
 
 def own_columns(frame: pl.DataFrame, schema: pl.Schema | None = None) -> list[str]:
     """The columns of `frame` the event file has no place for in `schema`."""
-    schema = schema or output_schema()
-    return [n for n in frame.columns if n not in schema]
-
-
-def _column(frame: pl.DataFrame, name: str, dtype: pl.DataType, height: int) -> pl.Series:
-    if name in frame.columns:
-        column = frame.get_column(name)
-        return column if column.dtype == dtype else column.cast(dtype)
-    return _nulls(dtype, height).alias(name)
+    return [n for n, t in layout(frame.columns, schema) if t is None]
 
 
 _NULLS: dict = {}
@@ -94,20 +105,6 @@ def write_event_file(table: pl.DataFrame, output: Path) -> None:
         # table's height for each absent field added ~45 MB to a 1.78 M-row ingest
         table.lazy().select(output_columns(table.columns)).sink_parquet(tmp, **OUTPUT_OPTIONS)
         os.replace(tmp, output)
-
-
-def output_columns(names: list[str]) -> list[pl.Expr]:
-    """:func:`to_output_schema` as expressions on a frame with the columns `names`."""
-    schema = output_schema()
-    present = set(names)
-
-    def column(name, dtype):
-        return (pl.col(name).cast(dtype) if name in present
-                else pl.lit(None, dtype=dtype).alias(name))
-
-    return [*(column(n, t) for n, t in schema.items() if n not in ATTRIBUTION),
-            *(pl.col(n) for n in names if n not in schema),
-            *(column(n, t) for n, t in ATTRIBUTION.items())]
 
 
 @contextmanager
