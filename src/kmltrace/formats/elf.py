@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 from kmltrace.formats import Parsed
+from kmltrace.formats.sniff import ELF_MAGIC
 from kmltrace.errors import KmltraceError
 from kmltrace.symbols.readers import open_elf
 
@@ -18,7 +19,7 @@ ET_CORE = 4
 
 
 def sniff(head: bytes) -> bool:
-    if len(head) < 18 or head[:4] != b"\x7fELF" or head[5] not in (1, 2):
+    if len(head) < 18 or head[:4] != ELF_MAGIC or head[5] not in (1, 2):
         return False
     e_type = struct.unpack_from("<H" if head[5] == 1 else ">H", head, 16)[0]
     return e_type != ET_CORE

@@ -26,12 +26,11 @@ from pathlib import Path
 from kmltrace.analysis.idt import decode_gates
 from kmltrace.errors import InputError
 from kmltrace.formats import Parsed
+from kmltrace.formats.sniff import ELF_MAGIC, ZSTD_MAGIC
 from kmltrace.output import hexstr
 
 NAME = "vmcore"
 
-ELF_MAGIC = b"\x7fELF"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ET_CORE = 4
 PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF

@@ -14,12 +14,18 @@ from kmltrace.formats import Parsed
 #: parse(path); beside it, the bytes a file of the format starts with (one of them), or None:
 #: a module whose magic the file lacks is not imported at all (the binary readers pull in
 #: numpy, a tenth of a second of every text's ingest).
+#: the binary formats' magic bytes, here so that a file is checked before its reader is
+#: imported (the readers take them from here)
+TRACEDAT_MAGIC = b"\x17\x08\x44tracing"
+ELF_MAGIC = b"\x7fELF"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
 FORMATS: list[tuple[str, tuple[bytes, ...] | None]] = [
-    ("tracedat", (b"\x17\x08\x44tracing",)),          # trace-cmd's trace.dat
+    ("tracedat", (TRACEDAT_MAGIC,)),      # trace-cmd's trace.dat
     ("perf_data", None),      # binary: magic PERFILE2 (read through perf script)
     # the ELF core of dump-guest-memory, or its zstd
-    ("guest_memory", (b"\x7fELF", b"\x28\xb5\x2f\xfd")),
-    ("elf", (b"\x7fELF",)),   # any other ELF (vmlinux, programs): symbols only
+    ("guest_memory", (ELF_MAGIC, ZSTD_MAGIC)),
+    ("elf", (ELF_MAGIC,)),    # any other ELF (vmlinux, programs): symbols only
     ("snapshot", None),       # JSON starting {"kernel": {...}: written by kmltrace snapshot
     ("kallsyms", None),       # every line "ADDR TYPE NAME[\t[module]]": /proc/kallsyms, System.map
     ("qemu_log", None),       # QEMU -d int,cpu_reset: before console and the loose ftrace text

@@ -30,10 +30,10 @@ from kmltrace.formats.event_format import (FormatTable, PageHeader, parse_header
                                            parse_header_page)
 from kmltrace.formats.ftrace_raw import lost_events, stats_counts
 from kmltrace.formats.ringbuffer import CpuSegment, decode
+from kmltrace.formats.sniff import TRACEDAT_MAGIC
 
 NAME = "tracedat"
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-MAGIC = b"\x17\x08\x44tracing"
 
 # option ids (trace-cmd.dat.v7(5))
 OPT_DONE, OPT_DATE, OPT_CPUSTAT, OPT_BUFFER, OPT_TRACECLOCK, OPT_UNAME = 0, 1, 2, 3, 4, 5
@@ -44,7 +44,7 @@ SEC_FL_COMPRESS = 1
 
 
 def sniff(head: bytes) -> bool:
-    return head.startswith(MAGIC)
+    return head.startswith(TRACEDAT_MAGIC)
 
 
 @dataclass
@@ -192,7 +192,7 @@ def _parse_cmdlines(text: bytes) -> dict[int, str]:
 
 
 def _read_header(r: _Reader, info: TraceDat) -> None:
-    if r.take(10) != MAGIC:
+    if r.take(10) != TRACEDAT_MAGIC:
         raise r.fail("not a trace.dat file (bad magic)", 0)
     version = r.cstr(16)
     if version not in ("6", "7"):
